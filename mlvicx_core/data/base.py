@@ -1,0 +1,116 @@
+"""The one dataset contract every chest X-ray source in the kit follows.
+
+Intensity contract (documented once): an image is a float32 tensor of shape (1, H, W) with values in
+[0, 1], 0 = black (air, outside the body), 1 = white (bone, metal), i.e. how the radiograph is shown.
+DICOM MONOCHROME1 files are inverted to follow it; 16-bit sources are scaled by their stored range.
+
+Size policy: with ``image_size=S`` every image is resized to S x S (bilinear, antialiased), the
+whole field of view is kept and the aspect ratio is not preserved (chest films are close to square).
+With ``image_size=None`` images keep their native size (only useful with batch size 1 or a transform
+that crops to a fixed size).
+
+A sample (``dataset[i]``) is a dict:
+
+- ``image``: float32 (1, S, S) in [0, 1] (or whatever ``transform`` returns, e.g. two views)
+- ``labels``: float32 (K,) multi-label targets in the order of ``dataset.findings``; NaN = unknown
+- ``index``: int, ``patient_id``: str
+- ``mask``: bool (K, S, S), only for datasets with pixel masks (``dataset.has_masks``)
+
+Boxes (variable in number) are not in the sample; ``dataset.boxes(i)`` returns them scaled to S.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+
+def resize_image(img: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(1, H, W) or (K, H, W) float -> (., size, size), bilinear with antialiasing; clamps to [0, 1]."""
+    if size is None or img.shape[-2:] == (size, size):
+        return img
+    out = F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=True)[0]
+    return out.clamp_(0.0, 1.0)
+
+
+class CXRDataset(Dataset):
+    """Base class: subclasses fill ``findings``, ``labels``, ``patient_ids`` and ``load_image``.
+
+    Parameters
+    ----------
+    image_size: side S of the square the images are resized to (see the module's size policy).
+    transform: optional callable applied to the (1, S, S) image tensor (e.g. a two-view augmenter).
+    on_error: ``"raise"`` (default): a bad file raises an error naming it; ``"skip"``: a warning,
+        the sample is replaced by the next readable one, and ``skipped`` counts the files skipped.
+    """
+
+    findings: list[str] = []
+    has_masks: bool = False
+
+    def __init__(
+        self,
+        image_size: int | None = 224,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
+        self.image_size = image_size
+        self.transform = transform
+        self.on_error = on_error
+        self.skipped: list[str] = []
+        self.labels = np.zeros((0, 0), dtype=np.float32)
+        self.patient_ids = np.zeros(0, dtype=object)
+
+    # -- to implement ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The full-resolution image as float32 (H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def load_mask(self, index: int) -> np.ndarray | None:
+        """Optional (K, H, W) bool masks at full resolution."""
+        return None
+
+    def boxes(self, index: int) -> list[tuple[str, float, float, float, float]]:
+        """Optional ``(finding, x, y, w, h)`` boxes in pixels of the S x S image."""
+        return []
+
+    def describe(self, index: int) -> str:
+        """Name of the file behind ``index`` (for error messages)."""
+        return f"{type(self).__name__}[{index}]"
+
+    # -- contract --------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self._sample(i)
+            except (OSError, ValueError) as err:
+                if self.on_error == "raise":
+                    raise
+                warnings.warn(f"skipping {self.describe(i)}: {err}", stacklevel=2)
+                self.skipped.append(self.describe(i))
+        raise RuntimeError(f"{type(self).__name__}: no readable image left")
+
+    def _sample(self, i: int) -> dict[str, Any]:
+        img = torch.from_numpy(np.ascontiguousarray(self.load_image(i), dtype=np.float32))[None]
+        img = resize_image(img, self.image_size)
+        sample: dict[str, Any] = {
+            "labels": torch.from_numpy(np.asarray(self.labels[i], dtype=np.float32)),
+            "index": i,
+            "patient_id": str(self.patient_ids[i]),
+        }
+        if self.has_masks:
+            m = self.load_mask(i)
+            m = torch.from_numpy(np.asarray(m, dtype=np.float32))
+            sample["mask"] = resize_image(m, self.image_size) > 0.5
+        sample["image"] = self.transform(img) if self.transform is not None else img
+        return sample

@@ -1,0 +1,145 @@
+"""The MLVICX network: a ResNet trunk with gated taps, a global projector and a multi-level branch.
+
+Input convention (documented once, used everywhere in the kit): images are float tensors in [0, 1]
+of shape (B, 1, H, W) (grey radiographs) or (B, 3, H, W). A 1-channel image is repeated to three
+channels and every channel is normalised with the ImageNet mean and std inside the model, so callers
+never normalise and ImageNet-initialised trunks see the statistics they were trained on.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torchvision
+from torch import nn
+
+from .bottleneck import ContextBottleneck
+from .config import LEVELS, ModelConfig, get_preset
+from .multilevel import MultiLevelFusion, mlp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Embeddings(NamedTuple):
+    """Projector outputs for one view: ``global_`` (B, D) and ``multi`` (B, D_ml) or ``None``."""
+
+    global_: torch.Tensor
+    multi: torch.Tensor | None
+
+
+def build_backbone(name: str, pretrained: str | None) -> nn.Module:
+    """A torchvision ResNet with ``fc`` removed; ``pretrained="imagenet"`` loads its weights."""
+    builder = getattr(torchvision.models, name)
+    weights = None
+    if pretrained == "imagenet":
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        try:
+            net = builder(weights=weights)
+        except Exception as err:  # offline machines raise URLError / OSError / RuntimeError
+            raise RuntimeError(
+                f"could not load ImageNet weights for {name} ({type(err).__name__}: {err}). "
+                f"Without internet, download {weights.url} elsewhere and place it in "
+                f"{torch.hub.get_dir()}/checkpoints/, or use pretrained=None (random init)."
+            ) from err
+    else:
+        net = builder(weights=None)
+    net.fc = nn.Identity()
+    return net
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    """Output channels of a ResNet stage (BasicBlock or Bottleneck)."""
+    bns = [m for m in stage[-1].modules() if isinstance(m, nn.BatchNorm2d)]
+    return bns[-1].num_features
+
+
+class MLVICX(nn.Module):
+    """MLVICX (or, with ``multilevel=False, context_bottleneck=False``, VICReg) encoder + projectors.
+
+    ``forward(x)`` returns :class:`Embeddings`; :meth:`taps` returns the gated maps of all five levels;
+    :meth:`encode` returns the pooled trunk features (B, C) that are transferred downstream.
+    """
+
+    def __init__(self, config: ModelConfig | str = "paper") -> None:
+        super().__init__()
+        if isinstance(config, str):
+            config = get_preset(config)
+        self.config = config
+        self.backbone = build_backbone(config.backbone, config.pretrained)
+        b = self.backbone
+        self.tap_channels = {"stem": b.conv1.out_channels}
+        for i in range(1, 5):
+            self.tap_channels[f"layer{i}"] = _stage_channels(getattr(b, f"layer{i}"))
+
+        self.gates = nn.ModuleDict(
+            {
+                level: ContextBottleneck(c) if config.context_bottleneck else nn.Identity()
+                for level, c in self.tap_channels.items()
+            }
+        )
+        self.feature_dim = self.tap_channels["layer4"]
+        self.projector = mlp(self.feature_dim, config.projector)
+
+        self.fusion: MultiLevelFusion | None = None
+        self.ml_projector: nn.Sequential | None = None
+        if config.multilevel:
+            self.fusion = MultiLevelFusion(
+                [self.tap_channels[lv] for lv in config.levels],
+                config.fusion_channels,
+                config.fusion_size,
+                config.pool_size,
+                impl=config.multilevel_impl,
+            )
+            self.ml_projector = mlp(self.fusion.out_features, config.ml_projector)
+            if config.freeze_lateral:
+                self.fusion.lateral.requires_grad_(False)
+
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # -- input ---------------------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images with 1 or 3 channels -> ImageNet-normalised 3-channel tensors."""
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    # -- trunk ---------------------------------------------------------------------------------
+    def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gated maps of all five levels (stem before maxpool, layer1..layer4)."""
+        b = self.backbone
+        h = self.gates["stem"](b.relu(b.bn1(b.conv1(self.normalize(x)))))
+        out = {"stem": h}
+        h = b.maxpool(h)
+        for level in LEVELS[1:]:
+            h = self.gates[level](getattr(b, level)(h))
+            out[level] = h
+        return out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled gated layer4 features, (B, feature_dim)."""
+        return self.taps(x)["layer4"].mean(dim=(2, 3))
+
+    # -- heads ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Embeddings:
+        maps = self.taps(x)
+        z = self.projector(maps["layer4"].mean(dim=(2, 3)))
+        zm = None
+        if self.fusion is not None:
+            zm = self.ml_projector(self.fusion([maps[lv] for lv in self.config.levels]))
+        return Embeddings(z, zm)
+
+    def trunk_state_dict(self, with_gates: bool = False) -> dict[str, torch.Tensor]:
+        """The trunk as a plain torchvision ResNet state dict (no ``fc.*`` keys).
+
+        ``torchvision.models.<backbone>().load_state_dict(sd, strict=False)`` accepts it and reports
+        only ``fc.*`` missing. With ``with_gates=True`` the context-bottleneck weights are added under
+        ``gates.<level>.*`` (a plain ResNet then reports them as unexpected keys).
+        """
+        sd = {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+        if with_gates:
+            sd.update({f"gates.{k}": v.detach().clone() for k, v in self.gates.state_dict().items()})
+        return sd
