@@ -7,6 +7,7 @@ float32, also under autocast, and returns 0-dim tensors.
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,7 @@ def vicreg_loss(
     gamma: float = 1.0,
     eps: float = 1e-4,
     check_finite: bool = True,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """VICReg: ``l = sim_coeff * s + std_coeff * (v(z_a) + v(z_b)) / 2 + cov_coeff * (c(z_a) + c(z_b))``.
 
@@ -100,12 +102,18 @@ def vicreg_loss(
 
     (the three terms unweighted, exactly as they enter the total). With ``check_finite`` (default),
     non-finite embeddings or terms raise ``FloatingPointError`` naming the offending term.
+
+    ``gather`` (DistributedDataParallel): a function that concatenates a rank's (n, D) embeddings
+    with every other rank's, with gradient, into the global (N, D) batch. As in official VICReg the
+    invariance term stays local and the variance and covariance terms see the global batch.
     """
     _check_pair(z_a, z_b)
     with _no_autocast(z_a.device.type):
         if check_finite:
             _check_finite({"embedding z_a": z_a.float().sum(), "embedding z_b": z_b.float().sum()})
         s = invariance(z_a, z_b)
+        if gather is not None:
+            z_a, z_b = gather(z_a), gather(z_b)
         v = (variance(z_a, gamma, eps) + variance(z_b, gamma, eps)) / 2
         c = covariance(z_a) + covariance(z_b)
         terms = {"invariance": s, "variance": v, "covariance": c}
