@@ -2,7 +2,7 @@
 
 Shapes: embeddings ``z``, ``z_a``, ``z_b`` are (N, D): N samples (the batch, or the global batch
 under DistributedDataParallel once gathered), D embedding dimensions. Every function computes in
-float32, also under autocast, and returns 0-dim tensors.
+float32 or wider (half-precision inputs are promoted, also under autocast) and returns 0-dim tensors.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 
 def _float32(z: torch.Tensor) -> torch.Tensor:
-    return z.float() if z.dtype != torch.float32 else z
+    """Half-precision embeddings (autocast) are promoted; float32 and float64 stay as they are."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
 
 
 def _no_autocast(device_type: str):
@@ -110,7 +111,7 @@ def vicreg_loss(
     _check_pair(z_a, z_b)
     with _no_autocast(z_a.device.type):
         if check_finite:
-            _check_finite({"embedding z_a": z_a.float().sum(), "embedding z_b": z_b.float().sum()})
+            _check_finite({"embedding z_a": z_a.sum(), "embedding z_b": z_b.sum()})
         s = invariance(z_a, z_b)
         if gather is not None:
             z_a, z_b = gather(z_a), gather(z_b)

@@ -1,0 +1,137 @@
+"""One full MLVICX training step, timed: pooled vs literal multi-level branch vs VICReg.
+
+A step = two views of a batch, forward, MLVICX (or VICReg) loss, backward, SGD step. For each setting
+the three variants run in separate child processes (so peak memory is each variant's own), one
+warm-up step then ``--repeats`` timed steps; medians, images/s and ratios are printed and saved to
+``benchmarks/results/step_time.json``.
+
+    python benchmarks/step_time.py                 # all settings (several minutes on 2 CPU cores)
+    python benchmarks/step_time.py --quick         # teaching preset only
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mlvicx_core import MLVICX, get_preset, mlvicx_loss
+
+RESULTS = Path(__file__).parent / "results" / "step_time.json"
+
+SETTINGS = [  # (name, preset, image size, batch)
+    ("teaching-64px-b64", "teaching", 64, 64),
+    ("paper-64px-b32", "paper", 64, 32),
+    ("paper-224px-b16", "paper", 224, 16),
+]
+VARIANTS = {
+    "mlvicx": {},
+    "mlvicx-literal": {"multilevel_impl": "literal"},
+    "vicreg": {"multilevel": False, "context_bottleneck": False},
+}
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+def run_one(preset: str, size: int, batch: int, variant: str, repeats: int) -> dict:
+    """Runs in a child process: times ``repeats`` steps after one warm-up."""
+    dev = device()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset(preset), image_size=size, **VARIANTS[variant])
+    model = MLVICX(cfg).to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    view_a = torch.rand(batch, 1, size, size, generator=g).to(dev)
+    view_b = torch.rand(batch, 1, size, size, generator=g).to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(repeats + 1):
+        sync(dev)
+        t0 = time.perf_counter()
+        a, b = model(view_a), model(view_b)
+        loss = mlvicx_loss(a.global_, b.global_, a.multi, b.multi, lam=cfg.lam)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(dev)
+        if i:  # the first step is warm-up
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        peak_kind = "cuda max_memory_allocated"
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak_kind = "process peak RSS"
+    med = statistics.median(times)
+    return {"median_s": med, "images_per_s": 2 * batch / med, "peak_mb": peak_mb,
+            "peak_kind": peak_kind, "times_s": times, "device": str(dev)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="teaching preset only")
+    ap.add_argument("--child", nargs=4, metavar=("PRESET", "SIZE", "BATCH", "VARIANT"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        preset, size, batch, variant = args.child
+        print(json.dumps(run_one(preset, int(size), int(batch), variant, args.repeats)))
+        return
+
+    settings = SETTINGS[:1] if args.quick else SETTINGS
+    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "machine": platform.processor() or platform.machine(), "settings": {}}
+    for name, preset, size, batch in settings:
+        row = {}
+        for variant in VARIANTS:
+            out = subprocess.run(
+                [sys.executable, __file__, "--repeats", str(args.repeats),
+                 "--child", preset, str(size), str(batch), variant],
+                check=True, capture_output=True, text=True,
+            )
+            row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            r = row[variant]
+            print(f"{name:20s} {variant:15s} {r['median_s']:8.3f} s/step "
+                  f"{r['images_per_s']:8.1f} img/s  peak {r['peak_mb']:8.0f} MB", flush=True)
+        row["ratios"] = {
+            "literal_over_pooled": row["mlvicx-literal"]["median_s"] / row["mlvicx"]["median_s"],
+            "pooled_over_vicreg": row["mlvicx"]["median_s"] / row["vicreg"]["median_s"],
+            "literal_over_pooled_memory": row["mlvicx-literal"]["peak_mb"] / row["mlvicx"]["peak_mb"],
+        }
+        print(f"{name:20s} ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items()))
+        results["settings"][name] = row
+    results["device"] = row["mlvicx"]["device"]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if RESULTS.exists() and args.quick:  # keep the full numbers, refresh only what ran
+        old = json.loads(RESULTS.read_text())
+        old["settings"].update(results["settings"])
+        results["settings"] = old["settings"]
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"saved {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The VICReg / MLVICX loss against hand-derived values and a plain reference (METHOD.md section 3)."""
+import math
+
+import pytest
+import torch
+
+from mlvicx_core import covariance, invariance, mlvicx_loss, variance, vicreg_loss
+
+
+def reference_vicreg(za, zb, sim=25.0, std=25.0, cov=1.0, gamma=1.0, eps=1e-4):
+    """A deliberately plain VICReg in float64: explicit loops over dimensions and pairs."""
+    za, zb = za.double(), zb.double()
+    n, d = za.shape
+    s = ((za - zb) ** 2).sum() / (n * d)
+
+    def v(z):
+        total = 0.0
+        for j in range(d):
+            col = z[:, j]
+            var = ((col - col.mean()) ** 2).sum() / (n - 1)
+            total += max(0.0, gamma - math.sqrt(var + eps))
+        return total / d
+
+    def c(z):
+        zc = z - z.mean(0)
+        total = 0.0
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    cij = (zc[:, i] * zc[:, j]).sum() / (n - 1)
+                    total += float(cij) ** 2
+        return total / d
+
+    terms = {"invariance": float(s), "variance": (v(za) + v(zb)) / 2, "covariance": c(za) + c(zb)}
+    terms["loss"] = sim * terms["invariance"] + std * terms["variance"] + cov * terms["covariance"]
+    return terms
+
+
+def test_hand_computed_two_by_two():
+    za = torch.tensor([[0.0, 0.0], [0.5, 1.0]])
+    zb = torch.tensor([[0.0, 1.0], [0.5, 1.0]])
+    # invariance: one differing entry (1.0) among N*D = 4 -> 1/4
+    assert invariance(za, zb).item() == pytest.approx(0.25)
+    # za: unbiased Var = (0.25^2 * 2)/1 = 0.125 and (0.5^2 * 2)/1 = 0.5
+    v_a = ((1 - math.sqrt(0.125 + 1e-4)) + (1 - math.sqrt(0.5 + 1e-4))) / 2
+    assert variance(za).item() == pytest.approx(v_a, rel=1e-6)
+    # zb: dim 0 as za, dim 1 constant -> hinge 1 - sqrt(eps) = 0.99
+    v_b = ((1 - math.sqrt(0.125 + 1e-4)) + (1 - math.sqrt(1e-4))) / 2
+    assert variance(zb).item() == pytest.approx(v_b, rel=1e-6)
+    # za centred: [[-.25, -.5], [.25, .5]] -> C01 = 0.25; two off-diagonal entries; /D
+    assert covariance(za).item() == pytest.approx(2 * 0.25**2 / 2)
+    assert covariance(zb).item() == pytest.approx(0.0, abs=1e-12)
+    out = vicreg_loss(za, zb)
+    expected = 25 * 0.25 + 25 * (v_a + v_b) / 2 + 1 * (0.0625 + 0.0)
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert set(out) >= {"loss", "invariance", "variance", "covariance"}
+
+
+def test_identical_views_have_zero_invariance():
+    z = torch.randn(16, 8)
+    assert vicreg_loss(z, z.clone())["invariance"].item() == 0.0
+
+
+def test_constant_embeddings_give_the_full_variance_hinge():
+    z = torch.full((10, 6), 3.0)
+    # every std is sqrt(0 + eps) = 0.01, so each dimension contributes 1 - 0.01
+    assert variance(z).item() == pytest.approx(0.99, rel=1e-6)
+    assert vicreg_loss(z, z)["variance"].item() == pytest.approx(0.99, rel=1e-6)
+
+
+def test_whitened_embeddings_have_zero_covariance():
+    # columns of a Sylvester-Hadamard matrix (minus the constant one) are centred and orthogonal
+    h = torch.tensor([[1.0]])
+    for _ in range(3):
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    z = h[:, 1:] * 2.5 + torch.arange(7.0)  # scale and shift do not create correlation
+    assert covariance(z).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_symmetric_in_the_two_views():
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    ab, ba = vicreg_loss(za, zb), vicreg_loss(zb, za)
+    for key in ab:
+        assert ab[key].item() == pytest.approx(ba[key].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n,d,scale", [(8, 5, 1.0), (64, 32, 0.3), (17, 48, 2.0)])
+def test_matches_plain_reference(n, d, scale):
+    g = torch.Generator().manual_seed(n * d)
+    za = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+    zb = za + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    ref = reference_vicreg(za, zb)
+    out = vicreg_loss(za.float(), zb.float())
+    for key, value in ref.items():
+        assert out[key].item() == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_coefficients_and_gamma_are_honoured():
+    g = torch.Generator().manual_seed(1)
+    za, zb = torch.randn(20, 6, generator=g), torch.randn(20, 6, generator=g)
+    ref = reference_vicreg(za, zb, sim=2.0, std=3.0, cov=0.5, gamma=2.0, eps=1e-3)
+    out = vicreg_loss(za, zb, sim_coeff=2.0, std_coeff=3.0, cov_coeff=0.5, gamma=2.0, eps=1e-3)
+    assert out["loss"].item() == pytest.approx(ref["loss"], rel=1e-6)
+
+
+def test_mlvicx_total_is_global_plus_lambda_multi():
+    g = torch.Generator().manual_seed(2)
+    ga, gb, ma, mb = (torch.randn(12, 10, generator=g) for _ in range(4))
+    out = mlvicx_loss(ga, gb, ma, mb, lam=0.7)
+    gl, ml = vicreg_loss(ga, gb), vicreg_loss(ma, mb)
+    assert out["loss"].item() == pytest.approx(gl["loss"].item() + 0.7 * ml["loss"].item(), rel=1e-6)
+    for term in ("loss", "invariance", "variance", "covariance"):
+        assert out[f"global/{term}"].item() == pytest.approx(gl[term].item(), rel=1e-7)
+        assert out[f"multi/{term}"].item() == pytest.approx(ml[term].item(), rel=1e-7)
+    vic = mlvicx_loss(ga, gb)  # no multi-level branch: VICReg
+    assert vic["loss"].item() == pytest.approx(gl["loss"].item(), rel=1e-7)
+    assert not any(k.startswith("multi/") for k in vic)
+
+
+def test_gradients_match_reference():
+    g = torch.Generator().manual_seed(3)
+    za = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    zb = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda a, b: vicreg_loss(a, b)["loss"], (za, zb))
+
+
+def test_loss_is_float32_under_autocast():
+    g = torch.Generator().manual_seed(4)
+    za = torch.randn(16, 8, generator=g).bfloat16()
+    zb = torch.randn(16, 8, generator=g).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vicreg_loss(za, zb)
+    ref = vicreg_loss(za.float(), zb.float())
+    for key in out:
+        assert out[key].dtype == torch.float32
+        assert out[key].item() == pytest.approx(ref[key].item(), rel=1e-6)
+
+
+def test_gather_feeds_variance_and_covariance_only():
+    g = torch.Generator().manual_seed(5)
+    za, zb, oa, ob = (torch.randn(6, 5, generator=g) for _ in range(4))
+    others = {id(za): oa, id(zb): ob}
+    out = vicreg_loss(za, zb, gather=lambda z: torch.cat([z, others[id(z)]]))
+    full = vicreg_loss(torch.cat([za, oa]), torch.cat([zb, ob]))
+    assert out["invariance"].item() == pytest.approx(invariance(za, zb).item(), rel=1e-7)
+    assert out["variance"].item() == pytest.approx(full["variance"].item(), rel=1e-6)
+    assert out["covariance"].item() == pytest.approx(full["covariance"].item(), rel=1e-6)
+
+
+def test_batch_of_one_is_rejected():
+    with pytest.raises(ValueError, match="batch of 1"):
+        vicreg_loss(torch.randn(1, 4), torch.randn(1, 4))
+
+
+def test_shape_mismatch_is_rejected():
+    with pytest.raises(ValueError, match=r"z_a \(8, 4\) vs z_b \(8, 5\)"):
+        vicreg_loss(torch.randn(8, 4), torch.randn(8, 5))
+    with pytest.raises(ValueError, match="2-D"):
+        vicreg_loss(torch.randn(8, 4, 1), torch.randn(8, 4, 1))
+
+
+def test_non_finite_embeddings_are_named():
+    za = torch.randn(8, 4)
+    za[3, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="embedding z_a"):
+        vicreg_loss(za, torch.randn(8, 4))
+
+
+def test_non_finite_term_is_named():
+    # finite inputs whose covariance overflows float32: inf - inf in the off-diagonal sum
+    z = torch.tensor([[1e20, 0.0], [-1e20, 1.0], [0.0, 2.0]])
+    with pytest.raises(FloatingPointError, match="covariance"):
+        vicreg_loss(z, z.clone())
