@@ -26,6 +26,7 @@ import torch
 from mlvicx_core import MLVICX, get_preset, mlvicx_loss
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
+TABLE = RESULTS.with_suffix(".md")
 
 SETTINGS = [  # (name, preset, image size, batch)
     ("teaching-64px-b64", "teaching", 64, 64),
@@ -130,7 +131,31 @@ def main() -> None:
         old["settings"].update(results["settings"])
         results["settings"] = old["settings"]
     RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"saved {RESULTS}")
+    TABLE.write_text(markdown(results))
+    print(f"saved {RESULTS} and {TABLE}")
+
+
+def markdown(results: dict) -> str:
+    """The saved numbers as a Markdown table (what the README links to)."""
+    lines = [
+        f"# One training step: `benchmarks/step_time.py` on {results['device']}",
+        f"(torch {results['torch']}, {results['threads']} threads; median of the timed steps)",
+        "",
+        "| setting | variant | s/step | images/s | peak MB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, row in results["settings"].items():
+        for variant in VARIANTS:
+            r = row[variant]
+            lines.append(f"| {name} | {variant} | {r['median_s']:.3f} | {r['images_per_s']:.1f} "
+                         f"| {r['peak_mb']:.0f} |")
+    lines += ["", "| setting | literal / pooled (time) | pooled / VICReg (time) "
+              "| literal / pooled (memory) |", "|---|---:|---:|---:|"]
+    for name, row in results["settings"].items():
+        r = row["ratios"]
+        lines.append(f"| {name} | {r['literal_over_pooled']:.2f}x | {r['pooled_over_vicreg']:.2f}x "
+                     f"| {r['literal_over_pooled_memory']:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
