@@ -154,7 +154,9 @@ def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True, voi_index: in
             from pydicom.pixels import apply_voi
             item = ds.VOILUTSequence[min(voi_index, len(ds.VOILUTSequence) - 1)]
             lut = np.asarray(item.LUTData, dtype=np.float64)
-            v = np.asarray(apply_voi(m, ds, index=voi_index), dtype=np.float64)
+            # LUT inputs are integers (PS3.3 C.11.2.1.1): index with the rounded modality values.
+            v = np.asarray(apply_voi(np.rint(m).astype(np.int64), ds, index=voi_index),
+                           dtype=np.float64)
             span = lut.max() - lut.min()
             y = (v - lut.min()) / span if span > 0 else np.zeros_like(v)
         elif apply_voi and "WindowCenter" in ds and "WindowWidth" in ds:
@@ -168,3 +170,42 @@ def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True, voi_index: in
     if photometric == "MONOCHROME1":
         y = 1.0 - y
     return y.astype(np.float32)
+
+
+def write_dicom(path: str | os.PathLike, stored: np.ndarray, *, bits_stored: int | None = None,
+                photometric: str = "MONOCHROME2", patient_id: str = "anonymous",
+                **elements) -> Path:
+    """Write a minimal uncompressed single-frame grey DICOM (fixtures, demos, exporting phantoms).
+
+    ``stored``: (H, W) integer array of stored values: uint8 -> 8 bits allocated, uint16/int16 ->
+    16 (int16 sets PixelRepresentation = 1). ``bits_stored`` defaults to the allocated bits.
+    Extra ``elements`` are set by keyword (e.g. ``RescaleSlope=2``, ``WindowCenter=100``,
+    ``VOILUTFunction="SIGMOID"``).
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    stored = np.asarray(stored)
+    if stored.ndim != 2 or stored.dtype not in (np.uint8, np.uint16, np.int16):
+        raise ValueError(f"stored: {stored.dtype} array of shape {stored.shape}; expected a 2-D "
+                         "uint8, uint16 or int16 array")
+    allocated = stored.dtype.itemsize * 8
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", patient_id
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored = allocated, bits_stored or allocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(stored.dtype == np.int16)
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(stored.astype(stored.dtype.newbyteorder("<"))).tobytes()
+    path = Path(path)
+    ds.save_as(path, enforce_file_format=True)
+    return path
