@@ -45,7 +45,8 @@ def test_siim_jpeg_baseline_and_monochrome1_copy():
     # 8 bits stored, no rescale, no window: y = s / 255.
     np.testing.assert_allclose(a, ds.pixel_array / 255.0, atol=1e-6)
     b = read_dicom(mono1)
-    assert pydicom.dcmread(mono1, stop_before_pixels=True).PhotometricInterpretation == "MONOCHROME1"
+    header = pydicom.dcmread(mono1, stop_before_pixels=True)
+    assert header.PhotometricInterpretation == "MONOCHROME1"
     np.testing.assert_allclose(a + b, 1.0, atol=1e-6)
     assert dicom_shape(orig) == (1024, 1024)
 

@@ -179,7 +179,8 @@ def test_box_scaling_hand_computed(tmp_path):
     assert ds.boxes(i + 1) == []
     native = _quiet(image_dir=img_dir, csv=csv, bbox_csv=bbox, image_size=None)  # 64 wide, 48 high
     assert native.boxes(i)[0] == ("Infiltration", 32.0, 12.0, 8.0, 3.0)
-    bbox.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Tumour,1,2,3,4\n")
+    bbox.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                    "00000001_000.png,Tumour,1,2,3,4\n")
     with pytest.raises(ValueError, match=r"BBox_List_2017.csv:2.*'Tumour'"):
         _quiet(image_dir=img_dir, csv=csv, bbox_csv=bbox)
 
@@ -221,3 +222,14 @@ def test_bad_tables_and_bad_images(tmp_path):
     shutil.rmtree(img_dir)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+
+
+def test_default_layout_under_a_dataset_root(tmp_path):
+    """root/images + root/Data_Entry_2017.csv + root/BBox_List_2017.csv are found by default."""
+    img_dir, csv = _fixture(tmp_path)  # tmp_path/images/..., tmp_path/Data_Entry_2017.csv
+    (tmp_path / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000002_001.png,Mass,1024,0,0.5,1\n")
+    ds = NIHChestXray14(tmp_path, image_size=16)
+    assert len(ds) == 12 and not ds.missing
+    i = list(ds.metadata["image"]).index("00000002_001.png")
+    assert ds.boxes(i) == [("Mass", 16.0, 0.0, 0.0078125, 0.015625)]

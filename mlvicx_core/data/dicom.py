@@ -98,7 +98,8 @@ def _stored_range(ds: pydicom.Dataset) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
-def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True, voi_index: int = 0) -> np.ndarray:
+def read_dicom(path: str | os.PathLike, *, apply_voi: bool = True,
+               voi_index: int = 0) -> np.ndarray:
     """Read a single-frame grey DICOM as float32 (H, W) in [0, 1] (pipeline in module docstring).
 
     Parameters
@@ -196,7 +197,8 @@ def write_dicom(path: str | os.PathLike, stored: np.ndarray, *, bits_stored: int
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.PatientID = "CR", patient_id
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric

@@ -85,6 +85,17 @@ def match_listed(keys, found: dict[str, Path], *, missing: str, source: str,
     return keep, absent
 
 
+def first_existing(*candidates: Path) -> Path | None:
+    """The first of ``candidates`` that exists, else None (for default file locations)."""
+    return next((c for c in candidates if c.exists()), None)
+
+
+def default_image_dir(root: Path, name: str) -> Path:
+    """``root / name`` when that folder exists (the official layout), else ``root`` itself (a folder
+    that holds the images directly)."""
+    return root / name if (root / name).is_dir() else root
+
+
 def is_dicom(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in DICOM_SUFFIXES
 

@@ -4,18 +4,19 @@
 
 Scaling by stored bit depth
     8-bit grey ``v / 255``; 16-bit grey ``v / (2**b - 1)`` where ``b`` is the bit depth actually
-    used: the ``bit_depth`` argument if given, else the PNG ``sBIT`` chunk (significant bits) if the
-    file has one, else 16 (``v / 65535``). A stored value above ``2**b - 1`` is an error, not a clip.
+    used: the ``bit_depth`` argument if given, else the PNG ``sBIT`` chunk (significant bits) if
+    the file has one, else 16 (``v / 65535``). A stored value above ``2**b - 1`` is an error, not a
+    clip.
 
 Colour channels
     RGB(A) files are reduced to one grey channel by ITU-R BT.601 luminance,
     ``Y = 0.299 R + 0.587 G + 0.114 B`` (computed in float, no rounding), the formula Pillow's
     ``convert("L")`` uses. Alpha is ignored (radiographs are opaque; the NIH RGBA copies have
-    alpha = 255 everywhere). A radiograph stored as RGB normally has R = G = B (NIH: grey copied into
-    three channels), and then ``Y`` equals that grey value. A file whose channels differ by more than
-    ``COLOUR_TOLERANCE`` is a real colour picture (a photo, an annotated screenshot) and raises
-    :class:`ImageReadError` unless ``allow_colour=True``: converting it silently would give a
-    plausible-looking but wrong radiograph.
+    alpha = 255 everywhere). A radiograph stored as RGB normally has R = G = B (NIH: grey copied
+    into three channels), and then ``Y`` equals that grey value. A file whose channels differ by
+    more than ``COLOUR_TOLERANCE`` is a real colour picture (a photo, an annotated screenshot) and
+    raises :class:`ImageReadError` unless ``allow_colour=True``: converting it silently would give
+    a plausible-looking but wrong radiograph.
 
 Errors
     Every failure (unreadable, corrupt, truncated, unsupported mode, out-of-range values) raises
@@ -32,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
-#: Largest allowed difference between colour channels (as a fraction of full scale) for an RGB file
-#: to count as a grey radiograph stored in colour. 4/255 absorbs JPEG chroma rounding of grey images.
+#: Largest allowed difference between colour channels (as a fraction of full scale) for an RGB
+#: file to count as a grey radiograph stored in colour; 4/255 absorbs JPEG chroma rounding.
 COLOUR_TOLERANCE = 4.0 / 255.0
 
 #: ITU-R BT.601 luma weights (R, G, B).
@@ -82,7 +83,7 @@ def _pil_open_checked(path: Path) -> Image.Image:
 
 def pil_to_grey(im: Image.Image, *, name: str = "<image>", bit_depth: int | None = None,
                 allow_colour: bool = False) -> np.ndarray:
-    """Pillow image -> float32 (H, W) in [0, 1] following the module's rules (``name`` for errors)."""
+    """Pillow image -> float32 (H, W) in [0, 1] by the module's rules (``name`` for errors)."""
     mode = im.mode
     if mode in ("P", "PA"):
         im = im.convert("RGBA")

@@ -35,9 +35,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .files import FileDataset, box_scale, index_images, match_listed
+from .files import (FileDataset, box_scale, default_image_dir, first_existing, index_images,
+                    match_listed)
 from .imageio import IMAGE_SUFFIXES
-from .paths import torchxrayvision_data_file
+from .paths import default_data_root, torchxrayvision_data_file
 from .splits import check_fractions, patient_split, select_split
 from .tables import read_table, row_ref
 
@@ -110,10 +111,13 @@ class NIHChestXray14(FileDataset):
 
     Parameters
     ----------
-    image_dir: folder searched recursively for the PNGs (any subset of the 112,120).
-    csv: ``Data_Entry_2017*.csv(.gz)``; default: the copy bundled with torchxrayvision.
-    bbox_csv: ``BBox_List_2017.csv(.gz)``; default: the torchxrayvision copy if installed;
-        ``False``: no boxes.
+    root: dataset folder; default ``default_data_root() / "nih-chestxray14"``.
+    csv: ``Data_Entry_2017*.csv(.gz)``; default: ``root/Data_Entry_2017_v2020.csv(.gz)`` or
+        ``root/Data_Entry_2017.csv(.gz)`` if present, else the copy bundled with torchxrayvision.
+    image_dir: folder searched recursively for the PNGs (any subset of the 112,120); default
+        ``root / "images"`` if it exists, else ``root``.
+    bbox_csv: ``BBox_List_2017.csv(.gz)``; default: ``root/BBox_List_2017.csv(.gz)`` if present,
+        else the torchxrayvision copy if installed; ``False``: no boxes.
     split: ``"all"``, ``"train"``, ``"val"`` or ``"test"`` (see the module docstring).
     split_lists: folder holding ``train_val_list.txt`` and ``test_list.txt``, or the two paths.
     fractions, seed: patient-disjoint split fractions (train, val, test) and its seed.
@@ -128,8 +132,9 @@ class NIHChestXray14(FileDataset):
 
     def __init__(
         self,
-        image_dir: str | os.PathLike,
+        root: str | os.PathLike | None = None,
         csv: str | os.PathLike | None = None,
+        image_dir: str | os.PathLike | None = None,
         bbox_csv: str | os.PathLike | None | bool = None,
         split: str = "all",
         split_lists: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
@@ -141,8 +146,14 @@ class NIHChestXray14(FileDataset):
         on_error: str = "raise",
     ) -> None:
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
-        csv = Path(csv) if csv is not None else torchxrayvision_data_file(
-            "Data_Entry_2017_v2020.csv.gz")
+        root = Path(root) if root is not None else default_data_root() / "nih-chestxray14"
+        image_dir = (Path(image_dir) if image_dir is not None
+                     else default_image_dir(root, "images"))
+        if csv is None:
+            csv = first_existing(*(root / f"Data_Entry_2017{v}.csv{z}" for v in ("_v2020", "")
+                                   for z in ("", ".gz")))
+            csv = csv or torchxrayvision_data_file("Data_Entry_2017_v2020.csv.gz")
+        csv = Path(csv) if csv is not None else None
         if csv is None:
             raise FileNotFoundError("NIH label table: no csv given and torchxrayvision's bundled "
                                     "Data_Entry_2017_v2020.csv.gz not found; pass csv=...")
@@ -172,7 +183,8 @@ class NIHChestXray14(FileDataset):
         self.metadata = pd.DataFrame(meta)
 
         if bbox_csv is None:
-            bbox_csv = torchxrayvision_data_file("BBox_List_2017.csv.gz")
+            bbox_csv = first_existing(root / "BBox_List_2017.csv", root / "BBox_List_2017.csv.gz")
+            bbox_csv = bbox_csv or torchxrayvision_data_file("BBox_List_2017.csv.gz")
         all_boxes = read_boxes(bbox_csv) if bbox_csv not in (None, False) else {}
         self._boxes = [all_boxes.get(n, []) for n in table["Image Index"]]
 

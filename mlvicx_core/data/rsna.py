@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .files import FileDataset, box_scale, index_images, match_listed
+from .files import FileDataset, box_scale, default_image_dir, index_images, match_listed
 from .paths import default_data_root
 from .splits import select_split
 from .tables import read_table, row_ref
@@ -36,7 +36,7 @@ class RSNAPneumonia(FileDataset):
     root: dataset folder; default ``default_data_root() / "rsna-pneumonia"``.
     csv: label table; default ``root / "stage_2_train_labels.csv"``.
     image_dir: DICOM folder (searched recursively by patientId); default
-        ``root / "stage_2_train_images"``.
+        ``root / "stage_2_train_images"`` if it exists, else ``root``.
     split, fractions, seed: patient-disjoint split (:mod:`mlvicx_core.data.splits`).
     missing: ``"exclude"`` (default) or ``"raise"`` for listed images not on disk.
     image_size, transform, on_error: as in :class:`CXRDataset`.
@@ -51,7 +51,8 @@ class RSNAPneumonia(FileDataset):
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
         root = Path(root) if root is not None else default_data_root() / "rsna-pneumonia"
         csv = Path(csv) if csv is not None else root / "stage_2_train_labels.csv"
-        image_dir = Path(image_dir) if image_dir is not None else root / "stage_2_train_images"
+        image_dir = (Path(image_dir) if image_dir is not None
+                     else default_image_dir(root, "stage_2_train_images"))
         df = read_table(csv, RSNA_COLUMNS)
         ids: list[str] = []
         target: dict[str, int] = {}

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .dicom import dicom_header, dicom_shape
-from .files import FileDataset, index_images, match_listed
+from .files import FileDataset, default_image_dir, index_images, match_listed
 from .imageio import ImageReadError
 from .paths import default_data_root
 from .rle import rle_decode, rle_encode, rle_runs
@@ -37,7 +37,8 @@ class SIIMPneumothorax(FileDataset):
     ----------
     root: dataset folder; default ``default_data_root() / "siim-acr-pneumothorax"``.
     csv: RLE table; default ``root / "train-rle.csv"``.
-    image_dir: DICOM folder (recursive); default ``root / "dicom-images-train"``.
+    image_dir: DICOM folder (recursive); default ``root / "dicom-images-train"`` if it exists,
+        else ``root``.
     split, fractions, seed: patient-disjoint split (by DICOM PatientID).
     missing: ``"exclude"`` (default) or ``"raise"`` for listed images not on disk.
     image_size, transform, on_error: as in :class:`CXRDataset`.
@@ -53,7 +54,8 @@ class SIIMPneumothorax(FileDataset):
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
         root = Path(root) if root is not None else default_data_root() / "siim-acr-pneumothorax"
         csv = Path(csv) if csv is not None else root / "train-rle.csv"
-        image_dir = Path(image_dir) if image_dir is not None else root / "dicom-images-train"
+        image_dir = (Path(image_dir) if image_dir is not None
+                     else default_image_dir(root, "dicom-images-train"))
         df = read_table(csv, ["ImageId", "EncodedPixels"], dtype=str, keep_default_na=False)
         rles: dict[str, list[str]] = {}
         for r, (iid, rle) in enumerate(zip(df["ImageId"].str.strip(), df["EncodedPixels"])):

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .files import FileDataset, box_scale, index_images, match_listed
+from .files import FileDataset, box_scale, default_image_dir, index_images, match_listed
 from .paths import default_data_root
 from .splits import select_split
 from .tables import read_table, row_ref
@@ -47,7 +47,8 @@ class VinDrCXR(FileDataset):
     ----------
     root: dataset folder; default ``default_data_root() / "vindr-cxr"``.
     csv: annotations; default ``root / "train.csv"``.
-    image_dir: DICOM folder (recursive); default ``root / "train"``.
+    image_dir: DICOM folder (recursive); default ``root / "train"`` if it exists,
+        else ``root``.
     min_readers: readers who must mark a finding for the image label to be 1 (>= 1).
     split, fractions, seed: image-level split (one image per patient id, see module docstring).
     missing: ``"exclude"`` (default) or ``"raise"`` for listed images not on disk.
@@ -66,7 +67,8 @@ class VinDrCXR(FileDataset):
             raise ValueError(f"min_readers={min_readers!r}: expected an integer >= 1")
         root = Path(root) if root is not None else default_data_root() / "vindr-cxr"
         csv = Path(csv) if csv is not None else root / "train.csv"
-        image_dir = Path(image_dir) if image_dir is not None else root / "train"
+        image_dir = (Path(image_dir) if image_dir is not None
+                     else default_image_dir(root, "train"))
         df = read_table(csv, VINDR_COLUMNS)
         col = {name: k for k, name in enumerate(VINDR_FINDINGS)}
         has_id = "class_id" in df.columns
