@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -283,3 +284,64 @@ def test_image_folder_recursive_mixed_formats(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty.*no images"):
         ImageFolderDataset(empty)
+
+
+# -- the real tables bundled in torchxrayvision, with fixture images named after real ids -------
+def _bundled(name: str) -> Path:
+    from mlvicx_core.data.paths import torchxrayvision_data_file
+    found = torchxrayvision_data_file(name)
+    if found is None:
+        pytest.skip(f"torchxrayvision's bundled {name} not installed")
+    return found
+
+
+@pytest.mark.realdata
+def test_rsna_real_table(tmp_path):
+    table = pd.read_csv(_bundled("kaggle_stage_2_train_labels.csv.zip"))
+    assert table["patientId"].nunique() == 26684
+    per = table.groupby("patientId")
+    two = per["Target"].sum().eq(2).idxmax()  # first patient with two boxes
+    neg = per["Target"].max().eq(0).idxmax()
+    for pid in (two, neg):
+        _dcm(tmp_path / f"{pid}.dcm", 1, shape=(1024, 1024))
+    with pytest.warns(UserWarning, match="26682 of 26684"):
+        ds = RSNAPneumonia(tmp_path, image_size=256)  # root has no csv: the bundled one
+    i_two, i_neg = list(ds.patient_ids).index(two), list(ds.patient_ids).index(neg)
+    np.testing.assert_array_equal(ds.labels[[i_two, i_neg], 0], [1, 0])
+    rows = table[table["patientId"] == two][["x", "y", "width", "height"]].to_numpy() / 4
+    np.testing.assert_allclose([b[1:] for b in ds.boxes(i_two)], rows)
+    assert ds.boxes(i_neg) == []
+
+
+@pytest.mark.realdata
+def test_siim_real_table_with_the_shared_dicom(tmp_path):
+    if SHARED is None or not (SHARED / "siim").is_dir():
+        pytest.skip("shared SIIM DICOM absent")
+    table = pd.read_csv(_bundled("siim-pneumothorax-train-rle.csv.gz"))
+    table.columns = [c.strip() for c in table.columns]
+    dcm = next(p for p in (SHARED / "siim").glob("1.2.*.dcm"))
+    assert table.loc[table["ImageId"] == dcm.stem, "EncodedPixels"].str.strip().tolist() == ["-1"]
+    # Every RLE in the real table decodes inside 1024 x 1024 and re-encodes to the same runs.
+    sample = table[table["EncodedPixels"].str.strip() != "-1"].iloc[::400]
+    for rle in sample["EncodedPixels"]:
+        assert rle_encode(rle_decode(rle)) == " ".join(rle.split())
+    with pytest.warns(UserWarning, match="of 12047 images"):
+        ds = SIIMPneumothorax(tmp_path, image_dir=SHARED / "siim", image_size=32)
+    assert len(ds) == 1 and ds.labels.tolist() == [[0.0]] and not ds[0]["mask"].any()
+
+
+@pytest.mark.realdata
+def test_vindr_real_table(tmp_path):
+    table = pd.read_csv(_bundled("vinbigdata-train.csv.gz"))
+    marked = table[table["class_id"] < 14]
+    votes = marked.groupby(["image_id", "class_name"])["rad_id"].nunique()
+    image = votes[votes == 2].index[0][0]  # an image with a finding two readers agree on
+    _dcm(tmp_path / "train" / f"{image}.dicom", 3, shape=(40, 40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        one, two = (VinDrCXR(tmp_path, min_readers=m, image_size=40) for m in (1, 2))
+    expect1 = [float(votes.get((image, f), 0) >= 1) for f in VINDR_FINDINGS]
+    expect2 = [float(votes.get((image, f), 0) >= 2) for f in VINDR_FINDINGS]
+    np.testing.assert_array_equal(one.labels[0], expect1)
+    np.testing.assert_array_equal(two.labels[0], expect2)
+    assert len(one.boxes(0)) == len(marked[marked["image_id"] == image])

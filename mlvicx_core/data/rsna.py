@@ -20,8 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .files import FileDataset, box_scale, default_image_dir, index_images, match_listed
-from .paths import default_data_root
+from .files import (FileDataset, box_scale, default_image_dir, first_existing, index_images,
+                    match_listed)
+from .paths import default_data_root, torchxrayvision_data_file
 from .splits import select_split
 from .tables import read_table, row_ref
 
@@ -34,7 +35,8 @@ class RSNAPneumonia(FileDataset):
     Parameters
     ----------
     root: dataset folder; default ``default_data_root() / "rsna-pneumonia"``.
-    csv: label table; default ``root / "stage_2_train_labels.csv"``.
+    csv: label table; default ``root / "stage_2_train_labels.csv"`` if present, else the copy
+        bundled with torchxrayvision (``kaggle_stage_2_train_labels.csv.zip``).
     image_dir: DICOM folder (searched recursively by patientId); default
         ``root / "stage_2_train_images"`` if it exists, else ``root``.
     split, fractions, seed: patient-disjoint split (:mod:`mlvicx_core.data.splits`).
@@ -50,7 +52,10 @@ class RSNAPneumonia(FileDataset):
                  on_error: str = "raise") -> None:
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
         root = Path(root) if root is not None else default_data_root() / "rsna-pneumonia"
-        csv = Path(csv) if csv is not None else root / "stage_2_train_labels.csv"
+        if csv is None:  # the user's copy, else the one bundled with torchxrayvision
+            csv = first_existing(root / "stage_2_train_labels.csv") or torchxrayvision_data_file(
+                "kaggle_stage_2_train_labels.csv.zip") or root / "stage_2_train_labels.csv"
+        csv = Path(csv)
         image_dir = (Path(image_dir) if image_dir is not None
                      else default_image_dir(root, "stage_2_train_images"))
         df = read_table(csv, RSNA_COLUMNS)

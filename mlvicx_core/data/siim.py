@@ -20,9 +20,10 @@ from typing import Sequence
 import numpy as np
 
 from .dicom import dicom_header, dicom_shape
-from .files import FileDataset, default_image_dir, index_images, match_listed
+from .files import (FileDataset, default_image_dir, first_existing, index_images,
+                    match_listed)
 from .imageio import ImageReadError
-from .paths import default_data_root
+from .paths import default_data_root, torchxrayvision_data_file
 from .rle import rle_decode, rle_encode, rle_runs
 from .splits import select_split
 from .tables import read_table, row_ref
@@ -36,7 +37,8 @@ class SIIMPneumothorax(FileDataset):
     Parameters
     ----------
     root: dataset folder; default ``default_data_root() / "siim-acr-pneumothorax"``.
-    csv: RLE table; default ``root / "train-rle.csv"``.
+    csv: RLE table; default ``root / "train-rle.csv"`` if present, else the copy
+        bundled with torchxrayvision (``siim-pneumothorax-train-rle.csv.gz``).
     image_dir: DICOM folder (recursive); default ``root / "dicom-images-train"`` if it exists,
         else ``root``.
     split, fractions, seed: patient-disjoint split (by DICOM PatientID).
@@ -53,7 +55,10 @@ class SIIMPneumothorax(FileDataset):
                  on_error: str = "raise") -> None:
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
         root = Path(root) if root is not None else default_data_root() / "siim-acr-pneumothorax"
-        csv = Path(csv) if csv is not None else root / "train-rle.csv"
+        if csv is None:  # the user's copy, else the one bundled with torchxrayvision
+            csv = first_existing(root / "train-rle.csv") or torchxrayvision_data_file(
+                "siim-pneumothorax-train-rle.csv.gz") or root / "train-rle.csv"
+        csv = Path(csv)
         image_dir = (Path(image_dir) if image_dir is not None
                      else default_image_dir(root, "dicom-images-train"))
         df = read_table(csv, ["ImageId", "EncodedPixels"], dtype=str, keep_default_na=False)

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
-from .files import FileDataset, box_scale, default_image_dir, index_images, match_listed
-from .paths import default_data_root
+from .files import (FileDataset, box_scale, default_image_dir, first_existing, index_images,
+                    match_listed)
+from .paths import default_data_root, torchxrayvision_data_file
 from .splits import select_split
 from .tables import read_table, row_ref
 
@@ -46,7 +48,8 @@ class VinDrCXR(FileDataset):
     Parameters
     ----------
     root: dataset folder; default ``default_data_root() / "vindr-cxr"``.
-    csv: annotations; default ``root / "train.csv"``.
+    csv: annotations; default ``root / "train.csv"`` if present, else the copy
+        bundled with torchxrayvision (``vinbigdata-train.csv.gz``).
     image_dir: DICOM folder (recursive); default ``root / "train"`` if it exists,
         else ``root``.
     min_readers: readers who must mark a finding for the image label to be 1 (>= 1).
@@ -66,37 +69,44 @@ class VinDrCXR(FileDataset):
         if not (isinstance(min_readers, (int, np.integer)) and min_readers >= 1):
             raise ValueError(f"min_readers={min_readers!r}: expected an integer >= 1")
         root = Path(root) if root is not None else default_data_root() / "vindr-cxr"
-        csv = Path(csv) if csv is not None else root / "train.csv"
+        if csv is None:  # the user's copy, else the one bundled with torchxrayvision
+            csv = first_existing(root / "train.csv") or torchxrayvision_data_file(
+                "vinbigdata-train.csv.gz") or root / "train.csv"
+        csv = Path(csv)
         image_dir = (Path(image_dir) if image_dir is not None
                      else default_image_dir(root, "train"))
         df = read_table(csv, VINDR_COLUMNS)
-        col = {name: k for k, name in enumerate(VINDR_FINDINGS)}
-        has_id = "class_id" in df.columns
+        col = {name: k for k, name in enumerate(VINDR_FINDINGS)} | {NO_FINDING: 14}
+        image = df["image_id"].astype(str).str.strip().to_numpy()
+        names = df["class_name"].astype(str).str.strip().to_numpy()
+        rad = df["rad_id"].astype(str).str.strip().to_numpy()
+        k_of = np.array([col.get(n, -1) for n in names], dtype=np.int64)
         xyxy = df[["x_min", "y_min", "x_max", "y_max"]].apply(lambda c: c.astype(float)).to_numpy()
-        readers: dict[str, list[set]] = {}  # image -> per finding, the readers who marked it
-        marks: dict[str, list] = {}
-        for r, (iid, name, rad) in enumerate(zip(df["image_id"].astype(str).str.strip(),
-                                                 df["class_name"].astype(str).str.strip(),
-                                                 df["rad_id"].astype(str).str.strip())):
-            readers.setdefault(iid, [set() for _ in VINDR_FINDINGS])
-            marks.setdefault(iid, [])
-            k = 14 if name == NO_FINDING else col.get(name)
-            if k is None:
-                raise ValueError(f"{row_ref(csv, r)}: class_name {name!r}; expected one of "
-                                 f"{VINDR_FINDINGS + [NO_FINDING]}")
-            if has_id and str(df["class_id"].iloc[r]).strip() != str(k):
+        # Validate every row with array operations; report the first bad one.
+        for r in np.flatnonzero(k_of < 0)[:1]:
+            raise ValueError(f"{row_ref(csv, r)}: class_name {names[r]!r}; expected one of "
+                             f"{VINDR_FINDINGS + [NO_FINDING]}")
+        if "class_id" in df.columns:
+            ids_given = df["class_id"].astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+            for r in np.flatnonzero(ids_given.to_numpy() != k_of.astype(str))[:1]:
                 raise ValueError(f"{row_ref(csv, r)}: class_id={df['class_id'].iloc[r]!r} but "
-                                 f"class_name={name!r}; expected class_id {k}")
-            if k == 14:
-                continue
-            x0, y0, x1, y1 = xyxy[r]
-            if not np.isfinite(xyxy[r]).all() or x1 <= x0 or y1 <= y0:
-                raise ValueError(f"{row_ref(csv, r)}: {name} box {xyxy[r].tolist()}; expected "
-                                 "finite x_min < x_max and y_min < y_max")
-            readers[iid][k].add(rad)
-            marks[iid].append((k, x0, y0, x1 - x0, y1 - y0))
+                                 f"class_name={names[r]!r}; expected class_id {k_of[r]}")
+        is_box = k_of < 14
+        with np.errstate(invalid="ignore"):
+            ok = (np.isfinite(xyxy).all(1) & (xyxy[:, 2] > xyxy[:, 0])
+                  & (xyxy[:, 3] > xyxy[:, 1]))
+        for r in np.flatnonzero(is_box & ~ok)[:1]:
+            raise ValueError(f"{row_ref(csv, r)}: {names[r]} box {xyxy[r].tolist()}; expected "
+                             "finite x_min < x_max and y_min < y_max")
 
-        ids = np.array(list(readers), dtype=object)
+        readers: dict[tuple[str, int], set] = {}  # (image, finding) -> readers who marked it
+        marks: dict[str, list] = {}
+        for r in np.flatnonzero(is_box):
+            k, (x0, y0, x1, y1) = int(k_of[r]), xyxy[r]
+            readers.setdefault((image[r], k), set()).add(rad[r])
+            marks.setdefault(image[r], []).append((k, x0, y0, x1 - x0, y1 - y0))
+
+        ids = np.array(pd.unique(image), dtype=object)
         ids = ids[select_split(ids, split, fractions, seed)]
         found = index_images(image_dir, key="stem")
         keep, self.missing = match_listed(ids, found, missing=missing, source=str(csv),
@@ -105,9 +115,12 @@ class VinDrCXR(FileDataset):
         self.min_readers = int(min_readers)
         self.paths = [found[i] for i in ids]
         self.patient_ids = ids
-        self.labels = np.array([[len(s) >= min_readers for s in readers[i]] for i in ids],
-                               dtype=np.float32).reshape(len(ids), len(VINDR_FINDINGS))
-        self._boxes = [[(VINDR_FINDINGS[k], x, y, w, h) for k, x, y, w, h in marks[i]
+        self.labels = np.zeros((len(ids), len(VINDR_FINDINGS)), dtype=np.float32)
+        row = {iid: n for n, iid in enumerate(ids)}
+        for (iid, k), who in readers.items():
+            if iid in row:
+                self.labels[row[iid], k] = float(len(who) >= min_readers)
+        self._boxes = [[(VINDR_FINDINGS[k], x, y, w, h) for k, x, y, w, h in marks.get(i, [])
                         if lab[k] == 1] for i, lab in zip(ids, self.labels)]
 
     def boxes(self, index: int) -> list[tuple[str, float, float, float, float]]:
