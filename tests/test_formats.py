@@ -266,6 +266,7 @@ def test_image_folder_recursive_mixed_formats(tmp_path):
     _dcm(tmp_path / "a" / "b" / "y.dcm", 102, shape=(12, 10))
     Image.fromarray(np.full((8, 8), 204, np.uint8)).save(tmp_path / "z.jpg", quality=100)
     (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "._x.png").write_bytes(b"macOS resource fork, not an image")  # hidden: ignored
     ds = ImageFolderDataset(tmp_path, image_size=8)
     assert len(ds) == 3 and ds.labels.shape == (3, 0) and ds.findings == []
     assert list(ds.patient_ids) == ["a/b/y", "a/x", "z"]

@@ -133,11 +133,9 @@ def box_scale(path: str | os.PathLike, image_size: int | None,
 class FileDataset(CXRDataset):
     """A :class:`CXRDataset` whose sample ``i`` is the radiograph file ``paths[i]``.
 
-    Subclasses set ``paths``, ``labels`` and ``patient_ids`` (same length) and call :meth:`_keep`
-    to restrict all per-sample arrays to a subset (a split).
+    Subclasses set ``paths``, ``labels`` and ``patient_ids`` (same length); ``missing`` lists the
+    table entries whose file was not found (see the module docstring).
     """
-
-    read_kwargs: dict = {}
 
     def __init__(self, image_size: int | None = 224, transform=None, on_error: str = "raise"):
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
@@ -145,19 +143,7 @@ class FileDataset(CXRDataset):
         self.missing: list[str] = []
 
     def load_image(self, index: int) -> np.ndarray:
-        return read_radiograph(self.paths[index], **self.read_kwargs)
+        return read_radiograph(self.paths[index])
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])
-
-    def _keep(self, idx: np.ndarray, *per_sample: str) -> None:
-        """Keep samples ``idx`` in ``paths``, ``labels``, ``patient_ids`` and attributes named."""
-        idx = np.asarray(idx, dtype=np.int64)
-        self.paths = [self.paths[i] for i in idx]
-        self.labels = np.ascontiguousarray(self.labels[idx], dtype=np.float32)
-        self.patient_ids = np.asarray(self.patient_ids, dtype=object)[idx]
-        for name in per_sample:
-            value = getattr(self, name)
-            setattr(self, name, [value[i] for i in idx] if isinstance(value, list)
-                    else value.iloc[idx].reset_index(drop=True) if hasattr(value, "iloc")
-                    else value[idx])
