@@ -1,4 +1,20 @@
 """Chest X-ray data: the dataset contract, the synthetic default and the real-format loaders."""
 from .base import CXRDataset, resize_image
+from .dicom import read_dicom
+from .folder import ImageFolderDataset
+from .imageio import ImageReadError, read_image
+from .medmnist import MedMNISTChest
+from .nih import NIH_FINDINGS, NIHChestXray14
+from .paths import default_data_root, shared_data_dir
+from .rle import rle_decode, rle_encode
+from .rsna import RSNAPneumonia
+from .siim import SIIMPneumothorax
+from .splits import patient_split
+from .vindr import VINDR_FINDINGS, VinDrCXR
 
-__all__ = ["CXRDataset", "resize_image"]
+__all__ = [
+    "CXRDataset", "ImageFolderDataset", "ImageReadError", "MedMNISTChest", "NIHChestXray14",
+    "NIH_FINDINGS", "RSNAPneumonia", "SIIMPneumothorax", "VINDR_FINDINGS", "VinDrCXR",
+    "default_data_root", "patient_split", "read_dicom", "read_image", "resize_image",
+    "rle_decode", "rle_encode", "shared_data_dir",
+]
