@@ -9,7 +9,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mlvicx_core.data.augment import (BatchTwoViews, TwoViewDataset, TwoViews, ViewParams,
-                                      gaussian_blur, no_randomness, sample_crop_boxes)
+                                      crop_resize_batch, crop_resize_one, gaussian_blur,
+                                      no_randomness, sample_crop_boxes, sample_view)
 from mlvicx_core.data.base import CXRDataset
 
 S = 32
@@ -219,18 +220,26 @@ def test_contrast_blends_towards_the_mean():
 
 # -- batched path ---------------------------------------------------------------------------------------------
 def test_batch_without_randomness_equals_plain_resize():
-    x = torch.rand(3, 1, 16, 16)
     p = no_randomness(ViewParams(S))
-    a, b = BatchTwoViews(S, view1=p, view2=p)(x, generator=gen(0))
-    ref = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=False).clamp(0, 1)
-    assert torch.allclose(a, ref, atol=1e-5) and torch.allclose(b, ref, atol=1e-5)
-    xs = torch.rand(3, 1, S, S)  # same size: bicubic weights at the pixel centres are (0, 1, 0, 0)
-    same, _ = BatchTwoViews(S, view1=p, view2=p)(xs, generator=gen(0))
-    assert torch.allclose(same, xs, atol=1e-6)
-    # downscaling by 2: supersampled at the input's pixel centres, then 2x2 averages
-    x64 = torch.rand(2, 1, 2 * S, 2 * S)
-    a, _ = BatchTwoViews(S, view1=p, view2=p)(x64, generator=gen(0))
-    assert torch.allclose(a, F.avg_pool2d(x64, 2), atol=1e-5)
+    bt = BatchTwoViews(S, view1=p, view2=p)
+    for side in (16, 48, 2 * S, S):  # up, down by 1.5, down by 2, same size
+        x = torch.rand(3, 1, side, side)
+        a, b = bt(x, generator=gen(0))
+        ref = np.stack([np.asarray(Image.fromarray(img[0].numpy(), mode="F")
+                                   .resize((S, S), Image.BICUBIC)) for img in x])
+        ref = torch.from_numpy(ref.clip(0, 1))[:, None]  # Pillow: an independent implementation
+        assert torch.allclose(a, ref, atol=1e-5) and torch.equal(a, b), side
+    assert torch.allclose(bt(x, generator=gen(0))[0], x, atol=1e-6)  # same size: identity
+
+
+def test_batch_crop_resize_equals_per_sample_crop_resize():
+    x = torch.rand(40, 1, 57, 45)
+    p = ViewParams(S, scale=(0.05, 1.0), ratio=(0.5, 2.0))
+    d = sample_view(p, 40, 57, 45, gen(4))
+    batch = crop_resize_batch(x, d.boxes, d.flip, S)
+    single = torch.stack([crop_resize_one(x[i], d.boxes[i], bool(d.flip[i]), S) for i in range(40)])
+    assert d.flip.any() and (~d.flip).any()
+    assert torch.allclose(batch, single, atol=2e-5)
 
 
 def test_batch_crops_and_flips_match_windows_of_a_ramp():

@@ -25,11 +25,11 @@ number of DataLoader workers or the order in which they run. Call ``set_epoch(e)
 (with ``persistent_workers=True`` the workers keep the epoch they were started with, so leave that
 off or rebuild the loader). ``BatchTwoViews`` draws all parameters of a batch from one generator.
 
-Resampling: ``TwoViews`` resizes each crop bicubically with antialiasing (``F.interpolate``, equal to
-Pillow's bicubic resize). ``BatchTwoViews`` samples all crops at once with ``F.grid_sample``
-(bicubic, a = -0.75, border padding), supersampling by ``k = ceil(largest crop side / S)`` and
-averaging k x k blocks, a box-filter antialias; it runs on any device, e.g. on the GPU after the
-batch was moved there.
+Resampling: both paths resize each crop with the antialiased bicubic filter of Pillow and
+``F.interpolate(mode="bicubic", antialias=True)`` (Keys cubic, a = -0.5, widened by the downscale
+factor). ``TwoViews`` calls ``F.interpolate`` on the crop; ``BatchTwoViews`` computes each crop's filter
+taps and applies them to the whole batch with gathers and multiply-adds (rows, then columns), so it
+runs unchanged on the GPU after the batch was moved there and matches the per-sample path.
 """
 from __future__ import annotations
 
@@ -226,27 +226,59 @@ def crop_resize_one(img: torch.Tensor, box: torch.Tensor, flip: bool, size: int)
     return out.flip(-1) if flip else out
 
 
+def _cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel with a = -0.5 (Pillow's and torch's antialiased bicubic)."""
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = (((t - 5) * t + 8) * t - 4) * a
+    return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def resample_taps(start: torch.Tensor, length: torch.Tensor, in_size: int,
+                  out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Antialiased bicubic resize of ``x[start:start+length]`` to ``out_size`` as T taps per output.
+
+    Returns input indices (B, out, T) long and weights (B, out, T) float32 with
+    ``y[o] = sum_t w[o, t] x[idx[o, t]]``. Output pixel o is centred at ``c = start + (o + 1/2) s``,
+    ``s = length / out``; input pixel i weighs ``cubic((i + 1/2 - c) / max(s, 1))``, zero outside the
+    crop, normalised to sum 1: the Pillow / ``F.interpolate(antialias=True)`` filter on the crop alone.
+    """
+    start, length = start.double()[:, None, None], length.double()[:, None, None]
+    scale = length / out_size
+    support = 2.0 * scale.clamp_min(1.0)
+    taps = int(math.ceil(2 * float(support.max()))) + 2
+    centre = start + (torch.arange(out_size, dtype=torch.float64)[None, :, None] + 0.5) * scale
+    idx = torch.floor(centre - support - 0.5) + torch.arange(taps, dtype=torch.float64)
+    w = _cubic((idx + 0.5 - centre) / scale.clamp_min(1.0))
+    w = w * ((idx >= start) & (idx < start + length))
+    w = w / w.sum(dim=-1, keepdim=True)
+    return idx.clamp(0, in_size - 1).long(), w.float()
+
+
+def _apply_taps(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) resampled along dim 1 with per-sample taps (B, O, T) -> (B, O, W)."""
+    bsz, _, wid = x.shape
+    out = x.new_zeros(bsz, idx.shape[1], wid)
+    for t in range(idx.shape[2]):  # a loop over taps keeps memory at one (B, O, W) gather
+        rows = torch.gather(x, 1, idx[:, :, t, None].expand(-1, -1, wid))
+        out += w[:, :, t, None] * rows
+    return out
+
+
 def crop_resize_batch(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
                       size: int) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, 1, S, S) via one affine ``grid_sample``; flip mirrors the sampling grid.
-
-    Output pixel centre ``xo`` (normalised, align_corners=False) maps to input ``a xo + b`` with
-    ``a = +-w / W`` and ``b = (2 left + w) / W - 1`` (same for rows); supersampled k x k, then averaged.
-    """
-    bsz, _, hgt, wid = x.shape
-    bx = boxes.to(torch.float64)
-    k = max(1, math.ceil(float(bx[:, 2:].max()) / size))
-    theta = torch.zeros(bsz, 2, 3, dtype=torch.float64)
-    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0) * bx[:, 3] / wid
-    theta[:, 0, 2] = (2 * bx[:, 1] + bx[:, 3]) / wid - 1
-    theta[:, 1, 1] = bx[:, 2] / hgt
-    theta[:, 1, 2] = (2 * bx[:, 0] + bx[:, 2]) / hgt - 1
-    grid = F.affine_grid(theta.to(x.device, x.dtype), [bsz, 1, size * k, size * k],
-                         align_corners=False)
-    out = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    if k > 1:
-        out = F.avg_pool2d(out, k)
-    return out.clamp_(0, 1)
+    """(B, 1, H, W) -> (B, 1, S, S): every crop resized at once, rows then columns, with per-sample
+    taps (gathers and multiply-adds only, any device); the filter of ``crop_resize_one``.
+    A flip reverses the column taps."""
+    _, _, hgt, wid = x.shape
+    iy, wy = resample_taps(boxes[:, 0], boxes[:, 2], hgt, size)
+    ix, wx = resample_taps(boxes[:, 1], boxes[:, 3], wid, size)
+    f = flip[:, None, None]
+    ix, wx = torch.where(f, ix.flip(1), ix), torch.where(f, wx.flip(1), wx)
+    dev = x.device
+    y = _apply_taps(x[:, 0], iy.to(dev), wy.to(dev, x.dtype))           # (B, S, W)
+    y = _apply_taps(y.transpose(1, 2), ix.to(dev), wx.to(dev, x.dtype))  # (B, S_x, S_y)
+    return y.transpose(1, 2)[:, None].clamp_(0, 1)
 
 
 # -- public transforms -----------------------------------------------------------------------------------
