@@ -1,10 +1,11 @@
-"""Data-loading throughput: decoding PNGs every epoch vs the uint8 memory-mapped cache, with two-view
-augmentation, at several sizes and DataLoader worker counts; plus per-sample TwoViews vs BatchTwoViews.
+"""Data-loading throughput: decoding PNGs every epoch vs the uint8 memory-mapped cache, with and
+without two-view augmentation, at several sizes and DataLoader worker counts; plus per-sample
+TwoViews vs BatchTwoViews.
 
 Source: a temporary folder of synthetic 1024 x 1024 8-bit grey PNGs written with Pillow (smooth
-anatomy-like structure plus noise, so zlib has about as much work as on an NIH PNG), and optionally the
-real 64 px NIH PNGs (MLVICX_DATA_DIR or ../shared/data). Nothing is written outside a temporary folder
-except the results JSON.
+anatomy-like structure plus noise, so zlib has about as much work as on an NIH PNG), and optionally
+the real 64 px NIH PNGs (MLVICX_DATA_DIR or ../shared/data). Nothing is written outside a temporary
+folder except the results JSON.
 
     python benchmarks/data_throughput.py            # ~2-4 minutes on 2 CPU cores
     python benchmarks/data_throughput.py --n-images 32 --sizes 64
@@ -53,7 +54,7 @@ class PngFolder(CXRDataset):
 
 
 def write_synthetic_pngs(folder: Path, n: int, side: int = 1024, seed: int = 0) -> int:
-    """n grey PNGs: bilinearly upsampled 16x16 noise (broad structure) + N(0, 4) grey-level noise."""
+    """n grey PNGs: bilinearly upsampled 16x16 noise (broad structure) + N(0, 4) grey levels."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     total = 0
@@ -115,7 +116,8 @@ def main() -> None:
                     help="torch threads in the main process (workers always use 1)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="device of the BatchTwoViews comparison")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data_throughput.json")
+    ap.add_argument("--out", type=Path,
+                    default=REPO / "benchmarks" / "results" / "data_throughput.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -124,8 +126,8 @@ def main() -> None:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         png_bytes = write_synthetic_pngs(tmp / "png", args.n_images)
-        print(f"wrote {args.n_images} synthetic 1024x1024 PNGs, {png_bytes / args.n_images / 1e3:.0f} kB "
-              f"each, in {time.perf_counter() - t0:.1f} s")
+        print(f"wrote {args.n_images} synthetic 1024x1024 PNGs, "
+              f"{png_bytes / args.n_images / 1e3:.0f} kB each, in {time.perf_counter() - t0:.1f} s")
         for size in args.sizes:
             t0 = time.perf_counter()
             cached_plain = CachedDataset(PngFolder(tmp / "png", size), root=tmp / "cache")
@@ -144,9 +146,11 @@ def main() -> None:
                            "cache_over_raw": r_cache / r_raw, "cache_build_s": build_s}
                     rows.append(row)
                     print(f"{size:4d} px  workers={workers}  aug={aug:9s}  raw {r_raw:8.1f}/s  "
-                          f"cache {r_cache:8.1f}/s  x{r_cache / r_raw:6.1f}  (build {build_s:.1f} s)")
+                          f"cache {r_cache:8.1f}/s  x{r_cache / r_raw:6.1f}  "
+                          f"(build {build_s:.1f} s)")
             batch = torch.from_numpy(cached_plain.images[:32].astype(np.float32) / 255)[:, None]
-            a = {"size": size, "batch": len(batch), **augment_only(batch, size, 2, torch.device(args.device))}
+            speeds = augment_only(batch, size, 2, torch.device(args.device))
+            a = {"size": size, "batch": len(batch), **speeds}
             aug_rows.append(a)
             print(f"{size:4d} px  augmentation only, batch {len(batch)}: per-sample "
                   f"{a['per_sample_images_per_s']:.0f}/s, batched {a['batch_images_per_s']:.0f}/s "

@@ -120,6 +120,24 @@ def test_killed_build_leftovers_are_ignored_and_cleaned(src, tmp_path):
     assert torch.equal(rebuilt[0]["image"], first[0]["image"])
 
 
+def test_concurrent_build_of_the_same_key_keeps_one_valid_entry(src, tmp_path):
+    source = NpyFolder(src)
+    final = cache_dir(tmp_path, "NpyFolder", "all", 16)
+    fp = source_fingerprint(source, 16)
+    other = []
+
+    def race(done):  # another process finishes the same build while this one is half-way
+        if not other:
+            other.append(build_cache(source, final, 16, fp))
+    build_cache(source, final, 16, fp, batch_size=2, on_write=race)
+    assert read_manifest(final, fp) == other[0]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["16px"]
+    inode = os.stat(final / "images.npy").st_ino
+    forced = CachedDataset(NpyFolder(src), root=tmp_path, rebuild=True)
+    assert forced.built and read_manifest(final, fp) is not None
+    assert os.stat(final / "images.npy").st_ino != inode  # really rewritten
+
+
 def test_changing_a_source_file_invalidates(src, tmp_path):
     root = tmp_path / "cache"
     assert CachedDataset(NpyFolder(src), root=root).built

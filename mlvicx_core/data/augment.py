@@ -1,4 +1,4 @@
-"""Two asymmetric views per image (BYOL/VICReg recipe, METHOD.md section 4), per sample or per batch.
+"""Two asymmetric views per image (BYOL/VICReg recipe, METHOD.md section 4), per sample or batch.
 
 Each view applies, in this order (the BYOL order; grayscale conversion is a no-op on 1 channel):
 
@@ -19,17 +19,18 @@ Each view applies, in this order (the BYOL order; grayscale conversion is a no-o
 Intensity contract in and out: float32 (1, H, W) in [0, 1] (see ``base.py``).
 
 Randomness: every random number comes from an explicit ``torch.Generator`` on the CPU (never the
-global RNG), so a seed fixes the result on every device. Per sample, ``TwoViewDataset`` seeds a fresh
-generator from ``(seed, epoch, index)``: the views of sample i in epoch e are the same whatever the
-number of DataLoader workers or the order in which they run. Call ``set_epoch(e)`` before each epoch
-(with ``persistent_workers=True`` the workers keep the epoch they were started with, so leave that
-off or rebuild the loader). ``BatchTwoViews`` draws all parameters of a batch from one generator.
+global RNG), so a seed fixes the result on every device. Per sample, ``TwoViewDataset`` seeds a
+fresh generator from ``(seed, epoch, index)``: the views of sample i in epoch e are the same
+whatever the number of DataLoader workers or the order in which they run. Call ``set_epoch(e)``
+before each epoch (with ``persistent_workers=True`` the workers keep the epoch they were started
+with, so leave that off or rebuild the loader). ``BatchTwoViews`` draws all parameters of a batch
+from one generator.
 
 Resampling: both paths resize each crop with the antialiased bicubic filter of Pillow and
 ``F.interpolate(mode="bicubic", antialias=True)`` (Keys cubic, a = -0.5, widened by the downscale
-factor). ``TwoViews`` calls ``F.interpolate`` on the crop; ``BatchTwoViews`` computes each crop's filter
-taps and applies them to the whole batch with gathers and multiply-adds (rows, then columns), so it
-runs unchanged on the GPU after the batch was moved there and matches the per-sample path.
+factor). ``TwoViews`` calls ``F.interpolate`` on the crop; ``BatchTwoViews`` computes each crop's
+filter taps and applies them to the whole batch with gathers and multiply-adds (rows, then columns),
+so it runs unchanged on the GPU after the batch was moved there and matches the per-sample path.
 """
 from __future__ import annotations
 
@@ -164,9 +165,9 @@ def sample_view(p: ViewParams, n: int, height: int, width: int,
                     torch.where(blur, sigma, torch.zeros(n)), solarize)
 
 
-# -- photometric ops on (B, 1, S, S) batches with per-sample parameters -------------------------------
+# -- photometric ops on (B, 1, S, S) batches with per-sample parameters ----------------------------
 def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
-    """``clamp(b x)`` then ``clamp(c x + (1 - c) mean(x))``, clamped to [0, 1] after each, per sample."""
+    """Per sample: ``x <- clamp(b x)``, then ``x <- clamp(c x + (1 - c) mean(x))``, into [0, 1]."""
     b = brightness.to(x)[:, None, None, None]
     c = contrast.to(x)[:, None, None, None]
     x = (x * b).clamp(0, 1)
@@ -175,7 +176,7 @@ def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tens
 
 
 def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, size) normalised 1-D kernels exp(-t^2 / (2 sigma^2)); sigma = 0 gives the identity delta."""
+    """(B, size) normalised 1-D kernels exp(-t^2 / (2 sigma^2)); sigma = 0 gives the identity."""
     t = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     s = sigma.float().clamp_min(1e-6)[:, None]
     k = torch.exp(-0.5 * (t[None] / s) ** 2)
@@ -215,7 +216,7 @@ def photometric(x: torch.Tensor, p: ViewParams, d: ViewDraw) -> torch.Tensor:
     return x
 
 
-# -- geometric ops -------------------------------------------------------------------------------------
+# -- geometric ops ---------------------------------------------------------------------------------
 def crop_resize_one(img: torch.Tensor, box: torch.Tensor, flip: bool, size: int) -> torch.Tensor:
     """(1, H, W) -> (1, S, S): crop, bicubic antialiased resize (= Pillow), clamp, optional flip."""
     top, left, h, w = (int(v) for v in box)
@@ -240,8 +241,8 @@ def resample_taps(start: torch.Tensor, length: torch.Tensor, in_size: int,
 
     Returns input indices (B, out, T) long and weights (B, out, T) float32 with
     ``y[o] = sum_t w[o, t] x[idx[o, t]]``. Output pixel o is centred at ``c = start + (o + 1/2) s``,
-    ``s = length / out``; input pixel i weighs ``cubic((i + 1/2 - c) / max(s, 1))``, zero outside the
-    crop, normalised to sum 1: the Pillow / ``F.interpolate(antialias=True)`` filter on the crop alone.
+    ``s = length / out``; input pixel i weighs ``cubic((i + 1/2 - c) / max(s, 1))``, zero outside
+    the crop, normalised to sum 1 (the filter of Pillow and ``F.interpolate(antialias=True)``).
     """
     start, length = start.double()[:, None, None], length.double()[:, None, None]
     scale = length / out_size
@@ -281,7 +282,7 @@ def crop_resize_batch(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
     return y.transpose(1, 2)[:, None].clamp_(0, 1)
 
 
-# -- public transforms -----------------------------------------------------------------------------------
+# -- public transforms -----------------------------------------------------------------------------
 def _check_images(x: torch.Tensor, ndim: int, what: str) -> None:
     if x.ndim != ndim or x.shape[-3] != 1 or not x.is_floating_point():
         want = "(1, H, W)" if ndim == 3 else "(B, 1, H, W)"
@@ -290,7 +291,7 @@ def _check_images(x: torch.Tensor, ndim: int, what: str) -> None:
 
 
 def seed_from(*values: int) -> int:
-    """A well-mixed 63-bit seed from several ints (numpy SeedSequence), e.g. (seed, epoch, index)."""
+    """A well-mixed 63-bit seed from several ints (numpy SeedSequence), e.g. seed, epoch, index."""
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, np.uint64)[0]
                >> np.uint64(1))
 
@@ -387,6 +388,6 @@ class TwoViewDataset(Dataset):
 
 
 def no_randomness(p: ViewParams) -> ViewParams:
-    """The same view with every random op switched off: full-image crop, no flip/jitter/blur/solarize."""
+    """The view with every random op off: full-image crop, no flip, jitter, blur or solarize."""
     return replace(p, scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, blur_p=0.0,
                    solarize_p=0.0)

@@ -16,10 +16,11 @@ the parent. A reader only trusts a directory whose manifest exists, matches the 
 and whose arrays have the manifest's shapes, so an interrupted build is never used; its temporary
 directory is removed on the exception, or by the next build if the process was killed.
 
-Invalidation: the fingerprint hashes the file list (``dataset.describe(i)``, with size and mtime when
-it names a file), the labels, patient ids and findings, the dataset's class and its public scalar
-attributes (e.g. ``root``, ``split``, ``seed``), the size and the cache format version. Any change
-means a rebuild. Masks are not cached: ``CachedDataset`` reads them from the source on demand.
+Invalidation: the fingerprint hashes the file list (``dataset.describe(i)``, with size and mtime
+when it names a file), the labels, patient ids and findings, the dataset's class and its public
+scalar attributes (e.g. ``root``, ``split``, ``seed``), the size and the cache format version. Any
+change means a rebuild. Masks are not cached: ``CachedDataset`` reads them from the source on
+demand.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ class _SourceImages(Dataset):
         self.source, self.size = source, size
         self.direct = type(source).load_image is not CXRDataset.load_image
         if not self.direct and (source.transform is not None or source.image_size != size):
-            raise ValueError(f"{type(source).__name__} has no load_image(): build the cache from its "
-                             f"samples with transform=None and image_size={size} (got "
+            raise ValueError(f"{type(source).__name__} has no load_image(): build the cache from "
+                             f"its samples with transform=None and image_size={size} (got "
                              f"transform={source.transform!r}, image_size={source.image_size})")
 
     def __len__(self) -> int:
@@ -122,7 +123,7 @@ def _fsync(path: Path) -> None:
 
 
 def read_manifest(path: Path, fingerprint: str | None = None) -> dict | None:
-    """The manifest of a complete, consistent cache at ``path`` (with that fingerprint), else None."""
+    """The manifest of a complete, consistent cache at ``path`` (with that fingerprint) or None."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         images = np.load(path / "images.npy", mmap_mode="r")
@@ -155,16 +156,19 @@ def _remove_dead_temporaries(final: Path) -> None:
 
 def build_cache(source: CXRDataset, final: Path, size: int, fingerprint: str,
                 num_workers: int = 0, batch_size: int = 32,
-                on_write: Callable[[int], None] | None = None) -> dict:
+                on_write: Callable[[int], None] | None = None, replace: bool = False) -> dict:
     """Decode every source image once into ``final`` (replacing an old entry); returns the manifest.
 
     ``num_workers`` > 0 decodes in DataLoader worker processes. ``on_write(i)`` is called after each
     batch is written, with the number of images done (a progress hook; tests use it to interrupt).
+    If a valid entry with the same fingerprint appeared meanwhile (a concurrent build of the same
+    key), it is kept and this build's copy discarded, unless ``replace``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(final)
-    tmp = final.parent / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    tag = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = final.parent / f".{final.name}.tmp-{tag}"
     tmp.mkdir()
     try:
         n = len(source)
@@ -196,6 +200,9 @@ def build_cache(source: CXRDataset, final: Path, size: int, fingerprint: str,
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks completion
         _fsync(tmp / "manifest.json")
         _fsync(tmp)
+        if not replace and read_manifest(final, fingerprint) is not None:  # concurrent build won
+            shutil.rmtree(tmp, ignore_errors=True)
+            return json.loads((final / "manifest.json").read_text())
         trash = final.parent / f".{final.name}.old-{secrets.token_hex(4)}"
         if final.exists():
             os.rename(final, trash)
@@ -214,7 +221,7 @@ def build_cache(source: CXRDataset, final: Path, size: int, fingerprint: str,
 
 
 class CachedDataset(CXRDataset):
-    """A ``CXRDataset`` served from the cache of ``source`` at size ``size`` (built if missing/stale).
+    """A ``CXRDataset`` served from the cache of ``source`` at ``size`` (built if missing or stale).
 
     Samples follow the base contract (image float32 (1, S, S) in [0, 1] = cached uint8 / 255), with
     ``transform`` (e.g. ``TwoViews``) applied on top. Masks and boxes come from ``source``.
@@ -244,7 +251,8 @@ class CachedDataset(CXRDataset):
         manifest = None if rebuild else read_manifest(self.path, fingerprint)
         self.built = manifest is None
         if manifest is None:
-            manifest = build_cache(source, self.path, size, fingerprint, num_workers=num_workers)
+            manifest = build_cache(source, self.path, size, fingerprint, num_workers=num_workers,
+                                   replace=rebuild)
         self.findings = list(manifest["findings"])
         with np.load(self.path / "meta.npz", allow_pickle=False) as meta:
             self.labels = meta["labels"]
@@ -275,8 +283,8 @@ class CachedDataset(CXRDataset):
     def boxes(self, index: int) -> list[tuple[str, float, float, float, float]]:
         s0 = self.source.image_size
         if s0 is None:
-            raise ValueError(f"boxes of {self.path}: the source has image_size=None, so its boxes are "
-                             "in native pixels; give the source an image_size")
+            raise ValueError(f"boxes of {self.path}: the source has image_size=None, so its boxes "
+                             "are in native pixels; give the source an image_size")
         f = self.image_size / s0
         return [(n, x * f, y * f, w * f, h * f) for n, x, y, w, h in self.source.boxes(index)]
 
