@@ -226,3 +226,41 @@ def test_masks_and_boxes_come_from_the_source(src, tmp_path):
     source.boxes = lambda i: [("Nodule", 4.0, 2.0, 8.0, 6.0)]
     big = CachedDataset(source, size=32, root=tmp_path)
     assert big.boxes(0) == [("Nodule", 8.0, 4.0, 16.0, 12.0)]
+
+
+def _nih_64px():
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    root = os.environ.get("MLVICX_DATA_DIR") or repo.parent / "shared" / "data"
+    folder = Path(root) / "nih" / "images-64px"
+    if not folder.is_dir():
+        pytest.skip(f"real NIH PNGs not found at {folder} (set MLVICX_DATA_DIR)")
+    return folder
+
+
+@pytest.mark.realdata
+def test_real_nih_pngs_cache_and_augment(tmp_path):
+    from PIL import Image
+
+    class Pngs(CXRDataset):
+        def __init__(self, paths):
+            super().__init__(image_size=64)
+            self.paths = paths
+            self.labels = np.zeros((len(paths), 0), np.float32)
+            self.patient_ids = np.array([p.name[:8] for p in paths], dtype=object)
+
+        def load_image(self, i):
+            with Image.open(self.paths[i]) as im:  # RGB and RGBA files reduce to grey
+                return np.asarray(im.convert("L"), np.float32) / 255
+
+        def describe(self, i):
+            return str(self.paths[i])
+
+    paths = sorted(_nih_64px().glob("*.png"))[:24]
+    cached = CachedDataset(Pngs(paths), root=tmp_path)
+    for i in (0, 11, 23):
+        with Image.open(paths[i]) as im:
+            grey = np.asarray(im.convert("L"))
+        assert np.array_equal(cached.images[i], grey)  # 64 px in, 64 px out: the very bytes
+    views = TwoViewDataset(cached, TwoViews(32), seed=0)[5]
+    assert views["view_a"].shape == (1, 32, 32) and views["patient_id"] == paths[5].name[:8]
