@@ -106,6 +106,22 @@ def test_dataset_seeds_by_seed_epoch_index_independent_of_workers():
         assert torch.equal(batch["view_b"][i], ds[i]["view_b"])
 
 
+class Same(Tiny):
+    def load_image(self, i):  # every index the same image: only the random draws differ
+        return np.random.default_rng(0).random((40, 40)).astype(np.float32)
+
+
+def test_transform_in_workers_never_repeats_and_is_reproducible():
+    def run():
+        torch.manual_seed(123)  # the DataLoader derives each worker's initial seed from this
+        ds = Same(n=4, transform=TwoViews(S, seed=5))
+        return [b["image"][0] for b in DataLoader(ds, batch_size=1, num_workers=2)]
+    first, again = run(), run()
+    # samples 0 and 1 are the first draw of worker 0 and of worker 1: same seed, different worker
+    assert not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 # -- geometric ops ---------------------------------------------------------------------------------
 def test_full_crop_without_randomness_is_a_plain_bicubic_resize():
     img = torch.rand(1, 48, 48)
