@@ -1,5 +1,7 @@
 """Chest X-ray data: the dataset contract, the synthetic default and the real-format loaders."""
+from .augment import BatchTwoViews, TwoViewDataset, TwoViews, ViewParams
 from .base import CXRDataset, resize_image
+from .cache import CachedDataset
 from .dicom import read_dicom
 from .folder import ImageFolderDataset
 from .imageio import ImageReadError, read_image
@@ -13,6 +15,7 @@ from .splits import patient_split
 from .vindr import VINDR_FINDINGS, VinDrCXR
 
 __all__ = [
+    "BatchTwoViews", "CachedDataset", "TwoViewDataset", "TwoViews", "ViewParams",
     "CXRDataset", "ImageFolderDataset", "ImageReadError", "MedMNISTChest", "NIHChestXray14",
     "NIH_FINDINGS", "RSNAPneumonia", "SIIMPneumothorax", "VINDR_FINDINGS", "VinDrCXR",
     "default_data_root", "patient_split", "read_dicom", "read_image", "resize_image",
