@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:

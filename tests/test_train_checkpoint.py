@@ -2,12 +2,12 @@
 import pytest
 import torch
 import torchvision
+from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
 from mlvicx_core.model import MLVICX
 from mlvicx_core.train import checkpoint as ckpt_mod
 from mlvicx_core.train.checkpoint import CheckpointManager, export_trunk, load_checkpoint
 from mlvicx_core.train.trainer import pretrain
-from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
 
 def _state(step):

@@ -5,13 +5,18 @@ import pytest
 import torch
 import torchvision
 import yaml
+from train_helpers import TinyCXR, simple_augment, tiny_config
 
 from mlvicx_core.cli import SUBCOMMANDS, main
 from mlvicx_core.config import get_preset
-from mlvicx_core.train.runconfig import (ConfigError, apply_overrides, config_hash, load_config,
-                                         valid_keys)
+from mlvicx_core.train.runconfig import (
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    load_config,
+    valid_keys,
+)
 from mlvicx_core.train.trainer import pretrain
-from train_helpers import TinyCXR, simple_augment, tiny_config
 
 
 def test_paper_preset_is_the_method_recipe():

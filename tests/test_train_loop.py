@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
 from mlvicx_core.loss import mlvicx_loss
 from mlvicx_core.model import MLVICX
@@ -12,7 +13,6 @@ from mlvicx_core.train.optim import build_optimizer
 from mlvicx_core.train.runconfig import ConfigError
 from mlvicx_core.train.runs import train_or_load
 from mlvicx_core.train.trainer import NonFiniteLossError, pretrain
-from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
 TERMS = ("loss", "invariance", "variance", "covariance")
 

@@ -5,8 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from mlvicx_core.train.optim import (LARS, WarmupCosine, build_optimizer, build_scheduler,
-                                     param_groups, peak_lr)
+from mlvicx_core.train.optim import (
+    LARS,
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    peak_lr,
+)
 
 
 class LinBN(nn.Module):

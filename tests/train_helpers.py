@@ -21,7 +21,7 @@ TINY_MODEL = get_preset("teaching", image_size=32, projector=(32, 32), ml_projec
 class TinyCXR(CXRDataset):
     """``length`` deterministic 32 x 32 images (a smooth blob per index plus noise)."""
 
-    findings = ["blob"]
+    findings = ("blob",)
 
     def __init__(self, length: int = 32, image_size: int = 32) -> None:
         super().__init__(image_size=image_size)

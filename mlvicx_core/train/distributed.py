@@ -18,8 +18,8 @@ Conventions of the kit under DDP:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -49,7 +49,7 @@ def detect() -> DistEnv:
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
         return DistEnv()
     return DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+                   int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def setup(device: torch.device) -> DistEnv:

@@ -34,7 +34,8 @@ class MetricsWriter:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= keep_to]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self._file = open(self.path, "a", buffering=1)  # line-buffered: readable while training
+        # line-buffered, kept open for the whole run: the file is readable while training
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -58,7 +59,7 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

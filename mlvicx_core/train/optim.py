@@ -18,7 +18,7 @@ the weights), then a half cosine from ``peak`` down to ``final_lr_ratio * peak``
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -47,8 +47,8 @@ class LARS(Optimizer):
                 f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
                 f"trust_coefficient={trust_coefficient}"
             )
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, lars_adaptation=True)
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                    "trust_coefficient": trust_coefficient, "lars_adaptation": True}
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -15,8 +15,8 @@ Imports of the data modules happen inside the builders so the engine does not de
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset

@@ -219,7 +219,7 @@ def from_dict(d: dict[str, Any], preset: str | None = None) -> TrainConfig:
     d = dict(d or {})
     extra = set(d) - set(SECTIONS) - {"preset"}
     if extra:
-        raise _unknown(sorted(extra)[0])
+        raise _unknown(min(extra))
     model_d = dict(d.get("model") or {})
     model_preset = model_d.pop("preset", None)
     try:

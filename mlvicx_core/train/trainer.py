@@ -20,9 +20,10 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ def pretrain(
 
     seed_everything(cfg.seed)
     if dataset is None or augment is None:
-        from .pipeline import build_pretrain_dataset, build_augment
+        from .pipeline import build_augment, build_pretrain_dataset
 
         dataset = dataset if dataset is not None else build_pretrain_dataset(config)
         augment = augment if augment is not None else build_augment(config)
