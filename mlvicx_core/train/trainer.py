@@ -61,7 +61,10 @@ class RunResult:
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: ``cuda:<local_rank>`` if available, else ``mps``, else ``cpu``; or the given name."""
+    """``"auto"``: ``cuda:<local_rank>`` if available, else ``mps``, else ``cpu``; or the given name
+    (a bare ``"cuda"`` also means ``cuda:<local_rank>``, so torchrun ranks get one GPU each)."""
+    if name == "cuda":
+        return torch.device("cuda", local_rank)
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
