@@ -1,0 +1,88 @@
+"""The pretraining data pipeline: the image-folder dataset, the registry, the default augmenter."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
+
+from mlvicx_core.data.image_folder import ImageFolderCXR
+from mlvicx_core.train import pipeline
+from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.runconfig import ConfigError
+from mlvicx_core.train.trainer import pretrain
+
+
+def test_folder_reads_grey_rgb_rgba_and_16_bit(tmp_path):
+    grey = np.array([[0, 255], [51, 102]], dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "a.png")
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "b.png")  # RGB copies of the grey
+    rgba = np.concatenate([np.stack([grey] * 3, -1), np.full((2, 2, 1), 7, np.uint8)], -1)
+    Image.fromarray(rgba).save(tmp_path / "c.png")
+    sub = tmp_path / "deeper"
+    sub.mkdir()
+    Image.fromarray(np.array([[0, 65535], [13107, 0]], dtype=np.uint16)).save(sub / "d.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    ds = ImageFolderCXR(tmp_path, image_size=None)
+    assert [p.name for p in ds.files] == ["a.png", "b.png", "c.png", "d.png"]
+    for i in range(3):
+        s = ds[i]
+        assert s["image"].shape == (1, 2, 2) and s["image"].dtype == torch.float32
+        assert torch.allclose(s["image"][0], torch.tensor(grey / 255.0, dtype=torch.float32),
+                              atol=1e-6)
+        assert s["labels"].shape == (0,) and s["patient_id"] == "abc"[i]
+    assert torch.allclose(ds[3]["image"][0], torch.tensor([[0.0, 1.0], [0.2, 0.0]]), atol=1e-6)
+    assert ds[0]["image"].shape == (1, 2, 2)
+    assert ImageFolderCXR(tmp_path, image_size=8)[0]["image"].shape == (1, 8, 8)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(OSError, match="broken.png"):
+        ImageFolderCXR(tmp_path)[0]
+
+
+def test_registry_builds_and_reports(tmp_path):
+    cfg = tiny_config(tmp_path, **{"data.dataset": "tiny"})
+    with pytest.raises(ConfigError, match="data.dataset='tiny' is not registered"):
+        pipeline.build_pretrain_dataset(cfg)
+    pipeline.register_dataset("tiny", lambda c: TinyCXR(24, pipeline.stored_size(c)))
+    try:
+        ds = pipeline.build_pretrain_dataset(cfg)
+        assert len(ds) == 24 and ds[0]["image"].shape == (1, 32, 32)
+    finally:
+        del pipeline.DATASETS["tiny"]
+
+
+def test_vicreg_variant_trains_and_logs_only_global_terms(tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_config(tmp_path, **{"train.max_steps": 2}),
+                              model=dataclasses.replace(TINY_MODEL, multilevel=False,
+                                                        context_bottleneck=False))
+    res = pretrain(cfg, dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "v")
+    df = read_metrics(res.run_dir)
+    assert not any(c.startswith(("multi/", "diag/multi")) for c in df.columns)
+    assert np.allclose(df["loss"], df["global/loss"])
+
+
+def test_default_augmenter_follows_the_interface(tmp_path):
+    pytest.importorskip("mlvicx_core.data.augment", reason="mlvicx_core.data.augment is absent")
+    cfg = tiny_config(tmp_path)
+    aug = pipeline.build_augment(cfg)
+    images = torch.stack([TinyCXR(4, 48)[i]["image"] for i in range(4)])  # stored > model size
+    a1, b1 = aug(images, generator=torch.Generator().manual_seed(0))
+    a2, b2 = aug(images, generator=torch.Generator().manual_seed(0))
+    assert a1.shape == b1.shape == (4, 1, 32, 32) and a1.dtype == torch.float32
+    assert torch.equal(a1, a2) and torch.equal(b1, b2)  # the generator alone decides
+    assert not torch.equal(a1, b1)
+    assert float(a1.min()) >= 0.0 and float(a1.max()) <= 1.0
+
+
+def test_synthetic_dataset_follows_the_contract(tmp_path):
+    pytest.importorskip("mlvicx_core.data.phantom", reason="mlvicx_core.data.phantom is absent")
+    cfg = tiny_config(tmp_path, **{"data.dataset": "synthetic", "data.length": 6})
+    ds = pipeline.build_pretrain_dataset(cfg)
+    s = ds[3]
+    assert len(ds) == 6 and s["image"].shape == (1, 32, 32) and s["index"] == 3
+    assert torch.equal(ds[3]["image"], s["image"])  # depends only on the index (exact resume)
