@@ -2,44 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
-from mlvicx_core.data.image_folder import ImageFolderCXR
 from mlvicx_core.train import pipeline
 from mlvicx_core.train.metrics import read_metrics
 from mlvicx_core.train.runconfig import ConfigError
 from mlvicx_core.train.trainer import pretrain
-
-
-def test_folder_reads_grey_rgb_rgba_and_16_bit(tmp_path):
-    grey = np.array([[0, 255], [51, 102]], dtype=np.uint8)
-    Image.fromarray(grey).save(tmp_path / "a.png")
-    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "b.png")  # RGB copies of the grey
-    rgba = np.concatenate([np.stack([grey] * 3, -1), np.full((2, 2, 1), 7, np.uint8)], -1)
-    Image.fromarray(rgba).save(tmp_path / "c.png")
-    sub = tmp_path / "deeper"
-    sub.mkdir()
-    Image.fromarray(np.array([[0, 65535], [13107, 0]], dtype=np.uint16)).save(sub / "d.png")
-    (tmp_path / "notes.txt").write_text("not an image")
-
-    ds = ImageFolderCXR(tmp_path, image_size=None)
-    assert [p.name for p in ds.files] == ["a.png", "b.png", "c.png", "d.png"]
-    for i in range(3):
-        s = ds[i]
-        assert s["image"].shape == (1, 2, 2) and s["image"].dtype == torch.float32
-        assert torch.allclose(s["image"][0], torch.tensor(grey / 255.0, dtype=torch.float32),
-                              atol=1e-6)
-        assert s["labels"].shape == (0,) and s["patient_id"] == "abc"[i]
-    assert torch.allclose(ds[3]["image"][0], torch.tensor([[0.0, 1.0], [0.2, 0.0]]), atol=1e-6)
-    assert ds[0]["image"].shape == (1, 2, 2)
-    assert ImageFolderCXR(tmp_path, image_size=8)[0]["image"].shape == (1, 8, 8)
-
-
-def test_unreadable_file_is_named(tmp_path):
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(OSError, match="broken.png"):
-        ImageFolderCXR(tmp_path)[0]
 
 
 def test_registry_builds_and_reports(tmp_path):

@@ -6,7 +6,12 @@ Add one with :func:`register_dataset`. Built in:
 
 - ``synthetic``: ``mlvicx_core.data.phantom.SyntheticCXR`` (no files needed; ``data.length`` images,
   ``data.seed``).
-- ``folder``: ``mlvicx_core.data.image_folder.ImageFolderCXR`` over ``data.root``.
+- ``folder``: ``mlvicx_core.data.folder.ImageFolderDataset`` over ``data.root`` (unlabelled).
+- ``nih``: ``mlvicx_core.data.nih.NIHChestXray14`` over ``data.root``, training split only (the
+  official ``train_val_list.txt`` when it lies in ``data.root``, otherwise a patient-disjoint split
+  seeded by ``data.seed``); the test split is never seen in pretraining.
+- ``pneumoniamnist``, ``chestmnist``: ``mlvicx_core.data.medmnist.MedMNISTChest`` training split,
+  the ``.npz`` in ``data.root``.
 
 The DataLoader yields un-augmented batches; the trainer makes the two views on the device with a batch
 augmenter ``augment(images, generator=g) -> (view_a, view_b)`` (images (B, 1, H, W) in [0, 1], views
@@ -59,18 +64,50 @@ def require_root(config: TrainConfig, expected: str) -> Path:
 
 
 def _folder(config: TrainConfig) -> Dataset:
-    from ..data.image_folder import EXTENSIONS, ImageFolderCXR
+    from ..data.files import RADIOGRAPH_SUFFIXES
+    from ..data.folder import ImageFolderDataset
 
-    expected = f"a folder of radiographs ({', '.join(EXTENSIONS)}), searched recursively"
+    expected = f"a folder of radiographs ({', '.join(RADIOGRAPH_SUFFIXES)}), searched recursively"
     root = require_root(config, expected)
     try:
-        return ImageFolderCXR(root, image_size=stored_size(config), on_error=config.data.on_error)
+        return ImageFolderDataset(root, image_size=stored_size(config),
+                                  on_error=config.data.on_error)
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from err
 
 
+def _nih(config: TrainConfig) -> Dataset:
+    from ..data.nih import NIHChestXray14
+
+    root = require_root(config, "NIH ChestX-ray14 PNGs (any subset), optionally with "
+                        "Data_Entry_2017*.csv and train_val_list.txt/test_list.txt")
+    lists = root if (root / "train_val_list.txt").is_file() else None
+    try:
+        return NIHChestXray14(root, split="train", split_lists=lists, seed=config.data.seed,
+                              image_size=stored_size(config), on_error=config.data.on_error)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _medmnist(flag: str) -> Callable[[TrainConfig], Dataset]:
+    def build(config: TrainConfig) -> Dataset:
+        from ..data.medmnist import MedMNISTChest
+
+        root = require_root(config, f"{flag}.npz (MedMNIST)")
+        try:
+            return MedMNISTChest(flag, root=root, split="train", image_size=stored_size(config),
+                                 on_error=config.data.on_error)
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from err
+
+    return build
+
+
 register_dataset("synthetic", _synthetic)
 register_dataset("folder", _folder)
+register_dataset("nih", _nih)
+register_dataset("pneumoniamnist", _medmnist("pneumoniamnist"))
+register_dataset("chestmnist", _medmnist("chestmnist"))
 
 
 def build_pretrain_dataset(config: TrainConfig) -> Dataset:
