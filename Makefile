@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: env test demo bench clean-env
+.PHONY: env test demo bench notebooks clean-env
 
 env: $(STAMP)
 
@@ -17,11 +17,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# Two pytest workers, one math thread each: on a 2-core machine more threads only contend.
+# --dist loadfile keeps every test file (and every notebook, for nbval) on one worker.
 test: env
-	$(PY) -m pytest -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+
+# The main job: a short MLVICX pretraining (teaching preset) on the embedded synthetic data.
+demo: env
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m mlvicx_core.demo
 
 bench: env
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/pretrain_throughput.py
+	$(PY) benchmarks/data_throughput.py
+
+# Re-execute the committed notebooks at their default parameters (outputs shown on code hosts).
+notebooks: env
+	$(PY) notebooks/build.py
 
 clean-env:
 	rm -rf $(VENV)
