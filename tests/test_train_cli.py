@@ -79,9 +79,9 @@ def test_missing_data_root_names_path_and_expectation(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["pretrain", "--set", "data.dataset=folder", "--set", f"data.root={empty}"]) == 2
-    assert f"{empty} contains no images" in capsys.readouterr().err
+    assert f"{empty}: no images with suffixes" in capsys.readouterr().err
     assert main(["pretrain", "--set", "data.dataset=imagenet"]) == 2
-    assert "'folder', 'synthetic'" in capsys.readouterr().err
+    assert "'folder', 'nih'" in capsys.readouterr().err
 
 
 def test_unknown_preset_lists_presets(capsys):
