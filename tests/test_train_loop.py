@@ -106,3 +106,31 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     changed = tiny_config(tmp_path, **{"train.max_steps": 2, "model.lam": 0.5})
     with pytest.raises(ConfigError, match=r"model\.lam"):
         pretrain(changed, dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "r")
+
+
+def test_concurrent_train_or_load_trains_once(tmp_path, monkeypatch):
+    import threading
+
+    from mlvicx_core.train import runs
+
+    calls = []
+    real = runs.pretrain
+
+    def counting(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "pretrain", counting)
+    cfg = tiny_config(tmp_path, **{"train.max_steps": 2})
+    results = {}
+
+    def worker(name):
+        results[name] = train_or_load(cfg, dataset=TinyCXR(32), augment=simple_augment)
+
+    threads = [threading.Thread(target=worker, args=(n,), name=n) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1  # the second caller waited on the lock, then loaded the finished run
+    assert results["a"].run_dir == results["b"].run_dir and {r.step for r in results.values()} == {2}

@@ -7,8 +7,14 @@ nothing is trained. Otherwise training starts, or resumes from the folder's last
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+
+try:  # POSIX; elsewhere concurrent train_or_load calls on one run folder are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 from ..model import MLVICX
 from .checkpoint import CheckpointManager, load_checkpoint
@@ -45,8 +51,31 @@ def train_or_load(config: TrainConfig, run_dir: str | Path | None = None, **pret
     """Return the finished run of ``config`` if there is one, otherwise :func:`pretrain` it.
 
     ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``) are only used when training happens.
+    Concurrent callers (two notebooks, parallel tests) are serialised by a lock file in the run
+    folder: one trains, the other then loads. Meant for single-process use; under ``torchrun`` call
+    :func:`~mlvicx_core.train.trainer.pretrain` on every rank instead.
     """
     found = finished_run(config, run_dir)
     if found is not None:
         return load_run(found, config)
-    return pretrain(config, run_dir=run_dir, **pretrain_kwargs)
+    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    with _run_lock(folder):
+        # Another process (a second notebook, a parallel test) may have finished it meanwhile.
+        found = finished_run(config, folder)
+        if found is not None:
+            return load_run(found, config)
+        return pretrain(config, run_dir=run_dir, **pretrain_kwargs)
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path):
+    """Hold an exclusive lock on ``folder/.lock`` so one run folder is trained by one process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
