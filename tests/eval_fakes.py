@@ -72,3 +72,14 @@ class BlobCXR(CXRDataset):
 def make_blobs(image_size: int = 32, n: int = 40, seed: int = 0, masks: bool = True) -> BlobCXR:
     """Factory with the ``--dataset module:callable`` signature (``image_size=`` first)."""
     return BlobCXR(n=n, image_size=image_size, seed=seed, masks=masks)
+
+
+def parse_evaluate(argv: list[str]):
+    """Parse ``mlvicx evaluate <argv>`` with the evaluation subparser alone."""
+    import argparse
+
+    from mlvicx_core.evaluation.cli import add_evaluate_parser
+
+    parser = argparse.ArgumentParser(prog="mlvicx")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["evaluate", *argv])

@@ -1,24 +1,16 @@
 """End to end: ``evaluate_main`` on a fake dataset writes the CSV, the Markdown and the figures."""
-import argparse
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from eval_fakes import tiny_model
+from eval_fakes import parse_evaluate as _parse, tiny_model
 from mlvicx_core.evaluation.checkpoint import save_encoder
-from mlvicx_core.evaluation.cli import add_evaluate_parser, evaluate_main
+from mlvicx_core.evaluation.cli import evaluate_main
 from mlvicx_core.evaluation.report import markdown_table, results_frame, write_results
 
 TESTS = str(Path(__file__).parent)
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="mlvicx")
-    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["evaluate", *argv])
 
 
 def test_report_csv_and_markdown(tmp_path):
@@ -55,7 +47,7 @@ def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
         "--baseline", "random", "--baseline", "imagenet",
         "--dataset", "eval_fakes:make_blobs", "--dataset-arg", "n=40", "--image-size", "32",
         "--fractions", "0.5", "1.0", "--tasks", "probe", "knn", "gradcam", "umap",
-        "--n-boot", "50", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        "--n-boot", "50", "--gradcam-images", "6", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
         "--colour-by", "disc", "bar",
     ])
     assert evaluate_main(args) == 0

@@ -87,6 +87,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seg-fraction", type=float, default=1.0)
     p.add_argument("--gradcam-tap", default="layer4",
                    choices=["stem", "layer1", "layer2", "layer3", "layer4"])
+    p.add_argument("--gradcam-images", type=int, default=64,
+                   help="positive test images scored per finding for localisation")
     p.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in px")
     p.add_argument("--colour-by", nargs="+", default=[], help="UMAP colour columns")
     p.add_argument("--out", required=True, help="output folder for results.csv/.md and figures/")
@@ -115,7 +117,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
         seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size, device=args.device,
         cache_dir=args.cache_dir, keep_gates=args.keep_gates,
         finetune_epochs=args.finetune_epochs, seg_epochs=args.seg_epochs,
-        seg_fraction=args.seg_fraction, gradcam_tap=args.gradcam_tap, tolerance=args.tolerance,
+        seg_fraction=args.seg_fraction, gradcam_tap=args.gradcam_tap,
+        gradcam_images=args.gradcam_images, tolerance=args.tolerance,
         colour_by=tuple(args.colour_by))
     csv_path, md_path = run_evaluation(encoders, dataset, Path(args.out), settings)
     print(f"wrote {csv_path} and {md_path}")

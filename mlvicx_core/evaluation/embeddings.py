@@ -86,6 +86,7 @@ def _extract(model: MLVICX, dataset: Dataset, kind: str, gates: bool, batch_size
              device: torch.device, num_workers: int) -> Features:
     net = Trunk(model, keep_gates=gates) if kind == "trunk" else model
     was_training = model.training
+    home = next(model.parameters()).device  # the caller's model goes back where it was
     net = net.to(device).eval()
     if kind == "multi" and getattr(model, "fusion", None) is None:
         raise ValueError("kind='multi' needs an MLVICX with a multi-level branch (this is VICReg)")
@@ -103,6 +104,7 @@ def _extract(model: MLVICX, dataset: Dataset, kind: str, gates: bool, batch_size
         ys.append(batch["labels"].float().numpy())
         pids.extend(str(p) for p in batch["patient_id"])
         idx.append(np.asarray(batch["index"]))
+    model.to(home)
     if was_training:
         model.train()
     return Features(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32),

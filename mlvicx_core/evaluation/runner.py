@@ -65,6 +65,7 @@ class EvalSettings:
     seg_epochs: int = 10
     seg_fraction: float = 1.0
     gradcam_tap: str = "layer4"
+    gradcam_images: int = 64  # positive test images scored per finding (Grad-CAM is per image)
     tolerance: float = 0.0
     colour_by: tuple[str, ...] = field(default_factory=tuple)
 
@@ -158,7 +159,8 @@ def _gradcam(name, trunk, probe, dataset, te, settings, out_dir) -> list[dict]:
         if not localisable:
             break
         loc = localisation_eval(clf, view, k, tap=settings.gradcam_tap,
-                                tolerance=settings.tolerance, max_images=32)
+                                tolerance=settings.tolerance,
+                                max_images=settings.gradcam_images)
         for metric in ("pointing_game", "energy_inside", "chance_pointing", "chance_energy"):
             rows.append({"encoder": name, "task": f"Grad-CAM {settings.gradcam_tap}",
                          "fraction": max(settings.fractions), "finding": f, "metric": metric,

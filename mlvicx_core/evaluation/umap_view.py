@@ -115,6 +115,4 @@ def interactive_scatter(coords: np.ndarray, table: pd.DataFrame, colour_by: str 
 
     dropdown.observe(lambda change: redraw(change["new"]), names="value")
     redraw(colour_by)
-    box = widgets.VBox([dropdown, out])
-    box.redraw = redraw  # for callers (and tests) that re-render without a frontend
-    return box
+    return widgets.VBox([dropdown, out])
