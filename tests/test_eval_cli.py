@@ -47,7 +47,8 @@ def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
         "--baseline", "random", "--baseline", "imagenet",
         "--dataset", "eval_fakes:make_blobs", "--dataset-arg", "n=40", "--image-size", "32",
         "--fractions", "0.5", "1.0", "--tasks", "probe", "knn", "gradcam", "umap",
-        "--n-boot", "50", "--gradcam-images", "6", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        "--n-boot", "50", "--gradcam-images", "6", "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(out),
         "--colour-by", "disc", "bar",
     ])
     assert evaluate_main(args) == 0

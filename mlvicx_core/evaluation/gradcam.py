@@ -123,32 +123,34 @@ def localisation_eval(classifier: nn.Module, dataset, finding: int, *, tap: str 
     """Pointing game and energy-inside of one finding's Grad-CAM on the dataset's positive images.
 
     Regions: ``sample["mask"][finding]`` when the dataset has masks, else ``dataset.boxes(i)`` boxes
-    of that finding. Also returns the uniform-heatmap chance levels: the mean share of the image
+    of that finding; positives without a region are left out, at most ``max_images`` are scored. Also returns the uniform-heatmap chance levels: the mean share of the image
     covered by the dilated region (pointing) and by the region (energy).
     """
     from scipy.ndimage import distance_transform_edt
 
     name = dataset.findings[finding]
     positives = [i for i in range(len(dataset)) if dataset.labels[i, finding] == 1]
-    positives = positives[:max_images] if max_images is not None else positives
-    maps, regions = [], []
-    for start in range(0, len(positives), batch_size):
-        idx = positives[start:start + batch_size]
-        samples = [dataset[i] for i in idx]
-        images = torch.stack([s["image"] for s in samples])
-        for i, s in zip(idx, samples):
-            if getattr(dataset, "has_masks", False):
-                regions.append(s["mask"][finding].numpy())
-            else:
-                regions.append(boxes_to_mask(dataset.boxes(i), tuple(images.shape[-2:]), name))
-        maps.append(finding_cams(classifier, images, finding, tap))
-    if not positives:
+    # gather images whose region is non-empty first: Grad-CAM is only run where it can be scored
+    images, regions = [], []
+    for i in positives:
+        if max_images is not None and len(images) >= max_images:
+            break
+        sample = dataset[i]
+        if getattr(dataset, "has_masks", False):
+            region = sample["mask"][finding].numpy()
+        else:
+            region = boxes_to_mask(dataset.boxes(i), tuple(sample["image"].shape[-2:]), name)
+        if region.any():
+            images.append(sample["image"])
+            regions.append(region)
+    if not images:
         return {"pointing_game": float("nan"), "energy_inside": float("nan"), "n": 0,
                 "chance_pointing": float("nan"), "chance_energy": float("nan")}
+    maps = [finding_cams(classifier, torch.stack(images[s:s + batch_size]), finding, tap)
+            for s in range(0, len(images), batch_size)]
     maps_arr, regions_arr = np.concatenate(maps), np.stack(regions)
     out = localisation_scores(maps_arr, regions_arr, tolerance)
-    has = regions_arr.any(axis=(1, 2))
-    dil = [distance_transform_edt(~r) <= tolerance for r in regions_arr[has]]
-    out["chance_pointing"] = float(np.mean([d.mean() for d in dil])) if dil else float("nan")
-    out["chance_energy"] = float(regions_arr[has].mean()) if has.any() else float("nan")
+    out["chance_pointing"] = float(np.mean([(distance_transform_edt(~r) <= tolerance).mean()
+                                            for r in regions_arr]))
+    out["chance_energy"] = float(regions_arr.mean())
     return out

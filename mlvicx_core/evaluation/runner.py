@@ -153,11 +153,8 @@ def _gradcam(name, trunk, probe, dataset, te, settings, out_dir) -> list[dict]:
     clf = Classifier(trunk, len(dataset.findings), head=probe.as_torch_head()).to(
         settings.device or "cpu")
     view = DatasetView(dataset, te)
-    localisable = getattr(dataset, "has_masks", False) or hasattr(dataset, "boxes")
     rows = []
     for k, f in enumerate(dataset.findings):
-        if not localisable:
-            break
         loc = localisation_eval(clf, view, k, tap=settings.gradcam_tap,
                                 tolerance=settings.tolerance,
                                 max_images=settings.gradcam_images)
@@ -166,7 +163,7 @@ def _gradcam(name, trunk, probe, dataset, te, settings, out_dir) -> list[dict]:
                          "fraction": max(settings.fractions), "finding": f, "metric": metric,
                          "value": loc[metric], "n": loc["n"],
                          "note": "" if loc["n"] else f"{f}: no positive image with a region"})
-    # a small overlay gallery: the first test images, one row per finding with positives
+    # a small overlay gallery: the first test images (columns) x every finding (rows)
     images = torch.stack([view[i]["image"] for i in range(min(4, len(view)))])
     fig, axes = plt.subplots(len(dataset.findings), len(images),
                              figsize=(2 * len(images), 2 * len(dataset.findings)), squeeze=False)
