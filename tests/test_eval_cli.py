@@ -46,7 +46,8 @@ def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
         "--checkpoint", f"vicreg={tmp_path / 'vicreg.pt'}",
         "--baseline", "random", "--baseline", "imagenet",
         "--dataset", "eval_fakes:make_blobs", "--dataset-arg", "n=40", "--image-size", "32",
-        "--fractions", "0.5", "1.0", "--tasks", "probe", "knn", "gradcam", "umap",
+        "--fractions", "0.5", "1.0", "--tasks", "probe", "knn", "gradcam", "umap", "finetune",
+        "segmentation", "--finetune-epochs", "1", "--seg-epochs", "1",
         "--n-boot", "50", "--gradcam-images", "6", "--cache-dir", str(tmp_path / "cache"),
         "--out", str(out),
         "--colour-by", "disc", "bar",
@@ -61,6 +62,10 @@ def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
     assert frame.task.str.startswith("kNN").any()
     cam = frame[frame.task == "Grad-CAM layer4"]
     assert set(cam.metric) == {"pointing_game", "energy_inside", "chance_pointing", "chance_energy"}
+    for task, metric in (("fine-tune", "auroc"), ("segmentation", "dice")):
+        sel = frame[(frame.task == task) & (frame.metric == metric)]
+        assert set(sel.encoder) == {"mlvicx", "vicreg", "random"}
+        assert sel.value.dropna().between(0, 1).all() and sel.value.notna().any()
     imagenet = frame[frame.encoder == "imagenet"]
     assert len(imagenet) == 1 and imagenet.note.iloc[0].startswith("skipped: ImageNet weights")
     figures = sorted(p.name for p in (out / "figures").iterdir())
@@ -78,3 +83,27 @@ def test_evaluate_main_bad_inputs(tmp_path):
     with pytest.raises(SystemExit, match="cannot import no_such_module:X"):
         evaluate_main(_parse(["--baseline", "random", "--dataset", "no_such_module:X",
                               "--out", str(tmp_path)]))
+
+
+def test_run_evaluation_with_boxes_and_metadata(tmp_path):
+    """NIH-like data: boxes instead of masks, a metadata table to colour the UMAP by."""
+    from eval_fakes import BlobCXR
+    from mlvicx_core.evaluation.runner import EvalSettings, run_evaluation
+
+    ds = BlobCXR(n=30, image_size=32, masks=False)
+    ds.metadata = pd.DataFrame({"View Position": ["PA", "AP", "PA"] * 10})
+    settings = EvalSettings(fractions=(1.0,), tasks=("probe", "gradcam", "umap", "segmentation"),
+                            n_boot=20, gradcam_tap="layer2", gradcam_images=4,
+                            colour_by=("View Position",))
+    run_evaluation({"m": tiny_model()}, ds, tmp_path, settings)
+    frame = pd.read_csv(tmp_path / "results.csv")
+    cam = frame[(frame.task == "Grad-CAM layer2") & (frame.metric == "pointing_game")]
+    assert (cam.n > 0).all()  # regions came from the boxes
+    seg = frame[frame.task == "segmentation"]
+    assert seg.note.iloc[0] == "skipped: the dataset has no masks"
+    assert (tmp_path / "figures" / "umap-m-View_Position.png").is_file()
+    with pytest.raises(ValueError, match="colour_by='Sex'"):
+        run_evaluation({"m": tiny_model()}, ds, tmp_path,
+                       EvalSettings(fractions=(1.0,), tasks=("umap",), colour_by=("Sex",)))
+    with pytest.raises(ValueError, match="add the 'probe' task"):
+        run_evaluation({"m": tiny_model()}, ds, tmp_path, EvalSettings(tasks=("gradcam",)))

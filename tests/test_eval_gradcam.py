@@ -8,8 +8,8 @@ from torch import nn
 
 from eval_fakes import BlobCXR, tiny_model
 from mlvicx_core.evaluation.finetune import Classifier
-from mlvicx_core.evaluation.gradcam import (cam_maps, finding_cams, localisation_eval, overlay,
-                                            similarity_cams)
+from mlvicx_core.evaluation.gradcam import (SimilarityTarget, cam_maps, finding_cams,
+                                            localisation_eval, overlay, similarity_cams)
 from mlvicx_core.evaluation.localisation import energy_inside, pointing_hit
 from mlvicx_core.evaluation.trunk import Trunk
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -45,6 +45,20 @@ def test_gradcam_lands_on_the_evidence_of_the_chosen_class():
         assert pointing_hit(cam, region[c]) == 1.0
         assert pointing_hit(cam, region[1 - c]) == 0.0
         assert energy_inside(cam, region[c]) > 0.9
+
+
+def test_similarity_target_lands_on_the_evidence_for_the_reference_direction():
+    """Embedding = pooled channels (a, b); the reference (1, 0) makes channel 0 the evidence."""
+    model = TwoEvidence()
+    model.head = nn.Identity()  # the embedding is the pooled feature vector itself
+    x = torch.zeros(1, 2, 32, 32)
+    x[0, 0, 4:10, 20:26] = 1.0
+    x[0, 1, 22:28, 3:9] = 1.0
+    region = np.zeros((32, 32), bool)
+    region[4:10, 20:26] = True
+    for ref, expect in ((torch.tensor([1.0, 0.0]), 1.0), (torch.tensor([0.0, 1.0]), 0.0)):
+        cam = cam_maps(model, x, model.features, [SimilarityTarget(ref)])[0]
+        assert pointing_hit(cam, region) == expect
 
 
 @pytest.mark.parametrize("tap", ["stem", "layer1", "layer2", "layer3", "layer4"])

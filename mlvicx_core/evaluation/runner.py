@@ -205,6 +205,8 @@ def run_evaluation(encoders: dict[str, MLVICX | str], dataset, out_dir: str | Pa
     bad = sorted(set(settings.tasks) - set(TASKS))
     if bad:
         raise ValueError(f"tasks {bad}: expected some of {TASKS}")
+    if "gradcam" in settings.tasks and "probe" not in settings.tasks:
+        raise ValueError("task 'gradcam' explains the linear probe's head: add the 'probe' task")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     split = patient_split(dataset.patient_ids, settings.val, settings.test, settings.seed)
