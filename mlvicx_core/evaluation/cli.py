@@ -81,6 +81,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
     p.add_argument("--cache-dir", default=None, help="cache extracted features here")
+    p.add_argument("--features", default="trunk", choices=["trunk", "global", "multi"],
+                   help="features read by probe, kNN and UMAP (fine-tuning and segmentation "
+                   "always transfer the trunk)")
     p.add_argument("--keep-gates", action="store_true", help="transfer the context bottlenecks too")
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--seg-epochs", type=int, default=10)
@@ -115,7 +118,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         fractions=tuple(args.fractions), tasks=tuple(args.tasks), val=args.val, test=args.test,
         seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size, device=args.device,
-        cache_dir=args.cache_dir, keep_gates=args.keep_gates,
+        cache_dir=args.cache_dir, keep_gates=args.keep_gates, features=args.features,
         finetune_epochs=args.finetune_epochs, seg_epochs=args.seg_epochs,
         seg_fraction=args.seg_fraction, gradcam_tap=args.gradcam_tap,
         gradcam_images=args.gradcam_images, tolerance=args.tolerance,

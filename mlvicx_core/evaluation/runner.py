@@ -60,6 +60,7 @@ class EvalSettings:
     device: str | None = None
     cache_dir: str | None = None
     keep_gates: bool = False
+    features: str = "trunk"  # what probe, kNN and UMAP read: "trunk", "global" or "multi"
     finetune_epochs: int = 5
     finetune_lr: float = 1e-4
     seg_epochs: int = 10
@@ -95,7 +96,7 @@ def evaluate_encoder(name: str, model: MLVICX, dataset, split: dict[str, np.ndar
     rows: list[dict] = []
     feats = None
     if {"probe", "knn", "umap", "gradcam"} & set(settings.tasks):
-        feats = extract_features(model, dataset, "trunk", gates=settings.keep_gates,
+        feats = extract_features(model, dataset, settings.features, gates=settings.keep_gates,
                                  batch_size=settings.batch_size, device=settings.device,
                                  cache_dir=settings.cache_dir)
         if not np.array_equal(feats.index, np.arange(len(dataset))):
@@ -205,6 +206,8 @@ def run_evaluation(encoders: dict[str, MLVICX | str], dataset, out_dir: str | Pa
     bad = sorted(set(settings.tasks) - set(TASKS))
     if bad:
         raise ValueError(f"tasks {bad}: expected some of {TASKS}")
+    if "gradcam" in settings.tasks and settings.features != "trunk":
+        raise ValueError("task 'gradcam' explains a probe on trunk features: use features='trunk'")
     if "gradcam" in settings.tasks and "probe" not in settings.tasks:
         raise ValueError("task 'gradcam' explains the linear probe's head: add the 'probe' task")
     out = Path(out_dir)
