@@ -4,6 +4,8 @@
     torchrun --nproc_per_node 4 -m mlvicx_core.cli pretrain --preset paper --set data.root=/data/nih
     mlvicx demo
     mlvicx export-trunk runs/x/checkpoints/step-00001000.pt trunk.pt [--with-gates]
+    mlvicx evaluate --checkpoint mlvicx=runs/x/checkpoints/step-00001000.pt --baseline random \\
+        --dataset synthetic --image-size 64 --out runs/eval
 
 Adding a subcommand: write ``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to
 :data:`SUBCOMMANDS`. Configuration errors exit with status 2 and a message naming the key or path.
@@ -82,6 +84,19 @@ def cmd_export_trunk(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- evaluate ------------------------------------------------------------------------------------
+def add_evaluate(p: argparse.ArgumentParser) -> None:
+    from .evaluation.cli import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.cli import evaluate_main
+
+    return evaluate_main(args)
+
+
 #: name -> (help, add_arguments, run). One line per subcommand.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "pretrain": ("self-supervised pretraining (resumes an interrupted run)", add_pretrain,
@@ -90,6 +105,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
              cmd_demo),
     "export-trunk": ("save a checkpoint's trunk as a torchvision ResNet state dict",
                      add_export_trunk, cmd_export_trunk),
+    "evaluate": ("evaluate checkpoints: linear probe, kNN, fine-tuning, segmentation, Grad-CAM, "
+                 "UMAP", add_evaluate, cmd_evaluate),
 }
 
 

@@ -75,11 +75,7 @@ def make_blobs(image_size: int = 32, n: int = 40, seed: int = 0, masks: bool = T
 
 
 def parse_evaluate(argv: list[str]):
-    """Parse ``mlvicx evaluate <argv>`` with the evaluation subparser alone."""
-    import argparse
+    """Parse ``mlvicx evaluate <argv>`` with the kit's own command-line parser."""
+    from mlvicx_core.cli import build_parser
 
-    from mlvicx_core.evaluation.cli import add_evaluate_parser
-
-    parser = argparse.ArgumentParser(prog="mlvicx")
-    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["evaluate", *argv])
+    return build_parser().parse_args(["evaluate", *argv])

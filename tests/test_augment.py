@@ -8,9 +8,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mlvicx_core.data.augment import (BatchTwoViews, TwoViewDataset, TwoViews, ViewParams,
-                                      crop_resize_batch, crop_resize_one, gaussian_blur,
-                                      no_randomness, sample_crop_boxes, sample_view)
+from mlvicx_core.data.augment import (
+    BatchTwoViews,
+    TwoViewDataset,
+    TwoViews,
+    ViewParams,
+    crop_resize_batch,
+    crop_resize_one,
+    gaussian_blur,
+    no_randomness,
+    sample_crop_boxes,
+    sample_view,
+)
 from mlvicx_core.data.base import CXRDataset
 
 S = 32

@@ -9,8 +9,13 @@ import torch
 
 from mlvicx_core.data.augment import TwoViewDataset, TwoViews
 from mlvicx_core.data.base import CXRDataset, resize_image
-from mlvicx_core.data.cache import (CachedDataset, build_cache, cache_dir, read_manifest,
-                                    source_fingerprint)
+from mlvicx_core.data.cache import (
+    CachedDataset,
+    build_cache,
+    cache_dir,
+    read_manifest,
+    source_fingerprint,
+)
 
 
 class NpyFolder(CXRDataset):

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from eval_fakes import parse_evaluate as _parse
+from eval_fakes import tiny_model
 
-from eval_fakes import parse_evaluate as _parse, tiny_model
 from mlvicx_core.evaluation.checkpoint import save_encoder
 from mlvicx_core.evaluation.cli import evaluate_main
 from mlvicx_core.evaluation.report import markdown_table, results_frame, write_results
@@ -77,9 +78,9 @@ def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
 
 def test_evaluate_main_bad_inputs(tmp_path):
     with pytest.raises(SystemExit, match="nothing to evaluate"):
-        evaluate_main(_parse(["--dataset", "phantom", "--out", str(tmp_path)]))
+        evaluate_main(_parse(["--dataset", "synthetic", "--out", str(tmp_path)]))
     with pytest.raises(SystemExit, match="expected NAME=VALUE"):
-        evaluate_main(_parse(["--checkpoint", "x.pt", "--dataset", "phantom", "--out", "o"]))
+        evaluate_main(_parse(["--checkpoint", "x.pt", "--dataset", "synthetic", "--out", "o"]))
     with pytest.raises(SystemExit, match="cannot import no_such_module:X"):
         evaluate_main(_parse(["--baseline", "random", "--dataset", "no_such_module:X",
                               "--out", str(tmp_path)]))
@@ -88,6 +89,7 @@ def test_evaluate_main_bad_inputs(tmp_path):
 def test_run_evaluation_with_boxes_and_metadata(tmp_path):
     """NIH-like data: boxes instead of masks, a metadata table to colour the UMAP by."""
     from eval_fakes import BlobCXR
+
     from mlvicx_core.evaluation.runner import EvalSettings, run_evaluation
 
     ds = BlobCXR(n=30, image_size=32, masks=False)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from eval_fakes import BlobCXR, tiny_model
+
 from mlvicx_core.evaluation import embeddings as emb
 from mlvicx_core.evaluation.checkpoint import load_encoder, reference_encoder, save_encoder
 from mlvicx_core.evaluation.embeddings import dataset_fingerprint, extract_features

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from eval_fakes import BlobCXR, tiny_model
+
 from mlvicx_core.evaluation.finetune import finetune, masked_bce, predict
 from mlvicx_core.evaluation.metrics import nanmean_or_nan, per_finding_auroc
 from mlvicx_core.evaluation.trunk import Trunk

@@ -4,15 +4,21 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from eval_fakes import BlobCXR, tiny_model
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from eval_fakes import BlobCXR, tiny_model
 from mlvicx_core.evaluation.finetune import Classifier
-from mlvicx_core.evaluation.gradcam import (SimilarityTarget, cam_maps, finding_cams,
-                                            localisation_eval, overlay, similarity_cams)
+from mlvicx_core.evaluation.gradcam import (
+    SimilarityTarget,
+    cam_maps,
+    finding_cams,
+    localisation_eval,
+    overlay,
+    similarity_cams,
+)
 from mlvicx_core.evaluation.localisation import energy_inside, pointing_hit
 from mlvicx_core.evaluation.trunk import Trunk
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 
 class TwoEvidence(nn.Module):

@@ -3,8 +3,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mlvicx_core.evaluation.localisation import (boxes_to_mask, energy_inside,
-                                                 localisation_scores, pointing_hit)
+from mlvicx_core.evaluation.localisation import (
+    boxes_to_mask,
+    energy_inside,
+    localisation_scores,
+    pointing_hit,
+)
 from mlvicx_core.evaluation.metrics import auroc, bootstrap_auroc, dice, per_finding_auroc
 
 

@@ -1,8 +1,8 @@
 """The U-Net on the trunk: shapes, encoder weights are the pretrained ones, it fits a tiny mask set."""
 import pytest
 import torch
-
 from eval_fakes import BlobCXR, tiny_model
+
 from mlvicx_core.evaluation.segmentation import UNet, predict_dice, train_segmentation
 from mlvicx_core.evaluation.trunk import Trunk
 

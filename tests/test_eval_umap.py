@@ -3,8 +3,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlvicx_core.evaluation.umap_view import (colour_table, interactive_scatter, plot_umap,
-                                              umap_embed)
+from mlvicx_core.evaluation.umap_view import (
+    colour_table,
+    interactive_scatter,
+    plot_umap,
+    umap_embed,
+)
 
 
 def test_umap_shape_reproducible_and_keeps_clusters(tmp_path):

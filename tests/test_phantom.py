@@ -7,7 +7,7 @@ import torch
 
 from mlvicx_core.data import FINDINGS, SyntheticCXR, render
 from mlvicx_core.data.phantom_dataset import SPLITS, UNBOUNDED
-from mlvicx_core.data.phantom_findings import DEFAULT_PREVALENCE, finding_labels, check_prevalence
+from mlvicx_core.data.phantom_findings import DEFAULT_PREVALENCE, check_prevalence, finding_labels
 
 K = len(FINDINGS)
 HALF = {f: 0.5 for f in FINDINGS}

@@ -124,9 +124,7 @@ def test_subcommands_are_registered():
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    pytest.importorskip("mlvicx_core.data.phantom", reason="the synthetic phantom is absent")
-    pytest.importorskip("mlvicx_core.data.augment", reason="the two-view augmenter is absent")
-    sets = ["data.length=16", "train.batch_size=8", "train.epochs=1", "train.tensorboard=false",
+    sets = ["data.length=16", "data.image_size=64", "train.batch_size=8", "train.epochs=1", "train.tensorboard=false",
             "train.progress=false", "model.image_size=32", "model.projector=[32,32]",
             "model.ml_projector=[32,32]", "model.fusion_size=8", "model.fusion_channels=16",
             "model.pool_size=2", "train.diag_every=1"]

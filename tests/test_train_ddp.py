@@ -129,8 +129,6 @@ TINY_SETS = ["model.image_size=32", "model.projector=[32,32]", "model.ml_project
 
 
 def test_torchrun_two_process_cli_run(tmp_path):
-    pytest.importorskip("mlvicx_core.data.augment",
-                        reason="the default two-view augmenter (mlvicx_core.data.augment) is absent")
     _write_images(tmp_path / "imgs", 24)
     args = ["pretrain", "--preset", "teaching", "--set", "data.dataset=folder",
             "--set", f"data.root={tmp_path / 'imgs'}", "--set", f"train.out_dir={tmp_path}",

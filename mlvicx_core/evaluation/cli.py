@@ -2,12 +2,13 @@
 
 Example::
 
-    mlvicx evaluate --checkpoint mlvicx=runs/mlvicx/last.pt --checkpoint vicreg=runs/vicreg/last.pt \\
-        --baseline random --baseline imagenet --dataset phantom --dataset-arg length=2000 \\
+    mlvicx evaluate --checkpoint mlvicx=runs/mlvicx/checkpoints/step-00000080.pt \\
+        --checkpoint vicreg=runs/vicreg/checkpoints/step-00000080.pt \\
+        --baseline random --baseline imagenet --dataset synthetic --dataset-arg length=2000 \\
         --image-size 224 --fractions 0.01 0.1 1.0 --tasks probe knn finetune gradcam umap \\
         --out results/eval
 
-``--dataset`` is ``phantom``, ``nih`` or any ``package.module:callable`` returning a contract
+``--dataset`` is ``synthetic``, ``nih`` or any ``package.module:callable`` returning a contract
 dataset; it is called with ``image_size=`` and the ``--dataset-arg key=value`` pairs (values parsed
 as int, float or bool when they look like one).
 """
@@ -21,7 +22,7 @@ from .checkpoint import BaselineUnavailable, load_encoder, reference_encoder
 from .runner import TASKS, EvalSettings, run_evaluation
 
 DATASETS = {
-    "phantom": "mlvicx_core.data.phantom:SyntheticCXR",
+    "synthetic": "mlvicx_core.data.phantom_dataset:SyntheticCXR",
     "nih": "mlvicx_core.data.nih:NIHChestXray14",
 }
 
@@ -58,11 +59,10 @@ def build_dataset(spec: str, image_size: int, kwargs: dict):
     return factory(image_size=image_size, **kwargs)
 
 
-def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``evaluate`` subcommand on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("evaluate", help="evaluate checkpoints: probe, kNN, fine-tuning, "
-                              "segmentation, Grad-CAM, UMAP", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``mlvicx evaluate`` options (registered in :data:`mlvicx_core.cli.SUBCOMMANDS`)."""
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="a checkpoint to evaluate (repeatable)")
     p.add_argument("--baseline", action="append", default=[], choices=["random", "imagenet"],
@@ -95,8 +95,6 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in px")
     p.add_argument("--colour-by", nargs="+", default=[], help="UMAP colour columns")
     p.add_argument("--out", required=True, help="output folder for results.csv/.md and figures/")
-    p.set_defaults(func=evaluate_main)
-    return p
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
@@ -126,15 +124,3 @@ def evaluate_main(args: argparse.Namespace) -> int:
     csv_path, md_path = run_evaluation(encoders, dataset, Path(args.out), settings)
     print(f"wrote {csv_path} and {md_path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m mlvicx_core.evaluation.cli evaluate ...``)."""
-    parser = argparse.ArgumentParser(prog="mlvicx")
-    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

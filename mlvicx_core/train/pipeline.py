@@ -4,7 +4,7 @@ Datasets are looked up in :data:`DATASETS` by ``config.data.dataset``; each entr
 ``(TrainConfig) -> torch.utils.data.Dataset`` returning contract samples (``mlvicx_core.data.base``).
 Add one with :func:`register_dataset`. Built in:
 
-- ``synthetic``: ``mlvicx_core.data.phantom.SyntheticCXR`` (no files needed; ``data.length`` images,
+- ``synthetic``: ``mlvicx_core.data.phantom_dataset.SyntheticCXR`` (no files needed; ``data.length`` images,
   ``data.seed``).
 - ``folder``: ``mlvicx_core.data.folder.ImageFolderDataset`` over ``data.root`` (unlabelled).
 - ``nih``: ``mlvicx_core.data.nih.NIHChestXray14`` over ``data.root``, training split only (the
@@ -43,7 +43,7 @@ def stored_size(config: TrainConfig) -> int:
 
 
 def _synthetic(config: TrainConfig) -> Dataset:
-    from ..data.phantom import SyntheticCXR
+    from ..data.phantom_dataset import SyntheticCXR
 
     return SyntheticCXR(length=config.data.length, image_size=stored_size(config),
                         seed=config.data.seed)
