@@ -48,6 +48,31 @@ def build_backbone(name: str, pretrained: str | None) -> nn.Module:
     return net
 
 
+def normalize_images(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images (B, 1 or 3, H, W) -> 3-channel tensors normalised with ``mean``/``std``."""
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return (x - mean) / std
+
+
+def gated_taps(backbone: nn.Module, gates: nn.ModuleDict, x: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    """Run a ResNet trunk on normalised ``x``, gating every tap: the five gated maps by level.
+
+    The stem tap is taken after conv1-bn1-relu, before the max-pool; each gated map is what the
+    next stage consumes (METHOD.md section 2).
+    """
+    h = gates["stem"](backbone.relu(backbone.bn1(backbone.conv1(x))))
+    out = {"stem": h}
+    h = backbone.maxpool(h)
+    for level in LEVELS[1:]:
+        h = gates[level](getattr(backbone, level)(h))
+        out[level] = h
+    return out
+
+
 def _stage_channels(stage: nn.Sequential) -> int:
     """Output channels of a ResNet stage (BasicBlock or Bottleneck)."""
     bns = [m for m in stage[-1].modules() if isinstance(m, nn.BatchNorm2d)]
@@ -101,23 +126,12 @@ class MLVICX(nn.Module):
     # -- input ---------------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] images with 1 or 3 channels -> ImageNet-normalised 3-channel tensors."""
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
+        return normalize_images(x, self.mean, self.std)
 
     # -- trunk ---------------------------------------------------------------------------------
     def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gated maps of all five levels (stem before maxpool, layer1..layer4)."""
-        b = self.backbone
-        h = self.gates["stem"](b.relu(b.bn1(b.conv1(self.normalize(x)))))
-        out = {"stem": h}
-        h = b.maxpool(h)
-        for level in LEVELS[1:]:
-            h = self.gates[level](getattr(b, level)(h))
-            out[level] = h
-        return out
+        return gated_taps(self.backbone, self.gates, self.normalize(x))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Global-average-pooled gated layer4 features, (B, feature_dim)."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import LEVELS
-from ..model import MLVICX
+from ..model import MLVICX, gated_taps, normalize_images
 
 
 class Trunk(nn.Module):
@@ -38,21 +38,10 @@ class Trunk(nn.Module):
         self.register_buffer("std", model.std.clone(), persistent=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected images of shape (B, 1 or 3, H, W), got {tuple(x.shape)}")
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
+        return normalize_images(x, self.mean, self.std)
 
     def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        b = self.backbone
-        h = self.gates["stem"](b.relu(b.bn1(b.conv1(self.normalize(x)))))
-        out = {"stem": h}
-        h = b.maxpool(h)
-        for level in LEVELS[1:]:
-            h = self.gates[level](getattr(b, level)(h))
-            out[level] = h
-        return out
+        return gated_taps(self.backbone, self.gates, self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.taps(x)["layer4"].mean(dim=(2, 3))
