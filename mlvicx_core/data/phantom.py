@@ -73,10 +73,10 @@ class Nuisance:
 
 def sample_nuisance(rng: np.random.Generator, strength: float) -> Nuisance:
     """Draw a nuisance from 24 uniforms (a fixed count, so later draws stay aligned)."""
-    U = rng.random(24)
+    U = rng.random(24).tolist()  # python floats: numpy float64 scalars would upcast the maps
     n = strength
     ap = U[3] < 0.25
-    coll = U[16:20] * 0.08 * (U[20] < 0.3 * n)
+    coll = [c * 0.08 * (U[20] < 0.3 * n) for c in U[16:20]]
     return Nuisance(
         rot=(U[0] - 0.5) * 0.14 * n, shift=((U[1] - 0.5) * 0.1 * n, (U[2] - 0.5) * 0.1 * n),
         scale=float(np.exp((U[4] - 0.6) * 0.16 * n)), ap_mag=1.06 + 0.08 * U[5] if ap else 1.0,
@@ -99,6 +99,7 @@ def _lowpass_ops(size: int, m: int = 16):
     x = (np.arange(size) + 0.5) / size
     c = (np.arange(m) + 0.5) / m
     D = np.exp(-0.5 * ((x[None, :] - c[:, None]) * m) ** 2)
+    D[D < 1e-6] = 0.0  # no float32 denormals: they make the matmuls ~1000x slower
     D /= D.sum(1, keepdims=True)
     Up = np.maximum(0.0, 1.0 - np.abs(x[:, None] - c[None, :]) * m)
     Up /= Up.sum(1, keepdims=True)
