@@ -16,7 +16,7 @@ Imaging chain (per pixel, attenuation domain)::
         + (mu_b - mu_s) t_bone - mu_s t_airway
     I = exp(-A);  I_s = I + c * lowpass(I)                        (scatter)
     I_n = blur(I_s + sqrt(I_s / N0 + e^2) * n),  n ~ N(0, 1)       (quantum + electronic noise)
-    L = -log(I_n);  y = clip((L - lo) / (hi - lo), 0, 1) ** gamma  (percentile window, display)
+    L = -log(I_n);  y = clip((L - lo) / (hi - lo), 0, 1) ** gamma  (window from percentiles, display)
 
 with ``k`` the lung parenchyma kept (0 in a pneumothorax) and ``f`` the fluid share (effusion).
 The percentile window normalises every image, so findings that add density do not leak through the
@@ -193,9 +193,11 @@ def _acquire(A: np.ndarray, nz: Nuisance, rng: np.random.Generator, size: int) -
         I = gaussian_filter(I, sigma, truncate=2.5)
     L = -np.log(np.maximum(I, 1e-4))
     sub = L[::2, ::2].ravel() if size >= 128 else L.ravel()
-    lo_k, hi_k = int(0.005 * (sub.size - 1)), int(0.998 * (sub.size - 1))
-    part = np.partition(sub, (lo_k, hi_k))
-    lo, hi = float(part[lo_k]), float(part[hi_k])
+    ks = [int(q * (sub.size - 1)) for q in (0.005, 0.3, 0.998)]
+    part = np.partition(sub, ks)
+    # black point half-way from the air to the 30th percentile (aerated lung in most films), as CR
+    # processing does: the air is clipped and the lungs get more of the grey range
+    lo, hi = 0.5 * float(part[ks[0]] + part[ks[1]]), float(part[ks[2]])
     span = max(hi - lo, 1e-3)
     lo, hi = lo + nz.window[0] * span, lo + nz.window[1] * span
     y = np.clip((L - lo) * (1.0 / (hi - lo)), 0.0, 1.0) ** nz.gamma

@@ -53,10 +53,10 @@ def _lerp(e, h, t):
     return float(e + (h - e) * t)
 
 
-_EASY = dict(nodule_r=(0.06, 0.09), nodule_density=3.0, mass_r=(0.14, 0.22), mass_cm=12.0,
+_EASY = dict(nodule_r=(0.08, 0.11), nodule_density=4.0, mass_r=(0.16, 0.24), mass_cm=16.0,
              effusion_h=(0.22, 0.38), ctr_pos=(0.56, 0.66), ptx_depth=(0.08, 0.15),
              ptx_line_cm=2.0, nuisance=0.5)
-_HARD = dict(nodule_r=(0.025, 0.045), nodule_density=1.0, mass_r=(0.08, 0.14), mass_cm=4.0,
+_HARD = dict(nodule_r=(0.035, 0.055), nodule_density=2.0, mass_r=(0.09, 0.15), mass_cm=8.0,
              effusion_h=(0.08, 0.18), ctr_pos=(0.52, 0.58), ptx_depth=(0.03, 0.07),
              ptx_line_cm=0.8, nuisance=1.5)
 
@@ -198,7 +198,7 @@ def finding_maps(a: Anatomy, labels: np.ndarray, params: dict, u: np.ndarray, v:
             nx, ny = -np.sin(ang + da), np.cos(ang + da)
             d = (np.abs(u) - abs(cu)) * nx + (v - cv) * ny
             bron += np.exp(-(d / max(0.008, 0.5 * pix)) ** 2)
-        soft += p["cm"] * dens * (1.0 - 0.6 * np.minimum(bron, 1.0))
+        soft += p["cm"] * dens * (1.0 - 0.4 * np.minimum(bron, 1.0))
         masks[1] = dens > 0.35
     if labels[2]:
         p = params["effusion"]
