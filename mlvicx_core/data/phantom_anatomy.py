@@ -129,10 +129,10 @@ def lung_depth(a: Anatomy, u: np.ndarray, v: np.ndarray):
     b = a.base_v - a.apex_v
     dv = np.minimum(v - a.base_v, 0.0)
     d_lat = (1.0 - np.sqrt(((x - xc) / al) ** 2 + (dv / b) ** 2)) * al
-    dome_apex = np.where(u > 0, a.dome_v[1], a.dome_v[0])
+    dome_apex = np.where(u > 0, np.float32(a.dome_v[1]), np.float32(a.dome_v[0]))
     xd = 0.45 * a.lung_w
     t = (x - xd) / (a.lung_w - xd)
-    dome = dome_apex + (a.base_v - dome_apex) * t * t * np.where(t > 0, 1.0, 0.6)
+    dome = dome_apex + (a.base_v - dome_apex) * t * t * np.where(t > 0, np.float32(1.0), np.float32(0.6))
     med = a.med_w + np.where(u > 0, a.knob * np.exp(-((v + 0.32) / 0.07) ** 2), 0.0)
     s = np.minimum(np.minimum(d_lat, dome - v), x - med)
     return s, d_lat
@@ -154,14 +154,14 @@ def heart_geometry(a: Anatomy, ctr: float, magnification: float = 1.0):
     ey = np.sqrt((major * np.sin(a.heart_tilt)) ** 2 + (minor * np.cos(a.heart_tilt)) ** 2)
     uc = ex - a.med_w - a.heart_gap
     vc = a.dome_v[1] + 0.04 - 0.55 * ey
-    return uc, vc, major, minor, a.heart_tilt
+    return float(uc), float(vc), float(major), float(minor), float(a.heart_tilt)
 
 
 def heart_quad(geom, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Quadratic form q of the heart ellipse: q < 1 inside."""
-    uc, vc, major, minor, tilt = geom
+    uc, vc, major, minor, tilt = (float(g) for g in geom)
     du, dv = u - uc, v - vc
-    c, s = np.cos(tilt), np.sin(tilt)
+    c, s = float(np.cos(tilt)), float(np.sin(tilt))
     return ((c * du + s * dv) / major) ** 2 + ((-s * du + c * dv) / minor) ** 2
 
 
@@ -180,7 +180,7 @@ def bone_thickness(a: Anatomy, u: np.ndarray, v: np.ndarray, d_lat: np.ndarray,
     Anterior ribs use a second phase that descends medially and fades out over the cartilages.
     """
     x = np.abs(u)
-    side = np.where(u > 0, a.rib_side, -a.rib_side)
+    side = np.where(u > 0, np.float32(a.rib_side), np.float32(-a.rib_side))
     # spine: cylinder with vertebral bodies modulated along v
     spine = 1.6 * _sqrt_pos(1.0 - (u / a.spine_w) ** 2) * (
         0.8 + 0.2 * np.cos(v * (2 * np.pi / a.vert_period)))

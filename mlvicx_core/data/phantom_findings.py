@@ -53,10 +53,10 @@ def _lerp(e, h, t):
     return float(e + (h - e) * t)
 
 
-_EASY = dict(nodule_r=(0.06, 0.09), nodule_density=3.0, mass_r=(0.14, 0.22), mass_cm=12.0,
+_EASY = dict(nodule_r=(0.08, 0.11), nodule_density=4.0, mass_r=(0.16, 0.24), mass_cm=16.0,
              effusion_h=(0.22, 0.38), ctr_pos=(0.56, 0.66), ptx_depth=(0.08, 0.15),
              ptx_line_cm=2.0, nuisance=0.5)
-_HARD = dict(nodule_r=(0.025, 0.045), nodule_density=1.0, mass_r=(0.08, 0.14), mass_cm=4.0,
+_HARD = dict(nodule_r=(0.035, 0.055), nodule_density=2.0, mass_r=(0.09, 0.15), mass_cm=8.0,
              effusion_h=(0.08, 0.18), ctr_pos=(0.52, 0.58), ptx_depth=(0.03, 0.07),
              ptx_line_cm=0.8, nuisance=1.5)
 
@@ -131,30 +131,30 @@ def sample_findings(a: Anatomy, labels: np.ndarray, rng: np.random.Generator, di
                     ap_mag: float = 1.0) -> dict:
     """Shape parameters for every finding (drawn for all, used for the positive ones), plus the
     image's cardiothoracic ratio ``ctr`` and heart ellipse ``heart`` (see ``heart_geometry``)."""
-    U = rng.random((len(FINDINGS), 8))
+    U = rng.random((len(FINDINGS), 8)).tolist()  # python floats keep the maps in float32
     lo, hi = diff.ctr_pos
-    ctr = lo + (hi - lo) * U[3, 0] if labels[3] else a.ctr
+    ctr = lo + (hi - lo) * U[3][0] if labels[3] else a.ctr
     heart = heart_geometry(a, ctr, ap_mag)
     nod_draw, mass_draw = rng.random((32, 2)), rng.random((32, 2))
     lo, hi = diff.nodule_r
-    r = lo + (hi - lo) * U[0, 0]
-    side = 1.0 if U[0, 1] < 0.5 else -1.0
+    r = lo + (hi - lo) * U[0][0]
+    side = 1.0 if U[0][1] < 0.5 else -1.0
     out = {"nodule": dict(r=r, center=_place(a, heart, nod_draw, r + 0.01, side),
-                          density=diff.nodule_density * (0.8 + 0.4 * U[0, 2]))}
+                          density=diff.nodule_density * (0.8 + 0.4 * U[0][2]))}
     lo, hi = diff.mass_r
-    R = lo + (hi - lo) * U[1, 0]
-    side = 1.0 if U[1, 1] < 0.5 else -1.0
+    R = lo + (hi - lo) * U[1][0]
+    side = 1.0 if U[1][1] < 0.5 else -1.0
     out["mass"] = dict(R=R, center=_place(a, heart, mass_draw, 0.5 * R, side),
-                       lumps=U[1, 2:8].reshape(3, 2), cm=diff.mass_cm)
+                       lumps=[U[1][2:4], U[1][4:6], U[1][6:8]], cm=diff.mass_cm)
     lo, hi = diff.effusion_h
-    kind = U[2, 1]  # < 0.35 right, < 0.7 left, else bilateral
-    out["effusion"] = dict(h=(lo + (hi - lo) * U[2, 0], lo + (hi - lo) * U[2, 2]),
+    kind = U[2][1]  # < 0.35 right, < 0.7 left, else bilateral
+    out["effusion"] = dict(h=(lo + (hi - lo) * U[2][0], lo + (hi - lo) * U[2][2]),
                            sides=(kind < 0.35 or kind >= 0.7, kind >= 0.35))
     out["cardiomegaly"] = dict(ctr=ctr)
     lo, hi = diff.ptx_depth
-    apical = U[4, 1] < 0.5
-    reach = (0.3 + 0.2 * U[4, 2]) if apical else (0.6 + 0.25 * U[4, 2])
-    out["pneumothorax"] = dict(depth=lo + (hi - lo) * U[4, 0], side=1.0 if U[4, 3] < 0.5 else -1.0,
+    apical = U[4][1] < 0.5
+    reach = (0.3 + 0.2 * U[4][2]) if apical else (0.6 + 0.25 * U[4][2])
+    out["pneumothorax"] = dict(depth=lo + (hi - lo) * U[4][0], side=1.0 if U[4][3] < 0.5 else -1.0,
                                v_end=a.apex_v + reach * (a.base_v - a.apex_v),
                                line_cm=diff.ptx_line_cm, apical=bool(apical))
     out["heart"], out["ctr"] = heart, ctr
@@ -198,7 +198,7 @@ def finding_maps(a: Anatomy, labels: np.ndarray, params: dict, u: np.ndarray, v:
             nx, ny = -np.sin(ang + da), np.cos(ang + da)
             d = (np.abs(u) - abs(cu)) * nx + (v - cv) * ny
             bron += np.exp(-(d / max(0.008, 0.5 * pix)) ** 2)
-        soft += p["cm"] * dens * (1.0 - 0.6 * np.minimum(bron, 1.0))
+        soft += p["cm"] * dens * (1.0 - 0.4 * np.minimum(bron, 1.0))
         masks[1] = dens > 0.35
     if labels[2]:
         p = params["effusion"]
