@@ -1,0 +1,139 @@
+"""Embedding extraction for any encoder and any contract dataset, cached on disk.
+
+Three kinds of features:
+
+- ``"trunk"``: global-average-pooled layer4 of the transferable :class:`~.trunk.Trunk`
+  (B, 512 for ResNet-18); ``gates=True`` keeps the context bottlenecks.
+- ``"global"``: the global projector's output ``Embeddings.global_`` (B, D).
+- ``"multi"``: the multi-level projector's output ``Embeddings.multi`` (B, D_ml); MLVICX only.
+
+Extraction runs in eval mode under ``torch.no_grad()``, batched, on any device. With ``cache_dir``
+the result is stored as ``<cache_dir>/<kind>-<model hash>-<dataset hash>.npz``: the model hash covers
+every weight (:func:`~.checkpoint.state_fingerprint`), the dataset hash covers its class, length,
+image size, findings, labels, patient ids and the pixels of its first and last image, so a changed
+checkpoint or a different dataset never returns stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..model import MLVICX
+from .checkpoint import state_fingerprint
+from .trunk import Trunk
+
+KINDS = ("trunk", "global", "multi")
+
+
+class Features(NamedTuple):
+    """Extracted features with what is needed to evaluate them, row-aligned."""
+
+    x: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N, K) float32, NaN = unknown
+    patient_ids: np.ndarray  # (N,) str
+    index: np.ndarray  # (N,) int, dataset index of each row
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` -> cuda if available, else mps, else cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A 16-hex-digit identity of a contract dataset (see the module docstring)."""
+    h = hashlib.sha256()
+    h.update(type(dataset).__qualname__.encode())
+    h.update(str(len(dataset)).encode())
+    for attr in ("image_size", "findings"):
+        h.update(repr(getattr(dataset, attr, None)).encode())
+    for attr in ("labels", "patient_ids"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            h.update(np.asarray(value).astype(str if attr == "patient_ids" else np.float32).tobytes())
+    if len(dataset):
+        for i in {0, len(dataset) - 1}:
+            h.update(np.asarray(dataset[i]["image"], dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def loader(dataset: Dataset, batch_size: int = 64, num_workers: int = 0,
+           shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader over contract samples (deterministic order unless ``shuffle``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=gen)
+
+
+def check_images(images: torch.Tensor, where: str) -> None:
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"{where}: expected 'image' batches of shape (B, 1 or 3, S, S), got "
+                         f"{tuple(images.shape)} (use a dataset without a two-view transform)")
+
+
+@torch.no_grad()
+def _extract(model: MLVICX, dataset: Dataset, kind: str, gates: bool, batch_size: int,
+             device: torch.device, num_workers: int) -> Features:
+    net = Trunk(model, keep_gates=gates) if kind == "trunk" else model
+    was_training = model.training
+    home = next(model.parameters()).device  # the caller's model goes back where it was
+    net = net.to(device).eval()
+    if kind == "multi" and getattr(model, "fusion", None) is None:
+        raise ValueError("kind='multi' needs an MLVICX with a multi-level branch (this is VICReg)")
+    xs, ys, pids, idx = [], [], [], []
+    for batch in loader(dataset, batch_size, num_workers):
+        images = batch["image"]
+        check_images(images, type(dataset).__name__)
+        images = images.to(device, dtype=torch.float32)
+        if kind == "trunk":
+            out = net(images)
+        else:
+            emb = net(images)
+            out = emb.global_ if kind == "global" else emb.multi
+        xs.append(out.float().cpu().numpy())
+        ys.append(batch["labels"].float().numpy())
+        pids.extend(str(p) for p in batch["patient_id"])
+        idx.append(np.asarray(batch["index"]))
+    model.to(home)
+    if was_training:
+        model.train()
+    return Features(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32),
+                    np.asarray(pids, dtype=str), np.concatenate(idx).astype(np.int64))
+
+
+def extract_features(model: MLVICX, dataset: Dataset, kind: str = "trunk", *, gates: bool = False,
+                     batch_size: int = 64, device: str | torch.device | None = None,
+                     num_workers: int = 0, cache_dir: str | Path | None = None) -> Features:
+    """Features of every image of ``dataset`` under ``model`` (see the module docstring).
+
+    Returns :class:`Features`; with ``cache_dir`` a second call with the same weights and dataset
+    loads the stored arrays instead of running the network.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    if len(dataset) == 0:
+        raise ValueError(f"{type(dataset).__name__} is empty: nothing to extract")
+    path = None
+    if cache_dir is not None:
+        tag = f"{kind}{'-gated' if gates and kind == 'trunk' else ''}"
+        path = Path(cache_dir) / f"{tag}-{state_fingerprint(model)}-{dataset_fingerprint(dataset)}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as f:
+                return Features(f["x"], f["labels"], f["patient_ids"], f["index"])
+    feats = _extract(model, dataset, kind, gates, batch_size, resolve_device(device), num_workers)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")  # write then rename: a killed run leaves no torn file
+        np.savez(tmp, **feats._asdict())
+        tmp.replace(path)
+    return feats

@@ -1,0 +1,112 @@
+"""Linear probe on frozen features: one L2-regularised logistic regression per finding.
+
+Features are standardised with the training set's mean and standard deviation. The inverse L2
+strength ``C`` is shared by all findings and chosen from a grid by the mean AUROC on the *validation*
+split; the test split is never seen during fitting or selection. Unknown labels (NaN) are left out
+per finding. A finding with a single class in the training subset cannot be fitted: its score is the
+constant log-odds of its training prevalence (AUROC 0.5 on any test set); ``untrainable`` names it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from .metrics import nanmean_or_nan, per_finding_auroc
+
+DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class LinearProbe:
+    """Fitted probe: ``scores(x) = ((x - mean) / std) @ coef.T + intercept`` (logits, (N, K))."""
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (D,)
+    coef: np.ndarray  # (K, D)
+    intercept: np.ndarray  # (K,)
+    C: float
+    val_auroc: dict[float, float] = field(default_factory=dict)  # C -> mean validation AUROC
+    untrainable: list[int] = field(default_factory=list)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.mean.size:
+            raise ValueError(f"features {x.shape}: expected (N, {self.mean.size})")
+        return ((x - self.mean) / self.std) @ self.coef.T + self.intercept
+
+    def as_torch_head(self) -> nn.Linear:
+        """The probe as one ``nn.Linear(D, K)`` on raw features (standardisation folded in)."""
+        w = self.coef / self.std[None, :]
+        b = self.intercept - w @ self.mean
+        head = nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(w, dtype=torch.float32))
+            head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+        return head
+
+
+def _fit_one_c(z: np.ndarray, y: np.ndarray, C: float, max_iter: int):
+    k = y.shape[1]
+    coef = np.zeros((k, z.shape[1]))
+    intercept = np.zeros(k)
+    untrainable = []
+    for j in range(k):
+        known = ~np.isnan(y[:, j])
+        yj = y[known, j]
+        if yj.size == 0 or yj.min() == yj.max():
+            prev = float(np.clip(yj.mean() if yj.size else 0.5, 1e-3, 1 - 1e-3))
+            intercept[j] = np.log(prev / (1 - prev))
+            untrainable.append(j)
+            continue
+        clf = LogisticRegression(C=C, max_iter=max_iter)
+        with warnings.catch_warnings():
+            # a probe that stops at max_iter is still a valid probe; the val AUROC judges it
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(z[known], yj)
+        coef[j], intercept[j] = clf.coef_[0], clf.intercept_[0]
+    return coef, intercept, untrainable
+
+
+def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                     y_val: np.ndarray, Cs: tuple[float, ...] = DEFAULT_CS,
+                     max_iter: int = 2000) -> LinearProbe:
+    """Fit one probe per ``C`` on train, keep the one with the best mean validation AUROC.
+
+    Shapes: x (N, D) features, y (N, K) in {0, 1, NaN}. Ties go to the smaller ``C`` (stronger
+    regularisation). If no finding has both classes in validation, the middle ``C`` is kept.
+    """
+    x_train = np.asarray(x_train, dtype=np.float64)
+    x_val = np.asarray(x_val, dtype=np.float64)
+    y_train = np.asarray(y_train, dtype=np.float64)
+    y_val = np.asarray(y_val, dtype=np.float64)
+    if x_train.ndim != 2 or y_train.ndim != 2 or len(x_train) != len(y_train):
+        raise ValueError(f"x_train {x_train.shape}, y_train {y_train.shape}: expected (N, D), (N, K)")
+    if x_val.shape[1:] != x_train.shape[1:] or y_val.shape[1:] != y_train.shape[1:]:
+        raise ValueError(f"validation shapes {x_val.shape}, {y_val.shape} do not match training "
+                         f"{x_train.shape}, {y_train.shape}")
+    if not Cs:
+        raise ValueError("Cs: give at least one C")
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)  # constant features stay 0 after centring
+    z_train = (x_train - mean) / std
+    best: LinearProbe | None = None
+    val_auroc: dict[float, float] = {}
+    for C in sorted(Cs):
+        coef, intercept, untrainable = _fit_one_c(z_train, y_train, C, max_iter)
+        probe = LinearProbe(mean, std, coef, intercept, C, val_auroc, untrainable)
+        val_auroc[C] = nanmean_or_nan(per_finding_auroc(y_val, probe.scores(x_val)))
+        if best is None or (not np.isnan(val_auroc[C]) and
+                            (np.isnan(val_auroc[best.C]) or val_auroc[C] > val_auroc[best.C])):
+            best = probe
+    if all(np.isnan(v) for v in val_auroc.values()):
+        mid = sorted(Cs)[len(Cs) // 2]
+        coef, intercept, untrainable = _fit_one_c(z_train, y_train, mid, max_iter)
+        best = LinearProbe(mean, std, coef, intercept, mid, val_auroc, untrainable)
+    return best

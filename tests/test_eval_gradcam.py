@@ -1,0 +1,118 @@
+"""Grad-CAM: evidence at a known place is found there; every tap works; hooks never accumulate."""
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eval_fakes import BlobCXR, tiny_model
+from mlvicx_core.evaluation.finetune import Classifier
+from mlvicx_core.evaluation.gradcam import (SimilarityTarget, cam_maps, finding_cams,
+                                            localisation_eval, overlay, similarity_cams)
+from mlvicx_core.evaluation.localisation import energy_inside, pointing_hit
+from mlvicx_core.evaluation.trunk import Trunk
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+
+class TwoEvidence(nn.Module):
+    """Channel c of the input is the evidence for class c: conv1x1 (identity), ReLU, GAP, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(2, 2, 1, bias=False)
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+            self.head.weight.copy_(torch.eye(2))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.features(x)).mean(dim=(2, 3)))
+
+
+def test_gradcam_lands_on_the_evidence_of_the_chosen_class():
+    x = torch.zeros(1, 2, 32, 32)
+    x[0, 0, 4:10, 20:26] = 1.0   # evidence for class 0: top right
+    x[0, 1, 22:28, 3:9] = 1.0    # evidence for class 1: bottom left
+    region = [np.zeros((32, 32), bool), np.zeros((32, 32), bool)]
+    region[0][4:10, 20:26] = True
+    region[1][22:28, 3:9] = True
+    model = TwoEvidence()
+    for c in (0, 1):
+        cam = cam_maps(model, x, model.features, [ClassifierOutputTarget(c)])[0]
+        assert cam.shape == (32, 32) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+        assert pointing_hit(cam, region[c]) == 1.0
+        assert pointing_hit(cam, region[1 - c]) == 0.0
+        assert energy_inside(cam, region[c]) > 0.9
+
+
+def test_similarity_target_lands_on_the_evidence_for_the_reference_direction():
+    """Embedding = pooled channels (a, b); the reference (1, 0) makes channel 0 the evidence."""
+    model = TwoEvidence()
+    model.head = nn.Identity()  # the embedding is the pooled feature vector itself
+    x = torch.zeros(1, 2, 32, 32)
+    x[0, 0, 4:10, 20:26] = 1.0
+    x[0, 1, 22:28, 3:9] = 1.0
+    region = np.zeros((32, 32), bool)
+    region[4:10, 20:26] = True
+    for ref, expect in ((torch.tensor([1.0, 0.0]), 1.0), (torch.tensor([0.0, 1.0]), 0.0)):
+        cam = cam_maps(model, x, model.features, [SimilarityTarget(ref)])[0]
+        assert pointing_hit(cam, region) == expect
+
+
+@pytest.mark.parametrize("tap", ["stem", "layer1", "layer2", "layer3", "layer4"])
+def test_every_tap_for_heads_and_for_the_ssl_encoder(tap):
+    model = tiny_model()
+    images = torch.rand(2, 1, 64, 64)
+    clf = Classifier(Trunk(model), 2)
+    maps = finding_cams(clf, images, 1, tap)
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    with torch.no_grad():
+        ref = model(images[:1]).global_[0]
+    sim = similarity_cams(model, images, ref, tap)
+    assert sim.shape == (2, 64, 64) and np.isfinite(sim).all()
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    assert sum(len(m._forward_hooks) for m in clf.modules()) == 0
+
+
+def test_no_hook_or_memory_growth_over_many_images():
+    model = TwoEvidence()
+    x = torch.rand(4, 2, 32, 32)
+    targets = [ClassifierOutputTarget(0)] * 4
+    for _ in range(10):  # warm-up: allocator caches, lazy imports
+        cam_maps(model, x, model.features, targets)
+    tracemalloc.start()
+    cam_maps(model, x, model.features, targets)
+    base, _ = tracemalloc.get_traced_memory()
+    for _ in range(150):  # 600 images
+        cam_maps(model, x, model.features, targets)
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(model.features._forward_hooks) == 0
+    assert current - base < 256 * 1024, f"grew by {(current - base) / 1024:.0f} KiB"
+
+
+def test_overlay_respects_the_intensity_contract():
+    img = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    cam = np.zeros((4, 4), np.float32)
+    out = overlay(img, cam, alpha=0.0)
+    np.testing.assert_allclose(out, np.repeat(img[..., None], 3, 2))  # grey kept: 0 black, 1 white
+    out = overlay(img[None], cam, alpha=0.5)
+    assert out.shape == (4, 4, 3) and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ValueError, match=r"expected \[0, 1\]"):
+        overlay(img * 255, cam)
+
+
+def test_localisation_eval_with_masks_and_boxes():
+    ds = BlobCXR(n=12, image_size=32)
+    clf = Classifier(Trunk(tiny_model()), 2)
+    res = localisation_eval(clf, ds, 0, tap="layer2", max_images=4)
+    assert res["n"] == min(4, int(ds.labels[:, 0].sum()))
+    assert 0 <= res["pointing_game"] <= 1 and 0 <= res["energy_inside"] <= 1
+    # chance for a uniform map = region share: a disc of radius 4 in 32x32 (~49 px / 1024)
+    assert 0.03 < res["chance_energy"] < 0.07
+    boxes = localisation_eval(clf, BlobCXR(n=12, image_size=32, masks=False), 0, tap="layer2",
+                              max_images=4)
+    assert boxes["n"] == res["n"]
+    assert boxes["chance_energy"] > res["chance_energy"]  # a box contains its disc
