@@ -7,6 +7,9 @@ from .folder import ImageFolderDataset
 from .imageio import ImageReadError, read_image
 from .medmnist import MedMNISTChest
 from .nih import NIH_FINDINGS, NIHChestXray14
+from .phantom import render, sample_grid
+from .phantom_dataset import SyntheticCXR
+from .phantom_findings import FINDINGS
 from .paths import default_data_root, shared_data_dir
 from .rle import rle_decode, rle_encode
 from .rsna import RSNAPneumonia
@@ -16,8 +19,8 @@ from .vindr import VINDR_FINDINGS, VinDrCXR
 
 __all__ = [
     "BatchTwoViews", "CachedDataset", "TwoViewDataset", "TwoViews", "ViewParams",
-    "CXRDataset", "ImageFolderDataset", "ImageReadError", "MedMNISTChest", "NIHChestXray14",
+    "CXRDataset", "FINDINGS", "ImageFolderDataset", "ImageReadError", "MedMNISTChest", "NIHChestXray14",
     "NIH_FINDINGS", "RSNAPneumonia", "SIIMPneumothorax", "VINDR_FINDINGS", "VinDrCXR",
     "default_data_root", "patient_split", "read_dicom", "read_image", "resize_image",
-    "rle_decode", "rle_encode", "shared_data_dir",
+    "render", "rle_decode", "rle_encode", "sample_grid", "shared_data_dir", "SyntheticCXR",
 ]
