@@ -37,7 +37,7 @@ class Difficulty:
 
     level: float
     nodule_r: tuple[float, float]     # sphere radius (units; 0.01 unit = 2 mm)
-    nodule_density: float             # share of soft-tissue density (ground glass < 1)
+    nodule_density: float             # density relative to soft tissue (< 1 ground glass, > 1 calcified)
     mass_r: tuple[float, float]
     mass_cm: float
     effusion_h: tuple[float, float]   # fluid height at the lateral wall (units)
@@ -53,12 +53,12 @@ def _lerp(e, h, t):
     return float(e + (h - e) * t)
 
 
-_EASY = dict(nodule_r=(0.035, 0.06), nodule_density=1.0, mass_r=(0.12, 0.2), mass_cm=5.0,
-             effusion_h=(0.15, 0.3), ctr_pos=(0.56, 0.66), ptx_depth=(0.08, 0.15),
-             ptx_line_cm=1.5, nuisance=0.5)
-_HARD = dict(nodule_r=(0.012, 0.025), nodule_density=0.45, mass_r=(0.06, 0.12), mass_cm=1.8,
-             effusion_h=(0.03, 0.1), ctr_pos=(0.52, 0.57), ptx_depth=(0.02, 0.06),
-             ptx_line_cm=0.5, nuisance=1.5)
+_EASY = dict(nodule_r=(0.06, 0.09), nodule_density=3.0, mass_r=(0.14, 0.22), mass_cm=12.0,
+             effusion_h=(0.22, 0.38), ctr_pos=(0.56, 0.66), ptx_depth=(0.08, 0.15),
+             ptx_line_cm=2.0, nuisance=0.5)
+_HARD = dict(nodule_r=(0.025, 0.045), nodule_density=1.0, mass_r=(0.08, 0.14), mass_cm=4.0,
+             effusion_h=(0.08, 0.18), ctr_pos=(0.52, 0.58), ptx_depth=(0.03, 0.07),
+             ptx_line_cm=0.8, nuisance=1.5)
 
 
 def difficulty_params(difficulty: str | float) -> Difficulty:
