@@ -43,7 +43,7 @@ def stored_size(config: TrainConfig) -> int:
 
 
 def _synthetic(config: TrainConfig) -> Dataset:
-    from ..data.phantom import SyntheticCXR
+    from ..data.phantom_dataset import SyntheticCXR
 
     return SyntheticCXR(length=config.data.length, image_size=stored_size(config),
                         seed=config.data.seed)
