@@ -38,7 +38,8 @@ def show_views(images, view_a, view_b, n: int = 6):
                                          ("view 2", view_b))):
         for j in range(n):
             ax = axes[row, j]
-            ax.imshow(np.asarray(batch[j, 0]), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.asarray(batch[j, 0]), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
@@ -181,7 +182,8 @@ def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.n
         panels = [("image", images[i])] + [(t, overlay(images[i], cams[t][i])) for t in taps]
         for j, (name, pic) in enumerate(panels):
             ax = axes[i, j]
-            ax.imshow(np.clip(pic, 0, 1), cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1)
+            ax.imshow(np.clip(pic, 0, 1), cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
             if regions is not None and regions[i].any():
                 ax.contour(regions[i], levels=[0.5], colors="w", linewidths=0.8)
             if j > 0:

@@ -37,7 +37,8 @@ def browser_figure(i: int, images: np.ndarray, view_a: np.ndarray, view_b: np.nd
     panels += [(f"Grad-CAM {t}", overlay(images[i], m[i]), True) for t, m in cams.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
     for ax, (name, pic, outline) in zip(axes[0], panels):
-        ax.imshow(np.clip(pic, 0, 1), cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1)
+        ax.imshow(np.clip(pic, 0, 1), cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
         if outline and regions is not None and regions[i].any():
             ax.contour(regions[i], levels=[0.5], colors="w", linewidths=0.8)
         ax.set_title(name, fontsize=8)

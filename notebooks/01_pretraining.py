@@ -48,9 +48,9 @@ from mlvicx_core.model import MLVICX
 from mlvicx_core.train import train_or_load
 from mlvicx_core.train.pipeline import build_augment, build_pretrain_dataset
 
-common = dict(dataset=dataset, data_root=data_root, preset=preset, image_size=image_size,
-              data_length=data_length, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-              out_dir=out_dir)
+common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
+          "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+          "max_steps": max_steps, "out_dir": out_dir}
 config = pretrain_config("mlvicx", lam=lam, **common)
 config_collapse = pretrain_config("mlvicx", lam=lam, std_coeff=0.0, **common)
 print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch_size} steps "

@@ -52,9 +52,9 @@ from mlvicx_core.experiments import eval_dataset, pretrain_config
 from mlvicx_core.train import train_or_load
 from mlvicx_core.widgets import umap_selector
 
-common = dict(dataset=dataset, data_root=data_root, preset=preset, image_size=image_size,
-              data_length=data_length, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-              out_dir=out_dir)
+common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
+          "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+          "max_steps": max_steps, "out_dir": out_dir}
 configs = {"MLVICX": pretrain_config("mlvicx", lam=lam, **common),
            "VICReg": pretrain_config("vicreg", **common)}
 cache_dir = Path(out_dir) / "features"

@@ -60,9 +60,9 @@ from mlvicx_core.evaluation.runner import EvalSettings, run_evaluation
 from mlvicx_core.experiments import eval_dataset, label_fraction_table, pretrain_config
 from mlvicx_core.train import train_or_load
 
-common = dict(dataset=dataset, data_root=data_root, preset=preset, image_size=image_size,
-              data_length=data_length, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-              out_dir=out_dir)
+common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
+          "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+          "max_steps": max_steps, "out_dir": out_dir}
 configs = {"mlvicx": pretrain_config("mlvicx", lam=lam, levels=levels,
                                      context_bottleneck=context_bottleneck, **common),
            "vicreg": pretrain_config("vicreg", **common)}

@@ -55,15 +55,19 @@ from IPython.display import display
 from mlvicx_core.comparison_figures import plot_cam_grid, plot_pointing
 from mlvicx_core.evaluation import patient_split
 from mlvicx_core.experiments import eval_dataset, pretrain_config
-from mlvicx_core.tap_localisation import (cams_per_tap, pointing_by_tap, positive_examples,
-                                          probe_classifier)
+from mlvicx_core.tap_localisation import (
+    cams_per_tap,
+    pointing_by_tap,
+    positive_examples,
+    probe_classifier,
+)
 from mlvicx_core.train import train_or_load
 from mlvicx_core.train.pipeline import build_augment
 from mlvicx_core.widgets import browser_figure, image_browser
 
-common = dict(dataset=dataset, data_root=data_root, preset=preset, image_size=image_size,
-              data_length=data_length, epochs=epochs, batch_size=batch_size, seed=seed, max_steps=max_steps,
-              out_dir=out_dir)
+common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
+          "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+          "max_steps": max_steps, "out_dir": out_dir}
 configs = {"MLVICX": pretrain_config("mlvicx", lam=lam, **common),
            "VICReg": pretrain_config("vicreg", **common)}
 cache_dir = Path(out_dir) / "features"

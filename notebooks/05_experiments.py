@@ -55,10 +55,10 @@ from mlvicx_core.comparison_figures import plot_sweep
 from mlvicx_core.experiments import collect_results, run_sweep, sweep_grid
 
 grid = sweep_grid(lams=lams, level_sets=level_sets, bottleneck_off=bottleneck_off)
-common = dict(dataset=dataset, data_root=data_root, preset=preset, image_size=image_size,
-              data_length=data_length, epochs=epochs, batch_size=batch_size, seed=seed,
-              max_steps=max_steps, eval_length=eval_length, fractions=fractions, n_boot=n_boot,
-              out_dir=str(Path(out_dir).resolve()))
+common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
+          "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+          "max_steps": max_steps, "eval_length": eval_length, "fractions": fractions,
+          "n_boot": n_boot, "out_dir": str(Path(out_dir).resolve())}
 print("sweep points:", ", ".join(grid))
 
 # %% [markdown]

@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import nbformat  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
 
-from mlvicx_core.config import LEVELS  # noqa: E402
-from mlvicx_core.experiments import (collect_results, diagnostics_table, eval_dataset,  # noqa: E402
-                                     label_fraction_table, pretrain_config, run_sweep, sweep_grid)
-from mlvicx_core.model import Embeddings  # noqa: E402
-from mlvicx_core.train import config_hash  # noqa: E402
+from mlvicx_core.config import LEVELS
+from mlvicx_core.experiments import (
+    collect_results,
+    diagnostics_table,
+    eval_dataset,
+    label_fraction_table,
+    pretrain_config,
+    run_sweep,
+    sweep_grid,
+)
+from mlvicx_core.model import Embeddings
+from mlvicx_core.train import config_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
