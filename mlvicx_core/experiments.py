@@ -43,7 +43,7 @@ def check_dataset(dataset: str, data_root: str | None) -> Path | None:
 
 def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
                     data_root: str | None = None, preset: str = "teaching",
-                    image_size: int = 64, data_length: int = 512, epochs: int = 3,
+                    image_size: int = 64, data_length: int = 384, epochs: int = 2,
                     batch_size: int = 32, seed: int = 0, lam: float = 1.0,
                     levels: Sequence[str] | None = None, context_bottleneck: bool = True,
                     std_coeff: float | None = None, out_dir: str = "../runs/notebooks",

@@ -12,6 +12,12 @@ import numpy as np
 import pandas as pd
 
 
+def _display(obj) -> None:
+    from IPython.display import display as show
+
+    show(obj)
+
+
 def _widgets():
     try:
         import ipywidgets
@@ -60,7 +66,9 @@ def image_browser(images: np.ndarray, view_a: np.ndarray, view_b: np.ndarray,
         out.clear_output(wait=True)
         with out:
             fig = browser_figure(i, images, view_a, view_b, cams, regions)
-            plt.show()
+            # display this figure only: plt.show() would also flush other open figures into the
+            # widget's output area
+            _display(fig)
             plt.close(fig)
 
     slider.observe(lambda change: redraw(change["new"]), names="value")
@@ -88,7 +96,7 @@ def umap_selector(panels: dict[tuple[str, str], np.ndarray | None], table: pd.Da
         out.clear_output(wait=True)
         with out:
             fig = plot_umap_grid(panels, table[column], column)
-            plt.show()
+            _display(fig)
             plt.close(fig)
 
     dropdown.observe(lambda change: redraw(change["new"]), names="value")

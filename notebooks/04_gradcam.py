@@ -24,7 +24,7 @@
 # Deep taps (`layer4`, 2x2 cells at 64 px) can only point coarsely; shallow taps are sharp but
 # noisy. Where in depth the localisation is best is what the multi-level branch is meant to change.
 #
-# **Budget.** With 48 pretraining steps and a probe fitted on a few hundred images, heatmaps are
+# **Budget.** With 24 pretraining steps and a probe fitted on a few hundred images, heatmaps are
 # noisy and hit rates near chance are expected; counts (n) are small, so differences of a few images
 # are noise. Cardiomegaly's "lesion" is the heart, a large fixed region: its chance level is high.
 
@@ -33,8 +33,8 @@ dataset = "synthetic"
 data_root = None
 preset = "teaching"
 image_size = 64
-data_length = 512
-epochs = 3
+data_length = 384
+epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
@@ -126,6 +126,8 @@ cams = cams_per_tap(classifiers["MLVICX"], pics, k)
 arrays = (pics[:, 0].numpy(), view_a[:, 0].numpy(), view_b[:, 0].numpy())
 for i in range(min(2, len(pics))):
     fig = browser_figure(i, *arrays, cams, regions)
+
+# %%
 image_browser(*arrays, cams, regions)
 
 # %% [markdown]

@@ -24,7 +24,7 @@
 # Every executed notebook is kept (`<out_dir>/sweep/<point>/run.ipynb`), so any number can be traced
 # to the run that produced it; a point already computed with the same parameters is not recomputed.
 #
-# **Budget.** Each point at the default budget is a 48-step pretraining; the differences between
+# **Budget.** Each point at the default budget is a 24-step pretraining; the differences between
 # points are far inside the noise of such runs. The defaults show the *machinery*; to measure the
 # ablation, run this notebook with the paper's budget (see the README) and several seeds.
 
@@ -33,8 +33,8 @@ dataset = "synthetic"
 data_root = None
 preset = "teaching"
 image_size = 64
-data_length = 512
-epochs = 3
+data_length = 384
+epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
@@ -45,6 +45,7 @@ eval_length = 400
 fractions = [1.0]                      # label fractions for the probe and kNN
 n_boot = 200
 out_dir = "../runs/notebooks"
+probe_notebook = "03_linear_probe.ipynb"  # the notebook executed per point (relative to the cwd)
 
 # %%
 from pathlib import Path
@@ -65,7 +66,7 @@ print("sweep points:", ", ".join(grid))
 # Run the sweep (pretraining runs shared with notebooks 01-04 are reused):
 
 # %%
-csvs = run_sweep("03_linear_probe.ipynb", grid, Path(out_dir) / "sweep", common)
+csvs = run_sweep(probe_notebook, grid, Path(out_dir) / "sweep", common)
 
 # %% [markdown]
 # ## One table

@@ -126,7 +126,7 @@ def test_04_gradcam_small(shared):
     for tap in ("stem", "layer1", "layer2", "layer3", "layer4"):
         assert tap in text
     assert "MLVICX" in text and "VICReg" in text
-    # 2 heatmap grids (one per encoder), the pointing figure, 1-2 static browser figures
+    # 2 heatmap grids (one per encoder), the pointing figure, >= 1 static browser figure
     assert n_images(nb) >= 4
 
 
