@@ -33,8 +33,10 @@ def execute(name: str, out: Path, **params) -> nbformat.NotebookNode:
     # the kernel must import this checkout's mlvicx_core, whatever the caller's PYTHONPATH
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_path) if p)
     try:
+        # a per-cell limit: a lost kernel message must fail the test, not block the suite
         papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(dst), parameters=params,
-                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
+                                   execution_timeout=600)
     finally:
         os.environ["PYTHONPATH"] = env_path
     return nbformat.read(dst, as_version=4)
