@@ -1,0 +1,241 @@
+"""Figures that compare runs and encoders side by side (used by the notebooks; matplotlib only).
+
+Every function draws one figure and returns it (the notebook shows it; ``fig.savefig`` keeps it):
+
+- :func:`show_views`: source images and the two augmented views the loss compares.
+- :func:`plot_loss_terms`: each loss term over training, weighted as it enters the loss.
+- :func:`plot_collapse`: collapse diagnostics of several runs on shared axes.
+- :func:`plot_umap_grid`: UMAP panels (rows: encoders, columns: embedding kinds), one colouring.
+- :func:`plot_fraction_curves`: AUROC vs label fraction with bootstrap CIs, per task and encoder.
+- :func:`plot_cam_grid`: Grad-CAM overlays, rows images, columns taps, true lesion outlined.
+- :func:`plot_pointing`: pointing-game hit rate per tap and encoder against the chance level.
+- :func:`plot_sweep`: one bar (with CI) per sweep point.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .train.metrics import read_metrics
+
+WEIGHTS = {"invariance": "sim_coeff", "variance": "std_coeff", "covariance": "cov_coeff"}
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def show_views(images, view_a, view_b, n: int = 6):
+    """Rows: source image, view 1, view 2; columns: the first ``n`` images (tensors (B, 1, S, S))."""
+    plt = _plt()
+    n = min(n, len(images))
+    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
+    for row, (name, batch) in enumerate((("image", images), ("view 1", view_a),
+                                         ("view 2", view_b))):
+        for j in range(n):
+            ax = axes[row, j]
+            ax.imshow(np.asarray(batch[j, 0]), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_terms(run_dir: str | Path, weights: dict[str, float], lam: float | None = None):
+    """Each VICReg term of each branch over training, multiplied by its weight (its share of the loss).
+
+    ``weights``: ``{"invariance": 25, "variance": 25, "covariance": 1}``; ``lam`` scales the
+    multi-level branch (``None``: no such branch).
+    """
+    plt = _plt()
+    df = read_metrics(run_dir)
+    branches = [b for b in ("global", "multi") if f"{b}/loss" in df]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    for ax, term in zip(axes, ("invariance", "variance", "covariance")):
+        for b in branches:
+            scale = weights[term] * (lam if b == "multi" and lam is not None else 1.0)
+            d = df[["step", f"{b}/{term}"]].dropna()
+            ax.plot(d["step"], scale * d[f"{b}/{term}"], "-" if b == "global" else "--",
+                    label=f"{b} x {scale:g}")
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    d = df[["step", "loss"]].dropna()
+    axes[3].plot(d["step"], d["loss"], "k")
+    axes[3].set_title("total loss")
+    axes[3].set_xlabel("step")
+    return fig
+
+
+def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
+    """Diagnostics of several runs (``{label: run_dir}``): invariance, std min/mean, rank, |corr|."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    for k, (label, run_dir) in enumerate(runs.items()):
+        df = read_metrics(run_dir)
+        colour = f"C{k}"
+        d = df[["step", f"{branch}/invariance"]].dropna()
+        axes[0].plot(d["step"], d[f"{branch}/invariance"], color=colour, label=label)
+        keys = [f"diag/{branch}/{m}" for m in ("std_min", "std_mean", "eff_rank", "corr_offdiag")]
+        d = df[["step", *keys]].dropna()
+        axes[1].plot(d["step"], d[keys[0]], "--", marker=".", color=colour, label=f"{label} min")
+        axes[1].plot(d["step"], d[keys[1]], "-", marker=".", color=colour, label=f"{label} mean")
+        axes[2].plot(d["step"], d[keys[2]], marker=".", color=colour, label=label)
+        axes[3].plot(d["step"], d[keys[3]], marker=".", color=colour, label=label)
+    titles = ["invariance s (mean squared distance of the views)", "per-dimension std",
+              "effective rank", "mean |off-diagonal correlation|"]
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_yscale("log")
+    return fig
+
+
+def _scatter(ax, coords: np.ndarray, values: pd.Series, title: str) -> None:
+    values = pd.Series(np.asarray(values))
+    numeric = pd.api.types.is_numeric_dtype(values) and values.nunique(dropna=True) > 2
+    if numeric:
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=values, s=6, cmap="viridis")
+        ax.figure.colorbar(sc, ax=ax, shrink=0.7)
+    else:
+        for k, v in enumerate(sorted(values.dropna().unique(), key=str)):
+            sel = (values == v).to_numpy()
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=f"C{k}", label=str(v))
+        if values.isna().any():
+            sel = values.isna().to_numpy()
+            ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color="lightgrey", label="unknown")
+        ax.legend(fontsize=7, markerscale=2, loc="best")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_umap_grid(panels: dict[tuple[str, str], np.ndarray | None], values: pd.Series,
+                   colour_by: str):
+    """``panels[(encoder, kind)]`` = (N, 2) UMAP coordinates or ``None`` (kind not available)."""
+    plt = _plt()
+    rows = list(dict.fromkeys(r for r, _ in panels))
+    cols = list(dict.fromkeys(c for _, c in panels))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), 3.6 * len(rows)),
+                             squeeze=False, constrained_layout=True)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            coords = panels.get((r, c))
+            if coords is None:
+                ax.text(0.5, 0.5, f"{r} has no\n{c} embedding", ha="center", va="center")
+                ax.set_axis_off()
+                continue
+            _scatter(ax, coords, values, f"{r}: {c}")
+    fig.suptitle(f"UMAP coloured by {colour_by}")
+    return fig
+
+
+def plot_fraction_curves(results_csv: str | Path, finding: str = "mean"):
+    """AUROC (``finding``, default the mean over findings) vs label fraction, 95 % bootstrap CI."""
+    plt = _plt()
+    df = pd.read_csv(results_csv)
+    df = df[(df["finding"] == finding) & (df["metric"] == "auroc")].copy()
+    df["task"] = df["task"].astype(str).str.replace(r" \(k=\d+\)", "", regex=True)
+    tasks = list(dict.fromkeys(df["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for ax, task in zip(axes[0], tasks):
+        d = df[df["task"] == task]
+        for k, (enc, e) in enumerate(d.groupby("encoder", sort=False)):
+            e = e.sort_values("fraction")
+            x = e["fraction"].to_numpy() * (1 + 0.04 * (k - 1))  # small offset: CIs stay readable
+            ax.errorbar(x, e["value"], yerr=[e["value"] - e["ci_low"], e["ci_high"] - e["value"]],
+                        marker="o", capsize=3, label=enc)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction (of training patients)")
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel(f"AUROC ({finding})")
+    return fig
+
+
+def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.ndarray | None,
+                  title: str = ""):
+    """Rows: images (N, H, W); columns: the image, then one Grad-CAM overlay per tap.
+
+    ``cams[tap]`` is (N, H, W) in [0, 1]; ``regions`` (N, H, W) bool outlines the true lesion.
+    """
+    from .evaluation.gradcam import overlay
+
+    plt = _plt()
+    taps = list(cams)
+    n = len(images)
+    fig, axes = plt.subplots(n, len(taps) + 1, figsize=(1.9 * (len(taps) + 1), 1.9 * n),
+                             squeeze=False)
+    for i in range(n):
+        panels = [("image", images[i])] + [(t, overlay(images[i], cams[t][i])) for t in taps]
+        for j, (name, pic) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(np.clip(pic, 0, 1), cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+            if regions is not None and regions[i].any():
+                ax.contour(regions[i], levels=[0.5], colors="w", linewidths=0.8)
+            if j > 0:
+                peak = np.unravel_index(np.argmax(cams[name][i]), cams[name][i].shape)
+                ax.plot(peak[1], peak[0], "w+", ms=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pointing(table: pd.DataFrame):
+    """Bars: pointing-game hit rate per tap (x) and encoder (colour), one panel per finding; the
+    dashed line is the hit rate of a uniform (uninformative) map."""
+    plt = _plt()
+    findings = list(dict.fromkeys(table["finding"]))
+    encoders = list(dict.fromkeys(table["encoder"]))
+    taps = list(dict.fromkeys(table["tap"]))
+    fig, axes = plt.subplots(1, len(findings), figsize=(3.4 * len(findings), 3.2), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    width = 0.8 / max(len(encoders), 1)
+    for ax, f in zip(axes[0], findings):
+        d = table[table["finding"] == f]
+        for k, enc in enumerate(encoders):
+            e = d[d["encoder"] == enc].set_index("tap").reindex(taps)
+            ax.bar(np.arange(len(taps)) + k * width, e["pointing_game"], width, label=enc)
+        ax.axhline(float(d["chance_pointing"].mean()), color="k", ls="--", lw=0.8)
+        ax.set_xticks(np.arange(len(taps)) + width * (len(encoders) - 1) / 2)
+        ax.set_xticklabels(taps, rotation=45, fontsize=8)
+        ax.set_title(f"{f} (n={int(d['n'].max())})", fontsize=9)
+    axes[0, 0].set_ylabel("pointing-game hit rate")
+    axes[0, 0].legend(fontsize=8)
+    return fig
+
+
+def plot_sweep(table: pd.DataFrame, fraction: float | None = None):
+    """Horizontal bars with 95 % CIs: the mean AUROC of every sweep point (one task, one fraction)."""
+    plt = _plt()
+    d = table if fraction is None else table[np.isclose(table["fraction"], fraction)]
+    d = d.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(d) + 1.2), constrained_layout=True)
+    y = np.arange(len(d))
+    ax.barh(y, d["value"], xerr=[d["value"] - d["ci_low"], d["ci_high"] - d["value"]],
+            capsize=3, color=[f"C{k}" for k in range(len(d))])
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{p} ({t}, {f:g})" for p, t, f in
+                        zip(d["point"], d["task"], d["fraction"])], fontsize=8)
+    ax.axvline(0.5, color="grey", ls=":")
+    ax.set_xlabel("mean AUROC (95 % bootstrap CI)")
+    lo = float(np.nanmin(d["ci_low"])) if len(d) else 0.4
+    ax.set_xlim(min(0.4, lo - 0.02), 1.0)
+    return fig

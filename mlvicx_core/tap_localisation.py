@@ -1,0 +1,85 @@
+"""Grad-CAM at every tap of a pretrained encoder, scored against the true lesion (pointing game).
+
+A self-supervised encoder has no "finding" output, so, as in the paper's analysis, a linear probe is
+fitted on its frozen trunk features first (:func:`probe_classifier`); Grad-CAM then explains that
+probe's logit for one finding, at any of the five taps (``stem`` ... ``layer4``). The question is
+whether the peak of the heatmap falls on the lesion (pointing game), and how that changes with depth.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import LEVELS
+from .evaluation.embeddings import extract_features
+from .evaluation.finetune import Classifier
+from .evaluation.gradcam import finding_cams, localisation_eval
+from .evaluation.probe import fit_linear_probe
+from .evaluation.runner import DatasetView
+from .evaluation.trunk import Trunk
+
+
+def probe_classifier(model, dataset, split: dict[str, np.ndarray], cache_dir=None) -> Classifier:
+    """The frozen trunk of ``model`` with a linear probe (fitted on ``split['train']``, its ``C``
+    chosen on ``split['val']``) as head: a classifier Grad-CAM can explain, in eval mode."""
+    feats = extract_features(model, dataset, "trunk", cache_dir=cache_dir)
+    labels = np.asarray(dataset.labels, dtype=np.float64)
+    tr, va = split["train"], split["val"]
+    probe = fit_linear_probe(feats.x[tr], labels[tr], feats.x[va], labels[va])
+    clf = Classifier(Trunk(model), len(dataset.findings), head=probe.as_torch_head())
+    return clf.eval()
+
+
+def positive_examples(dataset, indices: np.ndarray, finding: int, n: int):
+    """Up to ``n`` images (N, 1, S, S) of ``indices`` positive for ``finding`` with a non-empty
+    region, their regions (N, S, S) bool and dataset indices. Regions: masks, else NIH boxes."""
+    from .evaluation.localisation import boxes_to_mask
+
+    name = dataset.findings[finding]
+    images, regions, picked = [], [], []
+    for i in indices:
+        if len(images) >= n:
+            break
+        if np.asarray(dataset.labels)[i, finding] != 1:
+            continue
+        sample = dataset[int(i)]
+        if getattr(dataset, "has_masks", False):
+            region = sample["mask"][finding].numpy().astype(bool)
+        else:
+            region = boxes_to_mask(dataset.boxes(int(i)), tuple(sample["image"].shape[-2:]), name)
+        if region.any():
+            images.append(sample["image"])
+            regions.append(region)
+            picked.append(int(i))
+    if not images:
+        return None, None, []
+    return torch.stack(images), np.stack(regions), picked
+
+
+def cams_per_tap(classifier: Classifier, images: torch.Tensor, finding: int,
+                 taps: Sequence[str] = LEVELS) -> dict[str, np.ndarray]:
+    """``{tap: (N, H, W) heatmap in [0, 1]}`` of ``finding``'s logit at every tap."""
+    return {tap: finding_cams(classifier, images, finding, tap) for tap in taps}
+
+
+def pointing_by_tap(classifiers: dict[str, Classifier], dataset, indices: np.ndarray,
+                    taps: Sequence[str] = LEVELS, findings: Sequence[int] | None = None,
+                    max_images: int = 16, tolerance: float = 0.0) -> pd.DataFrame:
+    """Pointing game and energy-inside per encoder x tap x finding on ``dataset[indices]``.
+
+    Columns: encoder, tap, finding, pointing_game, energy_inside, chance_pointing, chance_energy, n.
+    Findings without a positive image holding a region get n = 0 and NaN scores.
+    """
+    view = DatasetView(dataset, indices)
+    findings = range(len(dataset.findings)) if findings is None else findings
+    rows = []
+    for enc, clf in classifiers.items():
+        for k in findings:
+            for tap in taps:
+                res = localisation_eval(clf, view, k, tap=tap, tolerance=tolerance,
+                                        max_images=max_images)
+                rows.append({"encoder": enc, "tap": tap, "finding": dataset.findings[k], **res})
+    return pd.DataFrame(rows)

@@ -1,0 +1,97 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · What the embeddings look like: UMAP of MLVICX and VICReg
+#
+# UMAP squeezes each image's embedding into a point on the plane so that images with similar
+# embeddings land close together. Colouring the points by a finding asks: *without ever seeing a
+# label, did the encoder put images with that finding near each other?*
+#
+# Three embeddings per encoder, computed on the same held-out synthetic radiographs:
+#
+# * **trunk**: the pooled ResNet features, the part kept after pretraining (what a linear probe or
+#   fine-tuning uses);
+# * **global**: the global projector's output, the space the VICReg loss shapes directly;
+# * **multi-level**: the multi-level branch's output (MLVICX only), fused from all five depths.
+#
+# **Budget.** The encoders are the tiny runs of notebook 01 (shared through `train_or_load`). At
+# this budget, expect weak structure: UMAP always draws *some* clusters, so judge a colouring only
+# against what the same plot shows for the other encoder and kind, and do not read meaning into the
+# cluster shapes themselves.
+
+# %% tags=["parameters"]
+dataset = "synthetic"
+data_root = None
+preset = "teaching"
+image_size = 64
+data_length = 384
+epochs = 2
+batch_size = 32
+max_steps = None               # stop each pretraining after this many steps (None: all epochs)
+seed = 0
+lam = 1.0
+eval_length = 400              # held-out images embedded and mapped
+colour_by = "effusion"         # a finding (or, for NIH, a metadata column such as "sex")
+out_dir = "../runs/notebooks"
+
+# %%
+from pathlib import Path
+
+from mlvicx_core.comparison_figures import plot_umap_grid
+from mlvicx_core.embedding_maps import umap_panels
+from mlvicx_core.evaluation.umap_view import colour_table
+from mlvicx_core.experiments import eval_dataset, pretrain_config
+from mlvicx_core.train import train_or_load
+from mlvicx_core.widgets import umap_selector
+
+common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
+          "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+          "max_steps": max_steps, "out_dir": out_dir}
+configs = {"MLVICX": pretrain_config("mlvicx", lam=lam, **common),
+           "VICReg": pretrain_config("vicreg", **common)}
+cache_dir = Path(out_dir) / "features"
+
+# %% [markdown]
+# Pretrain (or load) both encoders and embed the held-out images:
+
+# %%
+models = {name: train_or_load(cfg).model for name, cfg in configs.items()}
+images = eval_dataset(dataset, data_root, image_size, eval_length, seed)
+table = colour_table(images.labels, images.findings, getattr(images, "metadata", None))
+panels = umap_panels(models, images, seed=seed, cache_dir=cache_dir)
+print(f"{len(images)} images, findings: {', '.join(images.findings)}")
+
+# %% [markdown]
+# ## Side by side
+#
+# Rows: encoders; columns: embedding kind. Colour: the chosen finding (1 = present).
+
+# %%
+fig = plot_umap_grid(panels, table[colour_by], colour_by)
+
+# %% [markdown]
+# ## Explore
+#
+# The selector re-colours the same maps by any finding (or, for NIH, any metadata column: sex,
+# age, view position). It needs a live Jupyter kernel; in a static rendering you see the text
+# representation of the widget, and the figure above stands in for it.
+
+# %%
+umap_selector(panels, table, colour_by=colour_by)
+
+# %% [markdown]
+# **What to look for.** A finding the encoder captures shows up as a region of the map where that
+# colour dominates. Cardiomegaly (a large heart changes the whole silhouette) is the easiest for a
+# global embedding; small nodules are where the multi-level branch, which keeps shallow, high-
+# resolution features, is supposed to help. The projector outputs (global, multi-level) are
+# trained to be invariant to the augmentations and are usually *less* informative than the trunk
+# features; this is why only the trunk is kept after pretraining. Quantitative versions of these
+# questions (linear probe, kNN) are in notebook 03.

@@ -1,0 +1,246 @@
+"""The notebook support modules: experiment configs, sweeps, result tables, widgets, figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mlvicx_core.config import LEVELS
+from mlvicx_core.experiments import (
+    collect_results,
+    diagnostics_table,
+    eval_dataset,
+    label_fraction_table,
+    pretrain_config,
+    run_sweep,
+    sweep_grid,
+)
+from mlvicx_core.model import Embeddings
+from mlvicx_core.train import config_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pretrain_config_variants_and_sharing():
+    m = pretrain_config("mlvicx", data_length=100, epochs=2, batch_size=10, seed=3, lam=0.5,
+                        out_dir="x")
+    assert (m.model.multilevel, m.model.context_bottleneck, m.model.lam) == (True, True, 0.5)
+    assert m.model.levels == LEVELS
+    assert (m.data.length, m.data.seed, m.train.epochs, m.train.batch_size, m.train.seed) == \
+        (100, 3, 2, 10, 3)
+    assert m.train.out_dir == "x" and m.data.dataset == "synthetic" and m.data.root is None
+    v = pretrain_config("vicreg", lam=0.5)
+    assert (v.model.multilevel, v.model.context_bottleneck) == (False, False)
+    # lambda is ignored for VICReg: two notebooks asking for it with different lam share one run
+    assert config_hash(v) == config_hash(pretrain_config("vicreg", lam=2.0))
+    # the same parameters from two notebooks give the same run
+    assert config_hash(pretrain_config()) == config_hash(pretrain_config())
+    assert config_hash(pretrain_config(std_coeff=0.0)) != config_hash(pretrain_config())
+    ab = pretrain_config(levels=["layer3", "layer4"], context_bottleneck=False, std_coeff=0.0,
+                         max_steps=7)
+    assert ab.model.levels == ("layer3", "layer4") and not ab.model.context_bottleneck
+    assert ab.model.std_coeff == 0.0 and ab.train.max_steps == 7
+    assert pretrain_config(extra=["optim.base_lr=0.01"]).optim.base_lr == 0.01
+
+
+def test_pretrain_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="dataset='mnist'"):
+        pretrain_config(dataset="mnist")
+    with pytest.raises(ValueError, match="needs data_root"):
+        pretrain_config(dataset="nih")
+    with pytest.raises(ValueError, match="is not a folder"):
+        pretrain_config(dataset="nih", data_root=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="variant='simclr'"):
+        pretrain_config("simclr")
+    assert pretrain_config(dataset="nih", data_root=str(tmp_path)).data.root == str(tmp_path)
+
+
+def test_eval_dataset_is_disjoint_from_pretraining_stream():
+    ev = eval_dataset(length=6, image_size=64, seed=0)
+    assert ev.seed == 1000 and len(ev) == 6 and ev.has_masks
+    from mlvicx_core.data.phantom_dataset import SyntheticCXR
+
+    pre = SyntheticCXR(length=6, image_size=64, seed=0)
+    assert not np.array_equal(ev[0]["image"].numpy(), pre[0]["image"].numpy())
+
+
+def test_sweep_grid_one_factor_at_a_time():
+    grid = sweep_grid(lams=[0.5, 2], level_sets=[["layer4"]], bottleneck_off=True)
+    assert list(grid) == ["mlvicx", "vicreg", "mlvicx lam=0.5", "mlvicx lam=2",
+                          "mlvicx levels=layer4", "mlvicx no bottleneck"]
+    base = grid["mlvicx"]
+    for name, point in grid.items():
+        changed = {k for k in base if point[k] != base[k]}
+        assert len(changed) == (0 if name == "mlvicx" else 1), name
+    assert grid["mlvicx lam=2"]["lam"] == 2.0 and grid["vicreg"]["encoders"] == ["vicreg"]
+    with pytest.raises(ValueError, match="level set"):
+        sweep_grid(level_sets=[["layer9"]])
+    assert list(sweep_grid(vicreg=False, bottleneck_off=False)) == ["mlvicx"]
+
+
+def _results_csv(path: Path, rows: list[tuple]) -> Path:
+    cols = ["encoder", "task", "fraction", "finding", "metric", "value", "ci_low", "ci_high", "n"]
+    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+    return path
+
+
+def test_collect_results_and_fraction_table(tmp_path):
+    a = _results_csv(tmp_path / "a.csv", [
+        ("mlvicx", "linear probe", 1.0, "mean", "auroc", 0.7, 0.6, 0.8, 40),
+        ("mlvicx", "linear probe", 1.0, "nodule", "auroc", 0.9, 0.8, 1.0, 40),
+        ("mlvicx", "kNN (k=5)", 1.0, "mean", "auroc", 0.65, 0.55, 0.75, 40),
+        ("mlvicx", "linear probe", 0.1, "mean", "auroc", 0.6, 0.5, 0.7, 40)])
+    b = _results_csv(tmp_path / "b.csv", [
+        ("vicreg", "linear probe", 1.0, "mean", "auroc", 0.55, 0.45, 0.65, 40)])
+    table = collect_results({"A": a, "B": b})
+    assert list(table["point"]) == ["A", "A", "B"]
+    assert list(table["value"]) == [0.7, 0.6, 0.55]
+    both = collect_results({"A": a}, task_prefix="")
+    assert len(both) == 3  # probe at two fractions + kNN; the per-finding row is left out
+    pivot = label_fraction_table(a)
+    assert pivot.loc[("linear probe", "mlvicx"), 1.0] == "0.700 [0.600, 0.800]"
+    assert pivot.loc[("kNN", "mlvicx"), 1.0] == "0.650 [0.550, 0.750]"
+    assert pd.isna(pivot.loc[("kNN", "mlvicx"), 0.1])
+    with pytest.raises(ValueError, match="no results"):
+        collect_results({})
+
+
+def _toy_notebook(path: Path) -> Path:
+    """A notebook that writes results.csv with value = 0.5 + x / 10 into results_dir."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 0\nresults_dir = None")
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import pandas as pd, pathlib\n"
+        "pd.DataFrame([dict(encoder='toy', task='linear probe', fraction=1.0, finding='mean', "
+        "metric='auroc', value=0.5 + x / 10, ci_low=0.4, ci_high=0.9, n=10)])"
+        ".to_csv(pathlib.Path(results_dir) / 'results.csv', index=False)")
+    nb.cells = [params, body]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_run_sweep_executes_reuses_and_redoes(tmp_path):
+    nb = _toy_notebook(tmp_path / "toy.ipynb")
+    grid = {"one": {"x": 1}, "two two": {"x": 2}}
+    csvs = run_sweep(nb, grid, tmp_path / "sweep")
+    assert set(csvs) == {"one", "two two"} and csvs["two two"].parent.name == "two_two"
+    table = collect_results(csvs)
+    assert list(table["value"]) == pytest.approx([0.6, 0.7])
+    assert json.loads((tmp_path / "sweep" / "one" / "params.json").read_text())["x"] == 1
+    assert (tmp_path / "sweep" / "one" / "run.ipynb").is_file()
+    stamp = csvs["one"].stat().st_mtime_ns
+    run_sweep(nb, {"one": {"x": 1}}, tmp_path / "sweep")  # same parameters: reused
+    assert csvs["one"].stat().st_mtime_ns == stamp
+    csvs = run_sweep(nb, {"one": {"x": 4}}, tmp_path / "sweep")  # changed: executed again
+    assert collect_results(csvs)["value"].item() == pytest.approx(0.9)
+    with pytest.raises(FileNotFoundError, match="missing.ipynb"):
+        run_sweep(tmp_path / "missing.ipynb", grid, tmp_path / "sweep")
+
+
+class _Fixed(torch.nn.Module):
+    def __init__(self, z: torch.Tensor) -> None:
+        super().__init__()
+        self.z = z
+
+    def forward(self, x):
+        return Embeddings(self.z, None)
+
+
+def test_diagnostics_table_matches_hand_computation():
+    z = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]])
+    table = diagnostics_table({"toy": _Fixed(z), "dead": _Fixed(torch.ones(3, 2))},
+                              torch.zeros(3, 1, 8, 8))
+    std = np.std(z.numpy(), axis=0, ddof=1)  # [2, sqrt(3)]
+    assert table.loc["toy", "std_min"] == pytest.approx(std.min())
+    assert table.loc["toy", "std_mean"] == pytest.approx(std.mean())
+    corr = np.corrcoef(z.numpy().T)[0, 1]
+    assert table.loc["toy", "corr_offdiag"] == pytest.approx(abs(corr))
+    assert table.loc["dead", "std_min"] == 0.0 and table.loc["toy", "embedding dim"] == 2
+
+
+def test_positive_examples_returns_true_masks():
+    from mlvicx_core.tap_localisation import positive_examples
+
+    ds = eval_dataset(length=30, image_size=64, seed=0)
+    k = ds.findings.index("effusion")
+    images, regions, picked = positive_examples(ds, np.arange(30), k, 3)
+    assert len(picked) == len(images) == len(regions) <= 3
+    for i, idx in enumerate(picked):
+        assert ds.labels[idx, k] == 1
+        np.testing.assert_array_equal(regions[i], ds[idx]["mask"][k].numpy())
+        np.testing.assert_array_equal(images[i].numpy(), ds[idx]["image"].numpy())
+    none = positive_examples(ds, np.array([], dtype=int), k, 3)
+    assert none == (None, None, [])
+
+
+def test_widgets_build_without_frontend():
+    import ipywidgets
+
+    from mlvicx_core.widgets import browser_figure, image_browser, umap_selector
+
+    rng = np.random.default_rng(0)
+    imgs = rng.random((3, 16, 16)).astype(np.float32)
+    cams = {"layer3": rng.random((3, 16, 16)).astype(np.float32)}
+    box = image_browser(imgs, imgs, imgs, cams, imgs > 0.5)
+    slider = box.children[0]
+    assert isinstance(slider, ipywidgets.IntSlider) and (slider.min, slider.max) == (0, 2)
+    slider.value = 2  # redraws without a frontend
+    fig = browser_figure(1, imgs, imgs, imgs, cams)
+    assert [ax.get_title() for ax in fig.axes] == ["image", "view 1", "view 2", "Grad-CAM layer3"]
+    with pytest.raises(IndexError, match="image 3"):
+        browser_figure(3, imgs, imgs, imgs, cams)
+    table = pd.DataFrame({"nodule": [0, 1, np.nan], "sex": ["F", "M", "F"]})
+    panels = {("A", "trunk"): rng.random((3, 2)), ("B", "multi"): None}
+    sel = umap_selector(panels, table, colour_by="sex")
+    assert sel.children[0].options == ("nodule", "sex") and sel.children[0].value == "sex"
+    sel.children[0].value = "nodule"
+    with pytest.raises(ValueError, match="colour_by='age'"):
+        umap_selector(panels, table, colour_by="age")
+
+
+def test_fraction_curves_plot_the_csv_values(tmp_path):
+    from mlvicx_core.comparison_figures import plot_fraction_curves
+
+    csv = _results_csv(tmp_path / "r.csv", [
+        ("mlvicx", "linear probe", 0.1, "mean", "auroc", 0.6, 0.5, 0.7, 40),
+        ("mlvicx", "linear probe", 1.0, "mean", "auroc", 0.7, 0.6, 0.8, 40),
+        ("random", "linear probe", 0.1, "mean", "auroc", 0.5, 0.45, 0.55, 40),
+        ("random", "linear probe", 1.0, "mean", "auroc", 0.52, 0.5, 0.6, 40)])
+    fig = plot_fraction_curves(csv)
+    ax = fig.axes[0]
+    ys = {c.get_label(): list(c.lines[0].get_ydata()) for c in ax.containers}
+    assert ys == {"mlvicx": [0.6, 0.7], "random": [0.5, 0.52]}
+    assert ax.get_title() == "linear probe"
+
+
+def test_notebook_sources_have_one_plain_parameters_cell():
+    import ast
+
+    import jupytext
+
+    for src in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
+        nb = jupytext.read(src)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, src.name
+        for node in ast.parse(tagged[0].source).body:
+            assert isinstance(node, ast.Assign), f"{src.name}: only assignments in parameters"
+            ast.literal_eval(node.value)  # plain values only: no calls, no names
+        names = {t.id for node in ast.parse(tagged[0].source).body for t in node.targets}
+        assert {"dataset", "data_root", "preset", "image_size", "epochs", "batch_size", "seed",
+                "out_dir"} <= names, src.name
+        committed = src.with_suffix(".ipynb")
+        assert committed.is_file(), f"{committed.name} not built (python notebooks/build.py)"
+        built = nbformat.read(committed, as_version=4)
+        assert [c.source for c in built.cells] == [c.source for c in nb.cells], \
+            f"{committed.name} is out of date with {src.name}: rebuild it"

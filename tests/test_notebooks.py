@@ -1,0 +1,181 @@
+"""The notebooks executed with papermill at small, non-default parameters.
+
+nbval (``--nbval-lax``) runs the committed notebooks at their defaults; these tests run them with
+other parameters (tiny pretraining, few images, a temporary output folder) and check what they wrote
+against the parameters. All executions share one output folder, so the pretraining runs are trained
+once and reused by the later notebooks (as in a classroom). ``--dist loadfile`` keeps this file on
+one worker. One test runs notebook 03 on the real NIH images (skipped when they are absent).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+# 4 pretraining steps of batch 16 on 64 synthetic images; 120 labelled images for the read-outs
+SMALL = {"data_length": 64, "epochs": 1, "batch_size": 16, "eval_length": 120}
+
+
+def execute(name: str, out: Path, **params) -> nbformat.NotebookNode:
+    """Execute ``notebooks/<name>.ipynb`` with papermill (cwd notebooks/) and return the result."""
+    dst = out / f"{name}.executed.ipynb"
+    env_path = os.environ.get("PYTHONPATH", "")
+    # the kernel must import this checkout's mlvicx_core, whatever the caller's PYTHONPATH
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_path) if p)
+    try:
+        # a per-cell limit: a lost kernel message must fail the test, not block the suite
+        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(dst), parameters=params,
+                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
+                                   execution_timeout=600)
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    return nbformat.read(dst, as_version=4)
+
+
+def text_outputs(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            parts.append(o.get("text", "") or o.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def n_images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("notebook-runs")
+
+
+def run_folders(out: Path) -> dict[str, dict]:
+    """{run folder name: its resolved config} for every finished run under ``out``."""
+    import yaml
+
+    return {d.name: yaml.safe_load((d / "config.yaml").read_text())
+            for d in sorted(out.glob("*-*")) if (d / "done.json").is_file()}
+
+
+def test_01_pretraining_small(shared):
+    nb = execute("01_pretraining", shared, out_dir=str(shared), data_length=64, epochs=1,
+                 batch_size=16)
+    runs = run_folders(shared)
+    # the healthy run and the std_coeff=0 run, each 64 / 16 = 4 steps
+    assert sorted(cfg["model"]["std_coeff"] for cfg in runs.values()) == [0.0, 25.0]
+    for name in runs:
+        assert json.loads((shared / name / "done.json").read_text())["step"] == 4
+        metrics = pd.read_json(shared / name / "metrics.jsonl", lines=True)
+        assert metrics["step"].max() == 4
+    text = text_outputs(nb)
+    assert "1 epochs x 4 steps of batch 16 at 64 px" in text
+    # the model summary is computed from the config: 1024-wide projector outputs of the teaching net
+    assert "global embedding (6, 1024)" in text
+    assert n_images(nb) >= 3  # views, loss terms, collapse diagnostics
+
+
+def test_02_umap_small(shared):
+    nb = execute("02_embeddings_umap", shared, out_dir=str(shared), colour_by="nodule", **SMALL)
+    assert f"{SMALL['eval_length']} images" in text_outputs(nb)
+    variants = sorted(cfg["model"]["multilevel"] for cfg in run_folders(shared).values())
+    assert True in variants and False in variants  # an MLVICX and a VICReg run exist
+    assert n_images(nb) >= 1
+    # features were cached per encoder and kind: trunk + global for both, multi for MLVICX only
+    kinds = sorted(p.name.split("-")[0] for p in (shared / "features").glob("*.npz"))
+    assert kinds.count("multi") == 1 and kinds.count("global") == 2 and kinds.count("trunk") == 2
+
+
+def check_results(csv: Path, encoders: set[str], fractions: set[float]) -> pd.DataFrame:
+    df = pd.read_csv(csv)
+    auroc = df[df["metric"] == "auroc"]
+    assert set(auroc["encoder"]) == encoders
+    assert set(auroc["fraction"]) == fractions
+    assert {"linear probe", "kNN"} <= {t.split(" (")[0] for t in auroc["task"]}
+    means = auroc[auroc["finding"] == "mean"]
+    assert len(means) == len(encoders) * len(fractions) * 2
+    ok = means.dropna(subset=["value"])
+    assert ((ok["value"] >= 0) & (ok["value"] <= 1)).all()
+    assert ((ok["ci_low"] <= ok["value"] + 1e-12) & (ok["value"] <= ok["ci_high"] + 1e-12)).all()
+    return df
+
+
+def test_03_probe_small(shared):
+    results = shared / "probe"
+    execute("03_linear_probe", shared, out_dir=str(shared), results_dir=str(results),
+            fractions=[0.5, 1.0], n_boot=50, **SMALL)
+    df = check_results(results / "results.csv", {"random", "vicreg", "mlvicx"}, {0.5, 1.0})
+    # the test split is 20 % of the patients of 120 images (2 images per patient): n is constant
+    n = df[df["metric"] == "auroc"]["n"].unique()
+    assert len(n) == 1 and 0 < n[0] < SMALL["eval_length"] * 0.3
+
+
+def test_04_gradcam_small(shared):
+    nb = execute("04_gradcam", shared, out_dir=str(shared), show_findings=["effusion"],
+                 n_show=1, max_images=3, **SMALL)
+    text = text_outputs(nb)
+    assert "findings shown: ['effusion']" in text
+    # the pointing-game table lists every finding x tap, with both encoders as columns
+    for tap in ("stem", "layer1", "layer2", "layer3", "layer4"):
+        assert tap in text
+    assert "MLVICX" in text and "VICReg" in text
+    # 2 heatmap grids (one per encoder), the pointing figure, >= 1 static browser figure
+    assert n_images(nb) >= 4
+
+
+def test_05_sweep_small(shared):
+    execute("05_experiments", shared, out_dir=str(shared), lams=[0.5], level_sets=[],
+            bottleneck_off=False, fractions=[1.0], n_boot=50, **SMALL)
+    sweep = shared / "sweep"
+    points = sorted(p.name for p in sweep.iterdir() if (p / "results.csv").is_file())
+    assert points == ["mlvicx", "mlvicx_lam_0.5", "vicreg"]
+    for point in points:
+        params = json.loads((sweep / point / "params.json").read_text())
+        assert params["data_length"] == SMALL["data_length"]
+        enc = "vicreg" if point == "vicreg" else "mlvicx"
+        check_results(sweep / point / "results.csv", {enc}, {1.0})
+    assert json.loads((sweep / "mlvicx_lam_0.5" / "params.json").read_text())["lam"] == 0.5
+    # the lambda=0.5 point pretrained its own encoder: a run with model.lam 0.5 exists
+    assert 0.5 in {cfg["model"]["lam"] for cfg in run_folders(shared).values()}
+    # a second execution reuses every point: no results file is rewritten
+    stamps = {p: (sweep / p / "results.csv").stat().st_mtime_ns for p in points}
+    execute("05_experiments", shared, out_dir=str(shared), lams=[0.5], level_sets=[],
+            bottleneck_off=False, fractions=[1.0], n_boot=50, **SMALL)
+    assert stamps == {p: (sweep / p / "results.csv").stat().st_mtime_ns for p in points}
+
+
+def nih_images() -> Path | None:
+    base = Path(os.environ.get("MLVICX_DATA_DIR", ROOT.parent / "shared" / "data"))
+    folder = base / "nih" / "images-64px"
+    return folder if folder.is_dir() and any(folder.glob("*.png")) else None
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(nih_images() is None, reason="real NIH images not found: set MLVICX_DATA_DIR "
+                    "to a folder holding nih/images-64px (default ../shared/data)")
+def test_03_probe_on_nih(tmp_path):
+    folder = nih_images()
+    results = tmp_path / "probe-nih"
+    execute("03_linear_probe", tmp_path, dataset="nih", data_root=str(folder), out_dir=str(tmp_path),
+            results_dir=str(results), max_steps=3, batch_size=16, encoders=["random", "mlvicx"],
+            fractions=[1.0], n_boot=50)
+    df = check_results(results / "results.csv", {"random", "mlvicx"}, {1.0})
+    from mlvicx_core.data.nih import NIH_FINDINGS
+
+    findings = set(df[df["metric"] == "auroc"]["finding"]) - {"mean"}
+    assert findings == set(NIH_FINDINGS)
+    # the pretraining run read the NIH folder, 3 steps
+    (run,) = [d for d in tmp_path.glob("teaching-*") if (d / "done.json").is_file()]
+    cfg = run_folders(tmp_path)[run.name]
+    assert cfg["data"]["dataset"] == "nih" and cfg["data"]["root"] == str(folder)
+    assert pd.read_json(run / "metrics.jsonl", lines=True)["step"].max() == 3
+    assert np.isfinite(pd.read_json(run / "metrics.jsonl", lines=True)["loss"]).all()
