@@ -16,6 +16,8 @@ checkpoint or a different dataset never returns stale features.
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -133,7 +135,9 @@ def extract_features(model: MLVICX, dataset: Dataset, kind: str = "trunk", *, ga
     feats = _extract(model, dataset, kind, gates, batch_size, resolve_device(device), num_workers)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")  # write then rename: a killed run leaves no torn file
+        # Write then rename: a killed run leaves no torn file, and the per-process temporary name
+        # keeps two processes extracting the same features at once (notebooks) from colliding.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npz")
         np.savez(tmp, **feats._asdict())
-        tmp.replace(path)
+        os.replace(tmp, path)
     return feats
