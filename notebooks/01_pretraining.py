@@ -42,6 +42,7 @@ out_dir = "../runs/notebooks"  # run folders (git-ignored)
 # %%
 from IPython.display import display
 
+from mlvicx_core.collapse_demo import collapse_demo, plot_collapse_demo
 from mlvicx_core.comparison_figures import plot_collapse, plot_loss_terms, show_views
 from mlvicx_core.experiments import diagnostics_table, pretrain_config
 from mlvicx_core.model import MLVICX
@@ -181,7 +182,24 @@ display(diagnostics_table({"healthy": run.model, "no variance term": run_collaps
 # To look for the collapse, re-run this notebook with a longer schedule, e.g.
 # `papermill notebooks/01_pretraining.ipynb runs/01_long.ipynb -p epochs 40` (640 steps at about
 # 1 s each on a laptop CPU; not measured here), and compare `std_min` in the two curves above.
+
+# %% [markdown]
+# ### Collapse in miniature
 #
+# To *see* the collapse within seconds, `mlvicx_core.collapse_demo` trains a toy encoder (a small
+# MLP on 256 random vectors, whose two views are the vector plus independent noise) with the kit's
+# own `vicreg_loss`, once with the variance term and once without. The toy's last layer is a plain
+# Linear layer, so its output scale is free to shrink quickly. Without the variance term the
+# invariance loss drops to ~0 and looks like success, while the per-dimension std falls towards 0:
+# every input is mapped onto (almost) the same point. With it, the std stays near 1.
+
+# %%
+toy = collapse_demo(seed=seed)
+fig = plot_collapse_demo(toy)
+display(toy.groupby("std_coeff", sort=False).tail(1)[
+    ["std_coeff", "step", "invariance", "variance", "std_min", "std_mean"]].round(6))
+
+# %% [markdown]
 # **What this budget can and cannot show.** Two dozen steps demonstrate the mechanics (the terms,
 # the diagnostics, the inactive hinge). They do not produce features good enough for the MLVICX vs
 # VICReg comparisons of the paper: notebooks 02-05 make those comparisons at this budget, with
