@@ -131,6 +131,7 @@ def test_closing_statement_equals_the_csv(smoke):
     piv = mean.groupby(["dataset", "fraction", "method"]).value.mean().unstack()
     d = (piv["mlvicx"] - piv["vicreg"]).dropna()
     text = smoke["md"]
+    assert f"MLVICX was ahead at all in {(d > 0).sum()} of {len(d)};" in text
     assert (f"mlvicx had the higher mean AUROC in {(d > 0).sum()} of {len(d)} dataset/fraction "
             f"cells; mean difference {d.mean():+.3f} (range {d.min():+.3f} to {d.max():+.3f})"
             in text)

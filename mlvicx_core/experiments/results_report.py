@@ -142,14 +142,14 @@ def localisation_sentences(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def figure_auroc(df: pd.DataFrame, path: Path) -> None:
+def figure_auroc(df: pd.DataFrame, path: Path, order: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = seed_means(df)
-    datasets = list(dict.fromkeys(s.dataset)) or ["(none)"]
+    datasets = [d for d in order if d in set(s.dataset)] or ["(none)"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         for m in _methods(df):
@@ -158,6 +158,9 @@ def figure_auroc(df: pd.DataFrame, path: Path) -> None:
                 ax.errorbar(r.fraction, r["mean"], yerr=np.nan_to_num(r["std"]), marker="o",
                             capsize=3, label=m)
         ax.set_xscale("log")
+        fr = sorted(set(s[s.dataset == ds].fraction))
+        ax.set_xticks(fr, [f"{f:g}" for f in fr])
+        ax.minorticks_off()
         ax.set_xlabel("label fraction")
         ax.set_ylabel("test mean AUROC (linear probe)")
         ax.set_title(ds)
@@ -169,7 +172,7 @@ def figure_auroc(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def figure_gradcam(out: Path, path: Path) -> list[str]:
+def figure_gradcam(out: Path, path: Path, order: list[str]) -> list[str]:
     """Heatmaps side by side: rows = methods, columns = images (region outlined in white)."""
     import matplotlib
 
@@ -179,9 +182,11 @@ def figure_gradcam(out: Path, path: Path) -> list[str]:
     from ..evaluation.gradcam import overlay
 
     cols, methods = [], []
-    for f in sorted(out.glob("gradcam_*.npz")):
+    for ds in order:
+        f = out / f"gradcam_{ds}.npz"
+        if not f.is_file():
+            continue
         with np.load(f) as z:
-            ds = f.stem[len("gradcam_"):]
             methods = methods or list(z["methods"])
             for j in range(len(z["images"])):
                 cols.append((ds, str(z["findings"][j]), z["images"][j], z["regions"][j],
@@ -247,8 +252,10 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
     lines.append("\nWall time per pretraining run (s; CPU, threads "
                  f"{meta['threads']}, shared machine):\n\n" + _table(["method", "mean", "range"],
                                                                        trows))
-    lines.append(f"\nTotal wall time of the experiment: {meta['wall_s'] / 60:.1f} min "
-                 f"({platform.processor() or platform.machine()}, torch {torch.__version__}).")
+    lines.append(f"\nSum of the pretraining wall times: {runs.wall_s.sum() / 60:.1f} min over "
+                 f"{int((runs.steps > 0).sum())} runs. Wall time of the invocation that wrote these "
+                 f"CSVs: {meta['wall_s'] / 60:.1f} min (finished runs found in `--out` are reused, "
+                 f"not re-timed) on {platform.machine()}, torch {torch.__version__}.")
     return "\n".join(lines)
 
 
@@ -260,8 +267,9 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     (report / "results").mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "runs.csv"):
         shutil.copyfile(out / name, report / "results" / name)
-    figure_auroc(df, report / "figures" / "results_auroc.png")
-    shown = figure_gradcam(out, report / "figures" / "results_gradcam.png")
+    order = list(meta["datasets"])
+    figure_auroc(df, report / "figures" / "results_auroc.png", order)
+    shown = figure_gradcam(out, report / "figures" / "results_gradcam.png", order)
     methods = _methods(df)
     md = ["# Results: does MLVICX beat VICReg at small scale?", "",
           ("*Written by the experiment; do not edit by hand.* Regenerate every number, table and "
@@ -308,6 +316,16 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
            (f"Heatmaps of seed {min(meta['settings']['seeds'])} (rows: methods; columns: "
            f"{', '.join(shown) or 'none'}; the white outline is the true region)."), ""]
     md += ["## What held and what did not", ""]
+    claim = compare(df, "mlvicx", "vicreg")
+    if claim is not None:
+        k, n = claim["claim"], claim["n"]
+        held = ("held in every" if k == n else "held in none of the" if k == 0
+                else f"held in {k} of the {n}")
+        md += [f"**Verdict on the paper's claim** (MLVICX beats VICReg by more than "
+               f"{CLAIM_GAIN:.2f} AUROC): {held} dataset/label-fraction cells"
+               + (f" ({n})." if k in (0, n) else ".")
+               + f" MLVICX was ahead at all in {claim['wins']} of {n}; differences beyond seed "
+               f"noise: {claim['beyond_pos']} for, {claim['beyond_neg']} against.", ""]
     for a, b, what in COMPARISONS:
         sent = comparison_sentence(df, a, b, what)
         if sent:
