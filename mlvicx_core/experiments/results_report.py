@@ -283,7 +283,8 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
             cell = ma[(ma.dataset == ds) & (ma.fraction == fr)]
             rows.append([ds, f"{fr:g}"] + [fmt(cell[cell.method == m].value) for m in methods])
     md += [_table(["dataset", "label fraction"] + methods, rows), "",
-           "![AUROC vs label fraction](figures/results_auroc.png)", ""]
+           "![AUROC vs label fraction](figures/results_auroc.png)", "",
+           "Error bars: ± std over seeds.", ""]
     skipped = df[df.note.fillna("").str.startswith("skipped")][["dataset", "fraction", "note"]]
     for (ds, fr), g in skipped.groupby(["dataset", "fraction"]):
         md.append(f"- {ds}, fraction {fr:g}: {g.note.iloc[0]}")
