@@ -1,0 +1,178 @@
+"""The results experiment's smoke version, end to end, and the report generator's arithmetic.
+
+The smoke run (2 pretraining steps of 8 images per method, one seed, 16 images per split) goes
+through the same code as the full experiment; the checks recompute the report's numbers from the
+CSV with plain pandas/numpy here, so a report that drifts from its data fails. The real datasets
+(NIH 64 px, PneumoniaMNIST) join when MLVICX_DATA_DIR (or ../shared/data) holds them; otherwise the
+report names them as skipped.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlvicx_core.experiments.results import METHODS, schedule
+from mlvicx_core.experiments.results_data import build_benchmarks
+from mlvicx_core.experiments.results_report import compare, fmt
+from mlvicx_core.results_experiment import SMOKE, main
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    out, report = root / "out", root / "report"
+    assert main(["--smoke", "--out", str(out), "--report", str(report)]) == 0
+    runs = pd.read_csv(report / "results" / "runs.csv")
+    done = [(Path(d) / "done.json").is_file() for d in runs[runs.method != "random"].run_dir]
+    shutil.rmtree(out / "runs")  # checkpoints: ~100 MB per run, not needed by the checks
+    return {"out": out, "report": report, "md": (report / "RESULTS.md").read_text(),
+            "csv": pd.read_csv(report / "results" / "results.csv"), "runs": runs, "done": done}
+
+
+def md_tables(md: str) -> list[list[list[str]]]:
+    """Every Markdown table as a list of rows (header first, separator dropped)."""
+    tables, cur = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                cur.append(cells)
+        elif cur:
+            tables.append(cur)
+            cur = []
+    return tables
+
+
+def table_with(md: str, header_start: list[str]) -> list[list[str]]:
+    found = [t for t in md_tables(md) if t[0][:len(header_start)] == header_start]
+    assert found, f"no table with header {header_start}"
+    return found[0]
+
+
+def reference_cell(values: np.ndarray) -> str:
+    """A second implementation of the report's ``mean ± std`` cell."""
+    v = [float(x) for x in values if np.isfinite(x)]
+    if not v:
+        return "–"
+    m = sum(v) / len(v)
+    if len(v) == 1:
+        return f"{m:.3f}"
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5
+    return f"{m:.3f} ± {sd:.3f}"
+
+
+def test_smoke_writes_report_figures_and_csv(smoke):
+    rep = smoke["report"]
+    for name in ("results_auroc.png", "results_gradcam.png"):
+        data = (rep / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    assert "![AUROC vs label fraction](figures/results_auroc.png)" in smoke["md"]
+    assert "![Grad-CAM heatmaps](figures/results_gradcam.png)" in smoke["md"]
+    assert "python -m mlvicx_core.results_experiment --smoke" in smoke["md"]
+    df = smoke["csv"]
+    assert set(df.method) == set(METHODS)
+    assert "synthetic" in set(df.dataset)
+    # AUROCs and CIs are proper: within [0, 1] and the point inside its interval
+    a = df[(df.metric == "auroc") & np.isfinite(df.value)]
+    assert ((a.value >= 0) & (a.value <= 1)).all()
+    b = a[np.isfinite(a.ci_low)]
+    assert ((b.ci_low <= b.value + 1e-12) & (b.value <= b.ci_high + 1e-12)).all()
+
+
+def test_every_pretraining_run_has_the_same_budget(smoke):
+    runs = smoke["runs"]
+    trained = runs[runs.method != "random"]
+    assert set(trained.steps) == {SMOKE["steps"]}
+    for ds, g in trained.groupby("dataset"):
+        assert g.images.nunique() == 1, ds  # same images per run for every method
+        assert len(g) == len(METHODS) - 1
+    assert (runs[runs.method == "random"].steps == 0).all()
+    assert smoke["done"] and all(smoke["done"])  # every run finished through the engine
+
+
+def test_main_table_equals_the_csv(smoke):
+    df, methods = smoke["csv"], list(METHODS)
+    table = table_with(smoke["md"], ["dataset", "label fraction"])
+    assert table[0][2:] == methods
+    mean = df[(df.task == "probe") & (df.finding == "mean") & (df.metric == "auroc")]
+    expected_cells = {(d, f) for d, f, v in zip(mean.dataset, mean.fraction, mean.value)
+                      if np.isfinite(v)}
+    seen = set()
+    for row in table[1:]:
+        ds, fr = row[0], float(row[1])
+        seen.add((ds, fr))
+        for m, cell in zip(methods, row[2:]):
+            vals = mean[(mean.dataset == ds) & (mean.fraction == fr) & (mean.method == m)].value
+            assert cell == reference_cell(vals.to_numpy()), (ds, fr, m)
+    assert seen == expected_cells
+
+
+def test_per_seed_ci_table_equals_the_csv(smoke):
+    df = smoke["csv"]
+    table = table_with(smoke["md"], ["dataset", "fraction", "seed"])
+    methods = table[0][3:]
+    for row in table[1:]:
+        ds, fr, seed = row[0], float(row[1]), int(row[2])
+        for m, cell in zip(methods, row[3:]):
+            r = df[(df.dataset == ds) & (df.fraction == fr) & (df.seed == seed) &
+                   (df.method == m) & (df.finding == "mean") & (df.task == "probe")].iloc[0]
+            assert cell == f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+
+
+def test_closing_statement_equals_the_csv(smoke):
+    df = smoke["csv"]
+    mean = df[(df.task == "probe") & (df.finding == "mean") & (df.metric == "auroc") &
+              np.isfinite(df.value)]
+    piv = mean.groupby(["dataset", "fraction", "method"]).value.mean().unstack()
+    d = (piv["mlvicx"] - piv["vicreg"]).dropna()
+    text = smoke["md"]
+    assert f"MLVICX was ahead at all in {(d > 0).sum()} of {len(d)};" in text
+    assert (f"mlvicx had the higher mean AUROC in {(d > 0).sum()} of {len(d)} dataset/fraction "
+            f"cells; mean difference {d.mean():+.3f} (range {d.min():+.3f} to {d.max():+.3f})"
+            in text)
+    g = df[(df.task == "gradcam") & (df.dataset == "synthetic")]
+    chance = g[g.metric == "chance_pointing"].groupby("finding").value.mean().mean()
+    pg = g[(g.metric == "pointing_game") & (g.method == "mlvicx")].groupby("finding").value.mean()
+    assert f"uniform-map chance {chance:.3f}" in text
+    assert re.search(rf"mlvicx {pg.mean():.3f}[,.]", text)
+
+
+def test_schedule_spans_exactly_the_budget():
+    # hand-derived: 24 steps of 64 over 700 images -> 3 epochs of 8 steps on 512 images
+    assert schedule(24, 64, 700) == {"epochs": 3, "steps_per_epoch": 8, "images": 512, "total": 24}
+    assert schedule(20, 64, 1600) == {"epochs": 1, "steps_per_epoch": 20, "images": 1280,
+                                      "total": 20}
+    assert schedule(2, 8, 16) == {"epochs": 1, "steps_per_epoch": 2, "images": 16, "total": 2}
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        schedule(10, 64, 40)
+
+
+def test_cell_format_and_comparison_arithmetic():
+    assert fmt([0.5, 0.7]) == "0.600 ± 0.141"  # std (ddof 1) = 0.2 / sqrt(2)
+    assert fmt([0.25, float("nan")]) == "0.250"
+    assert fmt([]) == "–"
+    rows = []
+    # two cells; A beats B by 0.10 in cell 1 (tight seeds) and loses by 0.01 in cell 2
+    for seed, (a1, b1, a2, b2) in enumerate([(0.80, 0.70, 0.60, 0.61), (0.82, 0.72, 0.62, 0.63)]):
+        for m, v1, v2 in (("mlvicx", a1, a2), ("vicreg", b1, b2)):
+            rows += [{"dataset": "d", "fraction": 1.0, "method": m, "seed": seed, "task": "probe",
+                      "finding": "mean", "metric": "auroc", "value": v1},
+                     {"dataset": "d", "fraction": 0.1, "method": m, "seed": seed, "task": "probe",
+                      "finding": "mean", "metric": "auroc", "value": v2}]
+    c = compare(pd.DataFrame(rows), "mlvicx", "vicreg")
+    assert (c["n"], c["wins"], c["claim"]) == (2, 1, 1)
+    assert c["mean"] == pytest.approx((0.10 - 0.01) / 2)
+    assert (c["min"], c["max"]) == (pytest.approx(-0.01), pytest.approx(0.10))
+    # cell 1: se = sqrt(2 * 0.01414^2 / 2) = 0.01414, |0.10| > 2 se -> beyond noise in A's favour;
+    # cell 2: same se, |0.01| < 2 se -> not beyond noise
+    assert (c["beyond_pos"], c["beyond_neg"]) == (1, 0)
+
+
+def test_unknown_dataset_is_named():
+    with pytest.raises(ValueError, match="'chexpert'"):
+        build_benchmarks(("chexpert",), {})
