@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import LEVELS
-from .train import TrainConfig, apply_overrides, load_config
+from ..config import LEVELS
+from ..train import TrainConfig, apply_overrides, load_config
 
 DATASETS = ("synthetic", "nih")
 VARIANTS = ("mlvicx", "vicreg")
@@ -101,10 +101,10 @@ def eval_dataset(dataset: str = "synthetic", data_root: str | None = None, image
     """
     root = check_dataset(dataset, data_root)
     if dataset == "synthetic":
-        from .data.phantom_dataset import SyntheticCXR
+        from ..data.phantom_dataset import SyntheticCXR
 
         return SyntheticCXR(length=int(length), image_size=int(image_size), seed=int(seed) + 1000)
-    from .data.nih import NIHChestXray14
+    from ..data.nih import NIHChestXray14
 
     return NIHChestXray14(root=root, image_dir=root, split="all", image_size=int(image_size))
 
@@ -206,7 +206,7 @@ def diagnostics_table(models: dict, images, branch: str = "global") -> pd.DataFr
     ``branch`` embeddings of the same images (B, 1, S, S), one row per model (eval mode, no grad)."""
     import torch
 
-    from .train import embedding_diagnostics
+    from ..train import embedding_diagnostics
 
     rows = {}
     for name, model in models.items():
