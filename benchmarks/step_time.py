@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from mlvicx_core import MLVICX, get_preset, mlvicx_loss
+from mlvicx_core.devices import select_device
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
 TABLE = RESULTS.with_suffix(".md")
@@ -46,14 +47,6 @@ VARIANTS = {
 }
 
 
-def device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -66,7 +59,7 @@ def run_one(preset: str, size: int, batch: int, variant: str, repeats: int,
     """Runs in a child process: times ``repeats`` steps after one warm-up."""
     if threads:
         torch.set_num_threads(threads)
-    dev = device()
+    dev = select_device()
     torch.manual_seed(0)
     cfg = dataclasses.replace(get_preset(preset), image_size=size, **VARIANTS[variant])
     model = MLVICX(cfg).to(dev).train()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..devices import select_device
 from ..model import MLVICX
 from .checkpoint import state_fingerprint
 from .trunk import Trunk
@@ -42,14 +43,8 @@ class Features(NamedTuple):
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` -> cuda if available, else mps, else cpu."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``None`` -> cuda if available, else mps, else cpu (:func:`mlvicx_core.devices.select_device`)."""
+    return select_device(device)
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:

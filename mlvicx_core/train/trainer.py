@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..devices import select_device
 from ..loss import mlvicx_loss
 from ..model import MLVICX, Embeddings
 from . import distributed
@@ -58,20 +59,6 @@ class RunResult:
     metrics: Path
     trunk: Path | None
     losses: list[float] = field(default_factory=list)
-
-
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: ``cuda:<local_rank>`` if available, else ``mps``, else ``cpu``; or the given name
-    (a bare ``"cuda"`` also means ``cuda:<local_rank>``, so torchrun ranks get one GPU each)."""
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
