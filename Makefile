@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two pytest workers, one math thread each: on a 2-core machine more threads only contend.
-# --dist loadgroup keeps every test that starts a Jupyter kernel on one worker (conftest.py).
+# --dist loadfile keeps every test file (and every notebook, for nbval) on one worker.
 test: env
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 # The main job: a short MLVICX pretraining (teaching preset) on the embedded synthetic data.
 demo: env
