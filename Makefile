@@ -24,7 +24,7 @@ test: env
 
 # The main job: a short MLVICX pretraining (teaching preset) on the embedded synthetic data.
 demo: env
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m mlvicx_core.demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m mlvicx_core.cli demo
 
 bench: env
 	$(PY) benchmarks/step_time.py

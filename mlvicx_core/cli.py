@@ -3,40 +3,66 @@
     mlvicx pretrain --preset teaching --set train.epochs=1 --set data.length=256
     torchrun --nproc_per_node 4 -m mlvicx_core.cli pretrain --preset paper --set data.root=/data/nih
     mlvicx demo
-    mlvicx export-trunk runs/x/checkpoints/step-00001000.pt trunk.pt [--with-gates]
     mlvicx evaluate --checkpoint mlvicx=runs/x/checkpoints/step-00001000.pt --baseline random \\
-        --dataset synthetic --image-size 64 --out runs/eval
+        --set data.dataset=synthetic --set eval.tasks=[probe,knn] --out runs/eval
+    mlvicx results --scale 1 --out runs/results --report docs
+    mlvicx export-trunk runs/x/checkpoints/step-00001000.pt trunk.pt [--with-gates]
+    mlvicx pretrain --keys          # every configuration key, its type, default and meaning
 
-Adding a subcommand: write ``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to
-:data:`SUBCOMMANDS`. Configuration errors exit with status 2 and a message naming the key or path.
+Every command that reads a configuration takes ``--preset`` and ``--set section.key=value`` (the keys
+of ``mlvicx_core.config``); a few common keys also have a flag. Adding a subcommand: write
+``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to :data:`SUBCOMMANDS`.
+Configuration, data and checkpoint errors exit with status 2 and a message naming the key or file.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--preset", default=default_preset,
-                   help="preset name (paper, teaching) or path to a YAML file "
-                        f"(default: {default_preset})")
+                   help="preset name (paper, teaching, vicreg, vicreg-teaching) or path to a YAML "
+                        f"file (default: {default_preset})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--keys", action="store_true", help="list every config key and exit")
+
+
+def _load(args, aliases: dict | None = None):
+    from .config import load_config
+
+    flags = {k: v for k, v in (aliases or {}).items() if v is not None}
+    return load_config(args.preset, flags).set(args.overrides)
+
+
+def _keys() -> int:
+    from .config import describe_keys
+
+    print(describe_keys())
+    return 0
 
 
 # -- pretrain ------------------------------------------------------------------------------------
 def add_pretrain(p: argparse.ArgumentParser) -> None:
     _config_args(p, "teaching")
+    p.add_argument("--variant", default=None, help="apply a named variant (mlvicx_core.variants: "
+                   "mlvicx, vicreg, mlvicx-no-cb, mlvicx-frozen)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .train import distributed
-    from .train.runconfig import load_config
-    from .train.trainer import pretrain, run_dir_for
+    from .train.trainer import pretrain
+    from .variants import apply_variant
 
-    config = load_config(args.preset, args.overrides)
+    if args.keys:
+        return _keys()
+    config = _load(args)
+    if args.variant:
+        config = apply_variant(config, args.variant).set(args.overrides)
     main_rank = distributed.detect().is_main
     if main_rank:
         print(f"# resolved configuration (preset {config.preset})\n{config.to_yaml()}", flush=True)
@@ -44,7 +70,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     result = pretrain(config)
     if main_rank:
-        print(f"finished {result.step} steps. Results in {run_dir_for(config)}:\n"
+        print(f"finished {result.step} steps. Results in {result.run_dir}:\n"
               f"  checkpoint: {result.checkpoint}\n  metrics:    {result.metrics}\n"
               f"  trunk:      {result.trunk} (plain torchvision ResNet state dict)")
     distributed.teardown()
@@ -53,15 +79,59 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 # -- demo ----------------------------------------------------------------------------------------
 def add_demo(p: argparse.ArgumentParser) -> None:
-    from .demo import add_arguments
-
-    add_arguments(p)
+    p.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a teaching-preset key, e.g. --set train.max_steps=50")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    """Pretrain the teaching preset on the synthetic radiographs, then prove it learned: the
+    held-out linear probe of the pretrained trunk against the same network at random init."""
+    from .config import load_config
+    from .data.registry import evaluation_splits
+    from .evaluation.baselines import reference_encoder
+    from .evaluation.pipeline import evaluate, mean_auroc
+    from .evaluation.report import write_results
+    from .train.runs import finished_run, train_or_load
+    from .viz.training import plot_probe_comparison, plot_training
 
-    return run(args)
+    config = load_config("teaching", [f"train.out_dir={args.out}", "train.run_name=teaching",
+                                      *args.overrides])
+    reused = finished_run(config) is not None
+    c = config
+    print(f"MLVICX demo: teaching preset ({c.data.image_size} px, {c.data.length} "
+          f"{c.data.dataset} radiographs, {c.train.max_steps or 'all'} steps of batch "
+          f"{c.train.batch_size}, {c.optim.name})", flush=True)
+    start = time.perf_counter()
+    result = train_or_load(config)
+    took = time.perf_counter() - start
+    figure = plot_training(result.run_dir)
+    print(("reused the finished run" if reused else f"trained {result.step} steps in {took:.0f} s")
+          + (f"; final loss {result.losses[-1]:.2f}" if result.losses else ""), flush=True)
+
+    # the proof: a linear probe on held-out radiographs, random init vs the pretrained trunk
+    t0 = time.perf_counter()
+    splits = evaluation_splits(c.data, c.eval.split_sizes, in_memory=True)
+    encoders = {"random init": reference_encoder("random", c.model, seed=c.train.seed),
+                "pretrained": result.model}
+    ecfg = c.eval.replace(tasks=("probe",), fractions=(1.0,))
+    rows = evaluate(encoders, splits, ecfg, dataset=c.data.dataset)
+    csv, _ = write_results(rows, result.run_dir / "probe")
+    comparison = plot_probe_comparison(csv, result.run_dir / "probe.png")
+    (r, rl, rh), (p, pl, ph) = (mean_auroc(rows, e) for e in encoders)
+    n_test = len(splits["test"])
+    print(f"\nHeld-out linear probe (frozen trunk, {n_test} test radiographs of unseen patients, "
+          f"mean AUROC over {len(splits['test'].findings)} findings, 95 % bootstrap CI; "
+          f"{time.perf_counter() - t0:.0f} s):\n"
+          f"  random init  {r:.3f} [{rl:.3f}, {rh:.3f}]\n"
+          f"  pretrained   {p:.3f} [{pl:.3f}, {ph:.3f}]   ({p - r:+.3f} over random init)")
+    print(f"\nResults are in {result.run_dir}/:\n"
+          f"  figure      {figure}   (loss terms, invariance, online probe, diagnostics)\n"
+          f"  probe       {comparison}   and {csv}\n"
+          f"  metrics     {result.metrics}\n"
+          f"  checkpoint  {result.checkpoint}\n"
+          f"  trunk       {result.trunk}  (torchvision ResNet-18 state dict)")
+    return 0
 
 
 # -- export-trunk --------------------------------------------------------------------------------
@@ -73,40 +143,91 @@ def add_export_trunk(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_trunk(args: argparse.Namespace) -> int:
-    from .model import MLVICX
-    from .train.checkpoint import export_trunk, load_checkpoint
-    from .train.runconfig import from_dict
+    from .checkpoints import export_trunk, load_model
 
-    state = load_checkpoint(args.checkpoint)
-    model = MLVICX(from_dict(state["config"]).model)
-    model.load_state_dict(state["model"])
-    print(export_trunk(model, args.output, with_gates=args.with_gates))
+    print(export_trunk(load_model(args.checkpoint), args.output, with_gates=args.with_gates))
     return 0
 
 
 # -- evaluate ------------------------------------------------------------------------------------
 def add_evaluate(p: argparse.ArgumentParser) -> None:
-    from .evaluation.cli import add_evaluate_arguments
-
-    add_evaluate_arguments(p)
+    _config_args(p, "teaching")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="a checkpoint or model file to evaluate (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], choices=["random", "imagenet"],
+                   help="reference encoder built with the first checkpoint's (or --preset's) "
+                        "network")
+    p.add_argument("--out", required=True, help="output folder for results.csv/.md and figures/")
+    aliases = p.add_argument_group("aliases of common keys (same as --set)")
+    aliases.add_argument("--dataset", help="data.dataset")
+    aliases.add_argument("--data-root", help="data.root")
+    aliases.add_argument("--image-size", type=int, help="data.image_size")
+    aliases.add_argument("--tasks", nargs="+", help="eval.tasks")
+    aliases.add_argument("--fractions", type=float, nargs="+", help="eval.fractions")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.cli import evaluate_main
+    from pathlib import Path
 
-    return evaluate_main(args)
+    from .checkpoints import load_model
+    from .data.registry import evaluation_splits
+    from .evaluation.baselines import BaselineUnavailable, reference_encoder
+    from .evaluation.pipeline import check_settings, evaluate
+
+    if args.keys:
+        return _keys()
+    config = _load(args, {"data.dataset": args.dataset, "data.root": args.data_root,
+                          "data.image_size": args.image_size, "eval.tasks": args.tasks,
+                          "eval.fractions": args.fractions})
+    pairs = {}
+    for item in args.checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"mlvicx evaluate: error: --checkpoint {item!r}: expected NAME=PATH")
+        pairs[name] = path
+    if not pairs and not args.baseline:
+        raise SystemExit("mlvicx evaluate: error: nothing to evaluate: give --checkpoint "
+                         "NAME=PATH and/or --baseline")
+    splits = evaluation_splits(config.data, config.eval.split_sizes)
+    check_settings(config.eval, splits)  # before any checkpoint is read or feature extracted
+    encoders: dict = {name: load_model(path) for name, path in pairs.items()}
+    model_config = next(iter(encoders.values())).config if encoders else config.model
+    for kind in args.baseline:
+        try:
+            encoders[kind] = reference_encoder(kind, model_config, seed=config.eval.seed)
+        except BaselineUnavailable as err:
+            encoders[kind] = str(err)
+    evaluate(encoders, splits, config.eval, dataset=config.data.dataset, out_dir=Path(args.out),
+             log=lambda m: print(m, flush=True))
+    print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'results.md'}")
+    return 0
+
+
+# -- results -------------------------------------------------------------------------------------
+def add_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("argv", nargs=argparse.REMAINDER,
+                   help="the results experiment's options (mlvicx results -- --help)")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from .experiments.results import main as results_main
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    return results_main(argv)
 
 
 #: name -> (help, add_arguments, run). One line per subcommand.
 SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "pretrain": ("self-supervised pretraining (resumes an interrupted run)", add_pretrain,
                  cmd_pretrain),
-    "demo": ("a few minutes of teaching-size pretraining on synthetic radiographs", add_demo,
-             cmd_demo),
-    "export-trunk": ("save a checkpoint's trunk as a torchvision ResNet state dict",
-                     add_export_trunk, cmd_export_trunk),
+    "demo": ("a few minutes of teaching-size pretraining on synthetic radiographs, and the proof "
+             "that it learned", add_demo, cmd_demo),
     "evaluate": ("evaluate checkpoints: linear probe, kNN, fine-tuning, segmentation, Grad-CAM, "
                  "UMAP", add_evaluate, cmd_evaluate),
+    "results": ("the results experiment: random init, VICReg, MLVICX, ablations; writes "
+                "RESULTS.md", add_results, cmd_results),
+    "export-trunk": ("save a checkpoint's trunk as a torchvision ResNet state dict",
+                     add_export_trunk, cmd_export_trunk),
 }
 
 
@@ -122,14 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.runconfig import ConfigError
+    from .checkpoints import CheckpointError
+    from .config import ConfigError
+    from .data.imageio import ImageReadError
+    from .data.registry import DatasetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as err:
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
         print(f"mlvicx {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ImageReadError as err:
+        print(f"mlvicx {args.command}: error: {err}\n(to skip unreadable files instead, add "
+              "--set data.on_error=skip)", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # NonFiniteLossError
         print(f"mlvicx {args.command}: training stopped: {err}", file=sys.stderr)

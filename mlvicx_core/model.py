@@ -104,7 +104,7 @@ class MLVICX(nn.Module):
             }
         )
         self.feature_dim = self.tap_channels["layer4"]
-        self.projector = mlp(self.feature_dim, config.projector)
+        self.projector = mlp(self.feature_dim, config.projector, config.projector_last_bn)
 
         self.fusion: MultiLevelFusion | None = None
         self.ml_projector: nn.Sequential | None = None
@@ -116,7 +116,8 @@ class MLVICX(nn.Module):
                 config.pool_size,
                 impl=config.multilevel_impl,
             )
-            self.ml_projector = mlp(self.fusion.out_features, config.ml_projector)
+            self.ml_projector = mlp(self.fusion.out_features, config.ml_projector,
+                                    config.projector_last_bn)
             if config.freeze_lateral:
                 self.fusion.lateral.requires_grad_(False)
 

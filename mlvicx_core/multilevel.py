@@ -22,12 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(in_dim: int, widths: tuple[int, ...]) -> nn.Sequential:
-    """Linear + BatchNorm1d for every width, ReLU between them (not after the last BN)."""
+def mlp(in_dim: int, widths: tuple[int, ...], last_bn: bool = True) -> nn.Sequential:
+    """Linear + BatchNorm1d for every width, ReLU between them (not after the last BN).
+
+    ``last_bn=False`` ends in a plain Linear layer (official VICReg's projector); the released
+    MLVICX code, and the default here, puts a BatchNorm after the last Linear too.
+    """
     layers: list[nn.Module] = []
     for i, width in enumerate(widths):
-        layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width)]
-        if i < len(widths) - 1:
+        last = i == len(widths) - 1
+        layers.append(nn.Linear(in_dim, width))
+        if not last or last_bn:
+            layers.append(nn.BatchNorm1d(width))
+        if not last:
             layers.append(nn.ReLU(inplace=True))
         in_dim = width
     return nn.Sequential(*layers)

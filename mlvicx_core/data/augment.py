@@ -313,6 +313,12 @@ class TwoViews:
         self._gen: torch.Generator | None = None
         self._gen_owner: Any = None
 
+    @classmethod
+    def from_config(cls, aug: Any, image_size: int, seed: int | None = None) -> "TwoViews":
+        """The per-sample augmenter an ``AugConfig`` describes, with views of side ``image_size``."""
+        view1, view2 = views_from_config(aug, image_size)
+        return cls(image_size, seed=seed, view1=view1, view2=view2)
+
     def _default_generator(self) -> torch.Generator:
         info = get_worker_info()
         owner = (info.id, torch.initial_seed()) if info is not None else None
@@ -346,6 +352,12 @@ class BatchTwoViews:
         self.view2 = view2 or ViewParams.view2(image_size, **overrides)
         self.generator = torch.Generator().manual_seed(
             secrets.randbits(62) if seed is None else int(seed))
+
+    @classmethod
+    def from_config(cls, aug: Any, image_size: int, seed: int | None = None) -> "BatchTwoViews":
+        """The batched augmenter an ``AugConfig`` describes, with views of side ``image_size``."""
+        view1, view2 = views_from_config(aug, image_size)
+        return cls(image_size, seed=seed, view1=view1, view2=view2)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None):
         _check_images(x, 4, "BatchTwoViews input")
@@ -385,6 +397,20 @@ class TwoViewDataset(Dataset):
         view_a, view_b = self.two_views(sample["image"], generator=g)
         return {"view_a": view_a, "view_b": view_b, "labels": sample["labels"], "index": i,
                 "patient_id": sample["patient_id"]}
+
+
+def views_from_config(aug: Any, image_size: int) -> tuple[ViewParams, ViewParams]:
+    """The two :class:`ViewParams` an ``AugConfig`` (``mlvicx_core.config``) describes at size S.
+
+    Knobs shared by both views are single values there; ``blur_p`` and ``solarize_p`` are pairs
+    ``(view 1, view 2)``.
+    """
+    shared = dict(scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio), flip_p=aug.flip_p,
+                  jitter_p=aug.jitter_p, brightness=aug.brightness, contrast=aug.contrast,
+                  blur_sigma=tuple(aug.blur_sigma), blur_kernel=aug.blur_kernel,
+                  solarize_threshold=aug.solarize_threshold)
+    return tuple(ViewParams(image_size, blur_p=aug.blur_p[v], solarize_p=aug.solarize_p[v],
+                            **shared) for v in (0, 1))
 
 
 def no_randomness(p: ViewParams) -> ViewParams:

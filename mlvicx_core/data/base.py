@@ -114,3 +114,53 @@ class CXRDataset(Dataset):
             sample["mask"] = resize_image(m, self.image_size) > 0.5
         sample["image"] = self.transform(img) if self.transform is not None else img
         return sample
+
+
+def check_contract(dataset, n: int = 3) -> None:
+    """Raise ``ValueError`` (naming the dataset, the sample and the field) unless the first ``n``
+    samples of ``dataset`` follow the contract above: image float32 (1, S, S) in [0, 1]; labels
+    float32 (K,) in {0, 1, NaN} equal to ``dataset.labels[i]``; ``index`` an int; ``patient_id``
+    a str equal to ``dataset.patient_ids[i]``; a bool (K, S, S) mask when ``has_masks``;
+    ``boxes(i)`` a list of ``(finding, x, y, w, h)`` with a known finding and w, h > 0."""
+    name = type(dataset).__name__
+    findings = list(dataset.findings)
+    k = len(findings)
+    labels = np.asarray(dataset.labels, dtype=np.float64) if len(dataset) <= 2_000_000 else None
+    if labels is not None and labels.shape != (len(dataset), k):
+        raise ValueError(f"{name}.labels has shape {labels.shape}; expected ({len(dataset)}, {k})")
+    for i in range(min(n, len(dataset))):
+        s = dataset[i]
+        where = f"{name}[{i}]"
+        img = s.get("image")
+        if not (isinstance(img, torch.Tensor) and img.dtype == torch.float32 and img.ndim == 3
+                and img.shape[0] == 1):
+            raise ValueError(f"{where}['image']: expected float32 (1, S, S), got "
+                             f"{getattr(img, 'dtype', type(img))} {tuple(getattr(img, 'shape', ()))}")
+        if float(img.min()) < 0 or float(img.max()) > 1:
+            raise ValueError(f"{where}['image']: values outside [0, 1]")
+        lab = s.get("labels")
+        if not (isinstance(lab, torch.Tensor) and lab.dtype == torch.float32 and lab.shape == (k,)):
+            raise ValueError(f"{where}['labels']: expected float32 ({k},)")
+        known = lab[~torch.isnan(lab)]
+        if not bool(((known == 0) | (known == 1)).all()):
+            raise ValueError(f"{where}['labels']: expected 0, 1 or NaN")
+        if labels is not None:
+            row = torch.as_tensor(labels[i], dtype=torch.float32)
+            same = (row == lab) | (torch.isnan(row) & torch.isnan(lab)) | torch.isnan(lab)
+            if not bool(same.all()):
+                raise ValueError(f"{where}['labels'] differs from {name}.labels[{i}]")
+        if not isinstance(s.get("index"), (int, np.integer)):
+            raise ValueError(f"{where}['index']: expected an int")
+        if not isinstance(s.get("patient_id"), str) or s["patient_id"] != str(
+                dataset.patient_ids[i]):
+            raise ValueError(f"{where}['patient_id']: expected the str {dataset.patient_ids[i]!r}")
+        if getattr(dataset, "has_masks", False):
+            m = s.get("mask")
+            if not (isinstance(m, torch.Tensor) and m.dtype == torch.bool
+                    and tuple(m.shape) == (k, *img.shape[-2:])):
+                raise ValueError(f"{where}['mask']: expected bool ({k}, S, S)")
+        boxes = dataset.boxes(i) if hasattr(dataset, "boxes") else []
+        for box in boxes:
+            if len(box) != 5 or box[0] not in findings or not (box[3] > 0 and box[4] > 0):
+                raise ValueError(f"{where}: box {box}: expected (finding, x, y, w > 0, h > 0) "
+                                 f"with finding in {findings}")

@@ -4,6 +4,8 @@ Three kinds of features:
 
 - ``"trunk"``: global-average-pooled layer4 of the transferable :class:`~.trunk.Trunk`
   (B, 512 for ResNet-18); ``gates=True`` keeps the context bottlenecks.
+- ``"layer3+layer4"``: pooled layer3 and pooled layer4 of the same trunk, concatenated
+  (B, 256 + 512 for ResNet-18): more of the mid-level detail small findings live in.
 - ``"global"``: the global projector's output ``Embeddings.global_`` (B, D).
 - ``"multi"``: the multi-level projector's output ``Embeddings.multi`` (B, D_ml); MLVICX only.
 
@@ -27,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..devices import select_device
 from ..model import MLVICX
-from .checkpoint import state_fingerprint
 from .trunk import Trunk
 
-KINDS = ("trunk", "global", "multi")
+KINDS = ("trunk", "layer3+layer4", "global", "multi")
+TRUNK_KINDS = ("trunk", "layer3+layer4")
 
 
 class Features(NamedTuple):
@@ -45,6 +47,15 @@ class Features(NamedTuple):
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` -> cuda if available, else mps, else cpu (:func:`mlvicx_core.devices.select_device`)."""
     return select_device(device)
+
+
+def state_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of every parameter and buffer: changes whenever any weight changes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
@@ -78,25 +89,55 @@ def check_images(images: torch.Tensor, where: str) -> None:
                          f"{tuple(images.shape)} (use a dataset without a two-view transform)")
 
 
+def batch_features(net: torch.nn.Module, images: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, D) features of one batch: ``net`` is a :class:`Trunk` for the trunk kinds, the MLVICX
+    itself for ``global`` / ``multi``."""
+    if kind == "trunk":
+        return net(images)
+    if kind == "layer3+layer4":
+        taps = net.taps(images)
+        return torch.cat([taps["layer3"].mean(dim=(2, 3)), taps["layer4"].mean(dim=(2, 3))], 1)
+    emb = net(images)
+    return emb.global_ if kind == "global" else emb.multi
+
+
+def _network(model: MLVICX, kind: str, gates: bool) -> torch.nn.Module:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    if kind == "multi" and getattr(model, "fusion", None) is None:
+        raise ValueError("kind='multi' needs an MLVICX with a multi-level branch (this is VICReg)")
+    return Trunk(model, keep_gates=gates) if kind in TRUNK_KINDS else model
+
+
+@torch.no_grad()
+def trunk_features(model: MLVICX, images: torch.Tensor, kind: str = "trunk", gates: bool = False,
+                   batch_size: int = 128) -> np.ndarray:
+    """(N, D) features of in-memory images (N, 1, S, S) on the model's device, in eval mode (the
+    model's train/eval mode is restored); the online probe's fast path (no cache, no loader)."""
+    net = _network(model, kind, gates)
+    device = next(model.parameters()).device
+    was_training = model.training
+    net.eval()
+    out = [batch_features(net, images[i:i + batch_size].to(device), kind).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    if was_training:
+        model.train()
+    return torch.cat(out).numpy()
+
+
 @torch.no_grad()
 def _extract(model: MLVICX, dataset: Dataset, kind: str, gates: bool, batch_size: int,
              device: torch.device, num_workers: int) -> Features:
-    net = Trunk(model, keep_gates=gates) if kind == "trunk" else model
+    net = _network(model, kind, gates)
     was_training = model.training
     home = next(model.parameters()).device  # the caller's model goes back where it was
     net = net.to(device).eval()
-    if kind == "multi" and getattr(model, "fusion", None) is None:
-        raise ValueError("kind='multi' needs an MLVICX with a multi-level branch (this is VICReg)")
     xs, ys, pids, idx = [], [], [], []
     for batch in loader(dataset, batch_size, num_workers):
         images = batch["image"]
         check_images(images, type(dataset).__name__)
         images = images.to(device, dtype=torch.float32)
-        if kind == "trunk":
-            out = net(images)
-        else:
-            emb = net(images)
-            out = emb.global_ if kind == "global" else emb.multi
+        out = batch_features(net, images, kind)
         xs.append(out.float().cpu().numpy())
         ys.append(batch["labels"].float().numpy())
         pids.extend(str(p) for p in batch["patient_id"])
@@ -122,7 +163,7 @@ def extract_features(model: MLVICX, dataset: Dataset, kind: str = "trunk", *, ga
         raise ValueError(f"{type(dataset).__name__} is empty: nothing to extract")
     path = None
     if cache_dir is not None:
-        tag = f"{kind}{'-gated' if gates and kind == 'trunk' else ''}"
+        tag = f"{kind}{'-gated' if gates and kind in TRUNK_KINDS else ''}"
         path = Path(cache_dir) / f"{tag}-{state_fingerprint(model)}-{dataset_fingerprint(dataset)}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as f:

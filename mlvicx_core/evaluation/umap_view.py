@@ -116,3 +116,24 @@ def interactive_scatter(coords: np.ndarray, table: pd.DataFrame, colour_by: str 
     dropdown.observe(lambda change: redraw(change["new"]), names="value")
     redraw(colour_by)
     return widgets.VBox([dropdown, out])
+
+
+def umap_panels(models: dict, dataset, kinds=("trunk", "global", "multi"), seed: int = 0,
+                cache_dir=None) -> dict[tuple[str, str], np.ndarray | None]:
+    """``{(encoder, kind): (N, 2) coordinates or None}``: UMAP of every encoder's ``kind``
+    embeddings (:data:`~mlvicx_core.evaluation.embeddings.KINDS`) of the same images, seeded; a kind
+    the encoder does not have (``multi`` for VICReg) gives ``None`` (notebook 02)."""
+    from .embeddings import KINDS, extract_features
+
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"kinds {bad}: expected some of {KINDS}")
+    panels: dict[tuple[str, str], np.ndarray | None] = {}
+    for name, model in models.items():
+        for kind in kinds:
+            if kind == "multi" and not model.config.multilevel:
+                panels[(name, kind)] = None
+                continue
+            feats = extract_features(model, dataset, kind, cache_dir=cache_dir)
+            panels[(name, kind)] = umap_embed(feats.x, seed=seed)
+    return panels

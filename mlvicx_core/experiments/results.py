@@ -1,104 +1,70 @@
-"""The results experiment: five encoders x three datasets x seeds, same budget per pretraining run.
+"""The results experiment: random init, the variants, three datasets, seeds, one budget per run.
 
-Methods (all at the ``teaching`` size: ResNet-18, 64 px, narrow heads, AdamW)::
+Encoders (all at the preset's size, by default ``teaching``)::
 
-    random        no pretraining: the ResNet-18 trunk at its seeded random init
-    vicreg        VICReg: no context bottlenecks, no multi-level branch
-    mlvicx        MLVICX (context bottlenecks + multi-level loss, lambda = 1)
-    mlvicx-no-cb  MLVICX without context bottlenecks
-    mlvicx-frozen MLVICX with the lateral 1x1 convs frozen at init (the released code)
+    random        no pretraining: the trunk at its seeded random init (mlvicx_core.evaluation.baselines)
+    vicreg, mlvicx, mlvicx-no-cb, mlvicx-frozen     the variants of mlvicx_core.variants
 
-Budget: every pretraining run takes exactly ``steps`` optimizer steps of ``batch`` two-view images
-(``steps * batch`` image pairs; the cosine schedule spans exactly those steps, 20 % linear warmup),
-the same for every method, dataset and seed. The pretraining set is the first ``n = spe * batch``
-images of the train split, ``spe = ceil(steps / epochs)``, ``epochs = ceil(steps * batch / N)``.
-Runs go through the kit's engine (``load_config("teaching", ...)`` + ``train_or_load``): a run
-folder ``<out>/runs/<dataset>/<method>/seed<k>`` with the same configuration is reused, an
-interrupted one resumes.
+Budget: every pretraining run takes exactly ``train.max_steps`` optimizer steps of
+``train.batch_size`` two-view images, the same for every encoder, dataset and seed, with a cosine
+schedule spanning exactly those steps (20 % linear warmup). The pretraining set is the first
+``n = spe * batch`` images of the train split, ``spe = ceil(steps / epochs)``,
+``epochs = ceil(steps * batch / N)`` (:func:`schedule`). Runs go through the engine
+(``train_or_load``): a run folder ``<out>/runs/<dataset>/<encoder>/seed<k>`` with the same
+configuration is reused, an interrupted one resumes.
 
-Read-outs per (dataset, method, seed), on frozen pooled-trunk features (context bottlenecks dropped,
-as the released code transfers): linear probe (C chosen on val) at each label fraction (patients of
-the train split, seeded by the seed; a fraction is skipped when it leaves fewer than
-``min_patients`` patients), test AUROC per finding and mean with percentile-bootstrap CIs; Grad-CAM
-of the full-label probe at ``tap`` on the positive test images with a region (pointing game and
-energy inside, with uniform-map chance).
+Data (:data:`BENCHMARKS`, through the dataset registry): the synthetic phantom (patient-disjoint
+splits by construction; every finding has a mask; Grad-CAM on the test split), the 1,000 real NIH
+images at 64 px (patient-disjoint 70/10/20 split; Grad-CAM on every image with an expert box) and
+PneumoniaMNIST (official splits; no regions). A dataset whose files are absent is skipped with a
+note.
+
+Read-outs: the evaluation pipeline (``mlvicx_core.evaluation.pipeline``) with the ``eval.*`` keys:
+linear probe at every label fraction and Grad-CAM of the full-label probe, per (dataset, encoder,
+seed). The command line is ``mlvicx results`` (``python -m mlvicx_core.experiments.results``).
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 
-from ..evaluation import (
-    bootstrap_auroc,
-    extract_features,
-    fit_linear_probe,
-    label_fraction,
-    reference_encoder,
-)
-from ..evaluation.finetune import Classifier
-from ..evaluation.gradcam import finding_cams, localisation_eval
-from ..evaluation.trunk import Trunk
-from ..train import load_config, train_or_load
-from .results_data import Benchmark, build_benchmarks, register_synthetic_train
+from ..config import Config, load_config
+from ..data.paths import shared_data_dir
+from ..data.registry import build_dataset
+from ..data.subset import Subset
+from ..evaluation.baselines import reference_encoder
+from ..evaluation.pipeline import ROW_COLUMNS, evaluate
+from ..train import train_or_load
+from ..variants import VARIANTS
 
-#: method name -> model.* overrides of the teaching preset (None: no pretraining).
-METHODS: dict[str, dict | None] = {
-    "random": None,
-    "vicreg": {"model.multilevel": False, "model.context_bottleneck": False},
-    "mlvicx": {},
-    "mlvicx-no-cb": {"model.context_bottleneck": False},
-    "mlvicx-frozen": {"model.freeze_lateral": True},
+ENCODERS = ("random", *VARIANTS)
+#: What each dataset of the experiment is: registry name, where its files live below the shared
+#: data folder, evaluation split sizes at scale 1 (train, val, test; None = all).
+BENCHMARKS: dict[str, dict] = {
+    "synthetic": {"title": "Synthetic phantom (embedded)", "root": None,
+                  "split_sizes": (1600, 200, 400)},
+    "nih": {"title": "NIH ChestX-ray14 (real, 64 px)", "root": "nih/images-64px",
+            "split_sizes": (None, None, None)},
+    "pneumoniamnist": {"title": "PneumoniaMNIST (real, 28 px upsampled to 64)",
+                       "root": "medmnist", "split_sizes": (1500, None, None)},
 }
-DATASETS = ("synthetic", "nih", "pneumoniamnist")
-ROW_COLUMNS = ["dataset", "method", "seed", "task", "fraction", "finding", "metric", "value",
-               "ci_low", "ci_high", "n", "note"]
-
-
-@dataclass
-class ExperimentSettings:
-    """Everything the numbers depend on; ``scale`` multiplies pretraining steps and data sizes."""
-
-    scale: float = 1.0
-    steps: int = 20  # optimizer steps per pretraining run at scale 1
-    batch: int = 64
-    seeds: tuple[int, ...] = (0, 1, 2)
-    datasets: tuple[str, ...] = DATASETS
-    methods: tuple[str, ...] = tuple(METHODS)
-    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
-    min_patients: int = 5  # a label fraction needs at least this many training patients
-    synthetic_sizes: dict = field(default_factory=lambda: {"train": 1600, "val": 200, "test": 400})
-    nih_max_images: int | None = None  # smoke runs only
-    pneumonia_train: int | None = 1500  # None: all 3,882
-    pneumonia_eval: int | None = None  # cap on val and test (None: all)
-    image_size: int = 64
-    n_boot: int = 500
-    probe_cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0)  # C grid of the probe (chosen on val)
-    probe_max_iter: int = 200  # lbfgs iterations; an unconverged probe is still a probe (val judges)
-    tap: str = "layer2"  # Grad-CAM layer: 8 x 8 at 64 px (layer4 is 2 x 2 and cannot point)
-    tolerance: float = 4.0  # pointing-game tolerance in px (~15 px at 224 px)
-    gradcam_images: int = 32  # positive test images scored per finding
-    figure_images: int = 4  # synthetic test images in the heatmap figure
-    threads: int = 2
-    model_overrides: dict = field(default_factory=dict)  # model.* keys for every method (smoke)
-
-    def scaled(self) -> ExperimentSettings:
-        """The settings with ``scale`` applied to steps and data sizes (scale 1 = the defaults)."""
-        s = self.scale
-        sizes = {k: max(8, round(v * s)) for k, v in self.synthetic_sizes.items()}
-        train = None if self.pneumonia_train is None else round(self.pneumonia_train * s)
-        if train is not None and train >= 3882:
-            train = None
-        return ExperimentSettings(**{**asdict(self), "scale": 1.0,
-                                     "steps": max(1, round(self.steps * s)),
-                                     "synthetic_sizes": sizes, "pneumonia_train": train})
+#: The experiment's own defaults on top of the preset (every key overridable with --set).
+DEFAULTS = {
+    "train.max_steps": 20, "train.batch_size": 64, "train.threads": 2, "train.progress": False,
+    "train.tensorboard": False, "eval.tasks": ["probe", "gradcam"],
+    "eval.fractions": [0.01, 0.1, 1.0], "eval.min_patients": 5, "eval.n_boot": 500,
+    "eval.probe_cs": [0.001, 0.01, 0.1, 1.0], "eval.probe_max_iter": 200,
+    # layer2 is 8 x 8 at 64 px (layer4 is 2 x 2 and cannot point); 4 px ~ 15 px at 224 px
+    "eval.gradcam_tap": "layer2", "eval.tolerance": 4.0, "eval.gradcam_images": 32,
+}
+FIGURE_IMAGES = 4  # synthetic test images in the heatmap figure
 
 
 def schedule(steps: int, batch: int, n_train: int) -> dict[str, int]:
@@ -114,94 +80,92 @@ def schedule(steps: int, batch: int, n_train: int) -> dict[str, int]:
             "total": min(steps, epochs * spe)}
 
 
-def run_config(bench: Benchmark, method: str, seed: int, st: ExperimentSettings, out: Path):
-    """The engine's TrainConfig of one pretraining run (teaching preset + overrides)."""
-    sch = schedule(st.steps, st.batch, len(bench.splits["train"]))
-    warm = max(1, round(0.2 * st.steps))
-    overrides = {**st.model_overrides, **METHODS[method], **bench.data_config,
-                 "data.length": sch["images"],
-                 "model.image_size": st.image_size, "train.seed": seed,
-                 "train.batch_size": st.batch, "train.epochs": sch["epochs"],
-                 "train.max_steps": st.steps, "optim.warmup_epochs": warm / sch["steps_per_epoch"],
-                 "train.progress": False, "train.tensorboard": False,
-                 # checkpoints at epoch ends and at the end only: each is ~240 MB at this size
-                 "train.ckpt_every": st.steps, "train.diag_every": max(1, st.steps),
-                 "train.out_dir": str(out / "runs")}
-    return load_config("teaching", overrides), sch
+def scaled(config: Config, scale: float) -> Config:
+    """``scale`` applied to the pretraining steps (``train.max_steps``)."""
+    steps = max(1, round((config.train.max_steps or 1) * scale))
+    return config.set({"train.max_steps": steps})
 
 
-def pretrain_encoder(bench: Benchmark, method: str, seed: int, st: ExperimentSettings,
-                     out: Path) -> tuple[torch.nn.Module, dict]:
+class Benchmark:
+    """One dataset of the experiment: labelled splits in memory, localisation set, config."""
+
+    def __init__(self, name: str, config: Config, root: Path | None, scale: float = 1.0,
+                 split_sizes: tuple | None = None) -> None:
+        spec = BENCHMARKS[name]
+        self.name, self.title = name, spec["title"]
+        sizes = split_sizes or [None if s is None else max(8, round(s * scale))
+                                for s in spec["split_sizes"]]
+        self.config = config.set({"data.dataset": name, "data.root": str(root) if root else None,
+                                  "data.seed": 0, "eval.split_sizes": sizes})
+        d = self.config.data
+        self.splits = {s: build_dataset(name, root=d.root, split=s, image_size=d.image_size,
+                                        length=n, seed=0, fractions=d.split_fractions,
+                                        in_memory=True)
+                       for s, n in zip(("train", "val", "test"), sizes)}
+        self.localisation = self._localisation()
+        self.notes: list[str] = []
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.splits["train"].findings)
+
+    def _localisation(self):
+        if self.splits["test"].has_masks:
+            return self.splits["test"]
+        if self.name != "nih":
+            return None
+        d = self.config.data
+        everything = build_dataset("nih", root=d.root, split="all", image_size=d.image_size)
+        boxed = [i for i in range(len(everything)) if everything.boxes(i)]
+        return Subset(everything, boxed, in_memory=True) if boxed else None
+
+    def pretrain_set(self, n: int):
+        """The first ``n`` images of the train split (labels unused); for the synthetic data this
+        is exactly what the run's ``data.*`` keys build (``data.length = n``)."""
+        train = self.splits["train"]
+        if n > len(train):
+            raise ValueError(f"{self.name}: {n} pretraining images asked, train has {len(train)}")
+        return Subset(train, np.arange(n))
+
+    def run_config(self, encoder: str, seed: int, out: Path) -> tuple[Config, dict]:
+        """The engine's config of one pretraining run (the variant on top of the benchmark's)."""
+        c = self.config
+        steps, batch = c.train.max_steps, c.train.batch_size
+        sch = schedule(steps, batch, len(self.splits["train"]))
+        warm = max(1, round(0.2 * steps))
+        cfg = c.set({**VARIANTS[encoder], "data.length": sch["images"], "train.seed": seed,
+                     "train.epochs": sch["epochs"], "optim.warmup_epochs":
+                     warm / sch["steps_per_epoch"],
+                     # checkpoints at epoch ends and at the end only: each is ~240 MB here
+                     "train.ckpt_every": steps, "train.diag_every": max(1, steps),
+                     "train.out_dir": str(out / "runs")})
+        return cfg, sch
+
+
+def pretrain_encoder(bench: Benchmark, encoder: str, seed: int, out: Path
+                     ) -> tuple[torch.nn.Module, dict]:
     """Train (or reuse) one run; returns the model and a record for ``runs.csv``."""
-    base = load_config("teaching", {**st.model_overrides, "model.image_size": st.image_size}).model
-    if METHODS[method] is None:
-        return reference_encoder("random", base, seed=seed), {
-            "dataset": bench.name, "method": method, "seed": seed, "steps": 0, "images": 0,
-            "wall_s": 0.0, "final_loss": float("nan"), "run_dir": ""}
-    cfg, sch = run_config(bench, method, seed, st, out)
-    run_dir = out / "runs" / bench.name / method / f"seed{seed}"
+    rec = {"dataset": bench.name, "encoder": encoder, "seed": seed}
+    if encoder == "random":
+        return reference_encoder("random", bench.config.model, seed=seed), {
+            **rec, "steps": 0, "images": 0, "wall_s": 0.0, "final_loss": float("nan"),
+            "run_dir": ""}
+    cfg, sch = bench.run_config(encoder, seed, out)
+    run_dir = out / "runs" / bench.name / encoder / f"seed{seed}"
     timing = run_dir / "experiment.json"
     t0 = time.perf_counter()
-    run = train_or_load(cfg, run_dir=run_dir, dataset=bench.pretrain_set(sch["images"]))
+    run = train_or_load(cfg, run_dir=run_dir, dataset=bench.pretrain_set(sch["images"]),
+                        probe=False)
     if run.losses:  # trained now (not reused): record how long it took
         timing.write_text(json.dumps({"wall_s": time.perf_counter() - t0,
                                       "final_loss": run.losses[-1]}))
-    rec = json.loads(timing.read_text()) if timing.is_file() else {"wall_s": float("nan"),
-                                                                    "final_loss": float("nan")}
-    return run.model.eval(), {"dataset": bench.name, "method": method, "seed": seed,
-                              "steps": run.step, "images": sch["images"], **rec,
+    timed = json.loads(timing.read_text()) if timing.is_file() else {"wall_s": float("nan"),
+                                                                      "final_loss": float("nan")}
+    return run.model.eval(), {**rec, "steps": run.step, "images": sch["images"], **timed,
                               "run_dir": str(run_dir)}
 
 
-def _row(bench, method, seed, task, fraction, finding, metric, value, lo=np.nan, hi=np.nan,
-         n=0, note="") -> dict:
-    return dict(zip(ROW_COLUMNS, (bench.name, method, seed, task, fraction, finding, metric,
-                                  float(value), float(lo), float(hi), int(n), note)))
-
-
-def probe_rows(bench: Benchmark, method: str, seed: int, feats: dict, st: ExperimentSettings
-               ) -> tuple[list[dict], object]:
-    """Linear-probe AUROC rows at every label fraction; returns the full-label probe too."""
-    tr, va, te = feats["train"], feats["val"], feats["test"]
-    rows, full = [], None
-    n_pat = len(np.unique(tr.patient_ids))
-    for f in st.fractions:
-        if round(f * n_pat) < st.min_patients and f < 1:
-            rows.append(_row(bench, method, seed, "probe", f, "mean", "auroc", np.nan,
-                             note=f"skipped: {f} x {n_pat} train patients < {st.min_patients}"))
-            continue
-        sub = label_fraction(tr.patient_ids, tr.labels, f, seed=seed)
-        probe = fit_linear_probe(tr.x[sub], tr.labels[sub], va.x, va.labels, Cs=st.probe_cs,
-                                 max_iter=st.probe_max_iter)
-        res = bootstrap_auroc(te.labels, probe.scores(te.x), n_boot=st.n_boot, seed=seed)
-        for k, name in enumerate(bench.findings):
-            rows.append(_row(bench, method, seed, "probe", f, name, "auroc", res.per_finding[k],
-                             *res.per_finding_ci[k], len(te.x), "" if np.isfinite(
-                                 res.per_finding[k]) else "one class in test: undefined"))
-        rows.append(_row(bench, method, seed, "probe", f, "mean", "auroc", res.mean,
-                         *res.mean_ci, len(te.x), f"C={probe.C}; {len(sub)} train images"))
-        if f == max(st.fractions):
-            full = probe
-    return rows, full
-
-
-def gradcam_rows(bench: Benchmark, method: str, seed: int, clf, st: ExperimentSettings
-                 ) -> list[dict]:
-    """Pointing game / energy inside per finding (and their chance levels) on the localisation set."""
-    rows = []
-    loc = bench.localisation
-    for k, name in enumerate(bench.findings):
-        r = localisation_eval(clf, loc, k, tap=st.tap, tolerance=st.tolerance,
-                              max_images=st.gradcam_images)
-        if r["n"] == 0:
-            continue
-        for metric in ("pointing_game", "energy_inside", "chance_pointing", "chance_energy"):
-            rows.append(_row(bench, method, seed, "gradcam", 1.0, name, metric, r[metric],
-                             n=r["n"]))
-    return rows
-
-
-def figure_cases(bench: Benchmark, st: ExperimentSettings) -> list[tuple[int, int]]:
+def figure_cases(bench: Benchmark) -> list[tuple[int, int]]:
     """(image index in the localisation set, finding) pairs shown in the heatmap figure."""
     loc = bench.localisation
     if loc is None:
@@ -210,96 +174,165 @@ def figure_cases(bench: Benchmark, st: ExperimentSettings) -> list[tuple[int, in
         return [(i, bench.findings.index(loc.boxes(i)[0][0])) for i in range(min(3, len(loc)))]
     order = [bench.findings.index(f) for f in ("nodule", "mass", "pneumothorax", "effusion")
              if f in bench.findings]
+    masks = loc.masks
     cases = []
     for i in range(len(loc)):
-        k = next((k for k in order if loc.labels[i, k] == 1 and loc.masks[i, k].any()), None)
+        k = next((k for k in order if loc.labels[i, k] == 1 and masks[i, k].any()), None)
         if k is not None:
             cases.append((i, k))
-        if len(cases) >= st.figure_images:
+        if len(cases) >= FIGURE_IMAGES:
             break
     return cases
 
 
-def figure_maps(clf, bench: Benchmark, cases, st: ExperimentSettings) -> np.ndarray:
-    return np.stack([finding_cams(clf, bench.localisation[i]["image"][None], k, st.tap)[0]
-                     for i, k in cases]) if cases else np.zeros((0, 1, 1), np.float32)
+def _save_figure_data(bench: Benchmark, maps: dict, out: Path) -> None:
+    from ..evaluation.localisation import boxes_to_mask
 
-
-def evaluate(bench: Benchmark, method: str, seed: int, model, st: ExperimentSettings,
-             out: Path) -> tuple[list[dict], np.ndarray | None]:
-    feats = {s: extract_features(model, ds, "trunk", cache_dir=out / "features")
-             for s, ds in bench.splits.items()}
-    # One BLAS thread for the probes: on a shared CPU, OpenBLAS's spinning threads made a
-    # 1,600 x 512 logistic regression 20-300x slower (measured: 0.5 s vs 9-150 s).
-    with threadpool_limits(limits=1, user_api="blas"):
-        rows, probe = probe_rows(bench, method, seed, feats, st)
-    maps = None
-    if probe is not None and bench.localisation is not None:
-        clf = Classifier(Trunk(model), len(bench.findings), head=probe.as_torch_head()).eval()
-        rows += gradcam_rows(bench, method, seed, clf, st)
-        if seed == min(st.seeds):
-            maps = figure_maps(clf, bench, figure_cases(bench, st), st)
-    return rows, maps
-
-
-def _save_figure_data(bench: Benchmark, st: ExperimentSettings, maps: dict, out: Path) -> None:
-    cases = figure_cases(bench, st)
+    cases = figure_cases(bench)
     if not cases or not maps:
         return
     loc = bench.localisation
-    regions = []
-    for i, k in cases:
-        if loc.masks is not None:
-            regions.append(loc.masks[i, k].numpy())
-        else:
-            from ..evaluation.localisation import boxes_to_mask
-            regions.append(boxes_to_mask(loc.boxes(i), loc.image_size, bench.findings[k]))
+    regions = [loc[i]["mask"][k].numpy() if loc.has_masks
+               else boxes_to_mask(loc.boxes(i), loc.image_size, bench.findings[k])
+               for i, k in cases]
     np.savez(out / f"gradcam_{bench.name}.npz",
              images=np.stack([loc[i]["image"][0].numpy() for i, _ in cases]),
              regions=np.stack(regions), findings=np.array([bench.findings[k] for _, k in cases]),
              methods=np.array(list(maps)), maps=np.stack([maps[m] for m in maps]))
 
 
-def run_experiment(settings: ExperimentSettings, out: str | Path, log=print) -> dict[str, Path]:
-    """Run everything; writes ``results.csv``, ``runs.csv``, ``settings.json``, ``gradcam_*.npz``."""
-    st = settings.scaled()
+def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
+                   datasets=tuple(BENCHMARKS), encoders=ENCODERS, scale: float = 1.0,
+                   split_sizes: tuple | None = None, log: Callable[[str], None] = print
+                   ) -> dict[str, Path]:
+    """Run everything; writes ``results.csv``, ``runs.csv``, ``settings.json``, ``gradcam_*.npz``.
+
+    ``scale`` multiplies the steps and the evaluation split sizes; ``split_sizes`` (train, val,
+    test) replaces the sizes of every dataset (the smoke test's tiny splits)."""
+    from ..evaluation.gradcam import finding_cams
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(st.threads)
-    register_synthetic_train()
+    config = scaled(config, scale)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     t_start = time.perf_counter()
-    benches, notes = build_benchmarks(
-        st.datasets, {"synthetic": st.synthetic_sizes, "nih": {"max_images": st.nih_max_images},
-                      "pneumoniamnist": {"train": st.pneumonia_train, "eval": st.pneumonia_eval}},
-        st.image_size)
+    root, benches, notes = shared_data_dir(), [], []
+    for name in datasets:
+        rel = BENCHMARKS[name]["root"]
+        folder = root / rel if rel and root else None
+        if rel and (folder is None or not folder.exists()):
+            notes.append(f"{name} skipped: {folder or 'MLVICX_DATA_DIR'} not found")
+            continue
+        benches.append(Benchmark(name, config, folder, scale, split_sizes))
     rows, runs = [], []
     for bench in benches:
-        notes += bench.notes
-        maps = {}
-        for seed in st.seeds:
-            for method in st.methods:
+        maps: dict[str, np.ndarray] = {}
+        cases = figure_cases(bench)
+        for seed in seeds:
+            for encoder in encoders:
                 t0 = time.perf_counter()
-                model, rec = pretrain_encoder(bench, method, seed, st, out)
-                new_rows, m = evaluate(bench, method, seed, model, st, out)
-                rows += new_rows
+                model, rec = pretrain_encoder(bench, encoder, seed, out)
+                ecfg = bench.config.eval.replace(seed=seed, cache_dir=str(out / "features"))
+
+                def keep_maps(ev, encoder=encoder, seed=seed):
+                    if seed == min(seeds) and cases and ev.full_probe is not None:
+                        clf = ev.classifier()
+                        maps[encoder] = np.stack([finding_cams(
+                            clf, bench.localisation[i]["image"][None], k, ecfg.gradcam_tap)[0]
+                            for i, k in cases])
+
+                rows += evaluate({encoder: model}, bench.splits, ecfg, dataset=bench.name,
+                                 localisation=bench.localisation, on_encoder=keep_maps)
                 runs.append(rec)
-                if m is not None:
-                    maps[method] = m
-                log(f"[{time.perf_counter() - t_start:7.0f} s] {bench.name} {method} seed {seed}: "
+                log(f"[{time.perf_counter() - t_start:7.0f} s] {bench.name} {encoder} seed {seed}: "
                     f"pretrain {rec['wall_s']:.0f} s, total {time.perf_counter() - t0:.0f} s")
                 pd.DataFrame(rows, columns=ROW_COLUMNS).to_csv(out / "results.csv", index=False)
-        _save_figure_data(bench, st, maps, out)
+        _save_figure_data(bench, maps, out)
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
-    meta = {"settings": asdict(st), "requested_scale": settings.scale,
+    c = config
+    meta = {"settings": {"encoders": list(encoders), "seeds": list(seeds), "scale": scale,
+                         "preset": c.preset, "image_size": c.data.image_size,
+                         "steps": c.train.max_steps, "batch": c.train.batch_size,
+                         "config": c.to_dict()},
             "wall_s": time.perf_counter() - t_start, "notes": notes,
             "datasets": {b.name: {"title": b.title, **{s: len(d) for s, d in b.splits.items()},
                                   "findings": b.findings,
                                   "localisation": len(b.localisation) if b.localisation else 0,
                                   "train_patients": len(np.unique(b.splits["train"].patient_ids)),
-                                  "schedule": schedule(st.steps, st.batch,
+                                  "schedule": schedule(c.train.max_steps, c.train.batch_size,
                                                        len(b.splits["train"]))}
                          for b in benches},
             "threads": torch.get_num_threads()}
     (out / "settings.json").write_text(json.dumps(meta, indent=1, default=str))
     return {"results": out / "results.csv", "runs": out / "runs.csv",
             "settings": out / "settings.json"}
+
+
+def experiment_config(preset: str = "teaching", overrides=None, smoke: bool = False) -> Config:
+    """The experiment's config: the preset, :data:`DEFAULTS`, the smoke budget, then overrides."""
+    config = load_config(preset, DEFAULTS)
+    if smoke:
+        config = config.set(SMOKE)
+    return config.set(overrides or [])
+
+
+#: ``--smoke``: the tiny budget the test suite runs (same code, narrow heads, tiny splits).
+SMOKE = {"train.max_steps": 2, "train.batch_size": 8, "eval.min_patients": 1, "eval.n_boot": 10,
+         "eval.gradcam_images": 2, "model.projector": [128, 128], "model.ml_projector": [128, 128],
+         "model.fusion_channels": 32}
+SMOKE_SIZES = (16, 12, 16)  # images per split (train, val, test) of every dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+    import shlex
+    import sys
+    import tempfile
+
+    from .results_report import write_report
+
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="mlvicx results", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="teaching", help="preset the encoders are built from")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (train.max_steps is the budget per run)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply pretraining steps and evaluation split sizes (default 1)")
+    p.add_argument("--out", default="runs/results", help="runs, feature cache and raw CSVs")
+    p.add_argument("--report", default="docs",
+                   help="where RESULTS.md, figures/ and results/ are written (default docs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--datasets", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    p.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny budget (2 steps of 8, 1 seed, tiny splits, narrow heads); out and "
+                        "report default to a temporary folder")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from the CSVs already in --out")
+    args = p.parse_args(argv)
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: set OMP_WAIT_POLICY=PASSIVE before starting Python on a shared CPU "
+              "(spinning OpenMP threads can make each step several times slower)")
+    config = experiment_config(args.preset, args.overrides, smoke=args.smoke)
+    seeds = args.seeds if not (args.smoke and "--seeds" not in argv) else [0]
+    scale = args.scale
+    out, report = Path(args.out), Path(args.report)
+    if args.smoke and "--out" not in argv:
+        out = Path(tempfile.mkdtemp(prefix="mlvicx-results-smoke-"))
+        report = out / "report" if "--report" not in argv else report
+    if not args.report_only:
+        run_experiment(config, out, seeds=tuple(seeds), datasets=tuple(args.datasets),
+                       encoders=tuple(args.encoders), scale=scale,
+                       split_sizes=SMOKE_SIZES if args.smoke else None,
+                       log=lambda m: print(m, flush=True))
+    shown = [a for a in argv if a != "--report-only"]  # the command that recomputes everything
+    command = "OMP_WAIT_POLICY=PASSIVE mlvicx results " + shlex.join(shown)
+    md = write_report(out, report, command)
+    print(f"report: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .results import METHODS
+from .results import ENCODERS
 
 #: (A, B, question) pairs summarised in the closing statement.
 COMPARISONS = [
@@ -45,8 +45,8 @@ def fmt(values) -> str:
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
-    present = set(df["method"])
-    return [m for m in METHODS if m in present]
+    present = set(df["encoder"])
+    return [m for m in ENCODERS if m in present]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -63,13 +63,13 @@ def mean_auroc(df: pd.DataFrame) -> pd.DataFrame:
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and count over seeds of the mean AUROC per (dataset, fraction, method)."""
-    g = mean_auroc(df).groupby(["dataset", "fraction", "method"]).value
+    g = mean_auroc(df).groupby(["dataset", "fraction", "encoder"]).value
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
 
 
 def compare(df: pd.DataFrame, a: str, b: str) -> dict | None:
     """A vs B over the (dataset, fraction) cells where both have values."""
-    s = seed_means(df).set_index(["dataset", "fraction", "method"])
+    s = seed_means(df).set_index(["dataset", "fraction", "encoder"])
     cells = []
     for (ds, fr), _ in s.groupby(level=[0, 1]):
         if (ds, fr, a) in s.index and (ds, fr, b) in s.index:
@@ -119,7 +119,7 @@ def low_fraction_sentence(df: pd.DataFrame) -> str | None:
 def gradcam_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, finding, method): pointing game and energy (seed mean/std) and chance."""
     g = df[df.task == "gradcam"]
-    return g.pivot_table(index=["dataset", "finding", "method", "seed"], columns="metric",
+    return g.pivot_table(index=["dataset", "finding", "encoder", "seed"], columns="metric",
                          values="value").reset_index()
 
 
@@ -129,11 +129,11 @@ def localisation_sentences(df: pd.DataFrame) -> list[str]:
     for ds in g.dataset.unique():
         d = g[g.dataset == ds]
         chance = d.groupby("finding").chance_pointing.mean().mean()
-        parts = [f"{m} {d[d.method == m].groupby('finding').pointing_game.mean().mean():.3f}"
+        parts = [f"{m} {d[d.encoder == m].groupby('finding').pointing_game.mean().mean():.3f}"
                  for m in _methods(d)]
         line = (f"**Grad-CAM pointing game, {ds}** (mean over findings and seeds; uniform-map chance "
                 f"{chance:.3f}): " + ", ".join(parts) + ".")
-        per = d.groupby(["finding", "method"]).pointing_game.mean().unstack()
+        per = d.groupby(["finding", "encoder"]).pointing_game.mean().unstack()
         if {"mlvicx", "vicreg"} <= set(per.columns):
             wins = int((per["mlvicx"] > per["vicreg"]).sum())
             line += f" MLVICX pointed better than VICReg on {wins} of {len(per)} findings."
@@ -153,7 +153,7 @@ def figure_auroc(df: pd.DataFrame, path: Path, order: list[str]) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         for m in _methods(df):
-            r = s[(s.dataset == ds) & (s.method == m)].sort_values("fraction")
+            r = s[(s.dataset == ds) & (s.encoder == m)].sort_values("fraction")
             if len(r):
                 ax.errorbar(r.fraction, r["mean"], yerr=np.nan_to_num(r["std"]), marker="o",
                             capsize=3, label=m)
@@ -219,24 +219,28 @@ def figure_gradcam(out: Path, path: Path, order: list[str]) -> list[str]:
 
 def _setup(meta: dict, runs: pd.DataFrame) -> str:
     st = meta["settings"]
+    c = st["config"]
+    ev, tr, opt = c["eval"], c["train"], c["optim"]
+    proj = "-".join(map(str, c["model"]["projector"]))
     lines = [
-        (f"- Methods: {', '.join(st['methods'])}; all at the `teaching` size (ResNet-18, "
-        f"{st['image_size']} px, projectors 1024-1024-1024, AdamW, base lr 0.002 at batch 256)."),
-        (f"- Budget per pretraining run (every method, dataset and seed): {st['steps']} optimizer "
-        f"steps of batch {st['batch']} (= {st['steps'] * st['batch']} two-view image pairs), cosine "
-        f"schedule over exactly those steps with {max(1, round(0.2 * st['steps']))} warmup steps. "
-        f"Scale {meta['requested_scale']} (`--scale` multiplies steps and data sizes)."),
+        (f"- Encoders: {', '.join(st['encoders'])}; all built from the `{st['preset']}` preset "
+         f"(ResNet-18, {st['image_size']} px, projectors {proj}, {opt['name']}, base lr "
+         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.py`."),
+        (f"- Budget per pretraining run (every encoder, dataset and seed): {st['steps']} optimizer "
+         f"steps of batch {st['batch']} (= {st['steps'] * st['batch']} two-view image pairs), cosine "
+         f"schedule over exactly those steps with {max(1, round(0.2 * st['steps']))} warmup steps. "
+         f"Scale {st['scale']} (`--scale` multiplies steps and data sizes)."),
         (f"- Seeds: {', '.join(map(str, st['seeds']))} (pretraining seed, random-init seed and "
-        f"label-subset seed)."),
-        (f"- Read-out: frozen pooled trunk (context bottlenecks dropped, as the released code "
-        f"transfers); linear probe (one logistic regression per finding, C from "
-        f"{tuple(st['probe_cs'])} chosen on val, standardised features); test AUROC with "
-        f"{st['n_boot']}-resample percentile bootstrap 95 % CIs. Label fractions "
-        f"{tuple(st['fractions'])} of the train patients; a fraction leaving fewer than "
-        f"{st['min_patients']} patients is skipped."),
-        (f"- Grad-CAM of the full-label probe at `{st['tap']}` on positive test images with a "
-        f"region (at most {st['gradcam_images']} per finding); pointing game with "
-        f"{st['tolerance']:g} px tolerance, against the uniform-map chance."),
+         f"label-subset seed)."),
+        (f"- Read-out (`mlvicx_core.evaluation.pipeline`): frozen `{ev['features']}` features "
+         f"(context bottlenecks {'kept' if ev['keep_gates'] else 'dropped, as the released code transfers'}); "
+         f"linear probe (one logistic regression per finding, C from {tuple(ev['probe_cs'])} "
+         f"chosen on val, standardised features); test AUROC with {ev['n_boot']}-resample "
+         f"percentile bootstrap 95 % CIs. Label fractions {tuple(ev['fractions'])} of the train "
+         f"patients; a fraction leaving fewer than {ev['min_patients']} patients is skipped."),
+        (f"- Grad-CAM of the full-label probe at `{ev['gradcam_tap']}` on positive test images "
+         f"with a region (at most {ev['gradcam_images']} per finding); pointing game with "
+         f"{ev['tolerance']:g} px tolerance, against the uniform-map chance."),
     ]
     rows = []
     for name, d in meta["datasets"].items():
@@ -247,10 +251,10 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
     lines.append("\n" + _table(["dataset", "what", "train", "val", "test", "train patients",
                                 "pretraining images", "epochs x steps", "localisation images"],
                                rows))
-    t = runs[runs.steps > 0].groupby("method").wall_s.agg(["mean", "min", "max"])
+    t = runs[runs.steps > 0].groupby("encoder").wall_s.agg(["mean", "min", "max"])
     trows = [[m, f"{r['mean']:.0f}", f"{r['min']:.0f}-{r['max']:.0f}"] for m, r in t.iterrows()]
     lines.append("\nWall time per pretraining run (s; CPU, threads "
-                 f"{meta['threads']}, shared machine):\n\n" + _table(["method", "mean", "range"],
+                 f"{meta['threads']}, shared machine):\n\n" + _table(["encoder", "mean", "range"],
                                                                        trows))
     lines.append(f"\nSum of the pretraining wall times: {runs.wall_s.sum() / 60:.1f} min over "
                  f"{int((runs.steps > 0).sum())} runs. Wall time of the invocation that wrote these "
@@ -281,7 +285,7 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     for ds in meta["datasets"]:
         for fr in sorted(set(ma[ma.dataset == ds].fraction)):
             cell = ma[(ma.dataset == ds) & (ma.fraction == fr)]
-            rows.append([ds, f"{fr:g}"] + [fmt(cell[cell.method == m].value) for m in methods])
+            rows.append([ds, f"{fr:g}"] + [fmt(cell[cell.encoder == m].value) for m in methods])
     md += [_table(["dataset", "label fraction"] + methods, rows), "",
            "![AUROC vs label fraction](figures/results_auroc.png)", "",
            "Error bars: ± std over seeds.", ""]
@@ -291,14 +295,14 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     md += ["", "## Bootstrap 95 % CIs of the mean AUROC, per seed", ""]
     rows = [[ds, f"{fr:g}", str(seed)] + [
         next((f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in
-              g[g.method == m].itertuples()), "–") for m in methods]
+              g[g.encoder == m].itertuples()), "–") for m in methods]
         for (ds, fr, seed), g in ma.groupby(["dataset", "fraction", "seed"], sort=False)]
     md += [_table(["dataset", "fraction", "seed"] + methods, rows), ""]
     md += ["## Per-finding test AUROC at label fraction 1.0 (mean ± std over seeds)", ""]
     pf = df[(df.task == "probe") & (df.metric == "auroc") & (df.finding != "mean") &
             (df.fraction == 1.0)]
     for ds, g in pf.groupby("dataset", sort=False):
-        rows = [[f] + [fmt(g[(g.finding == f) & (g.method == m)].value) for m in methods]
+        rows = [[f] + [fmt(g[(g.finding == f) & (g.encoder == m)].value) for m in methods]
                 for f in dict.fromkeys(g.finding)]
         md += [f"**{ds}**", "", _table(["finding"] + methods, rows), ""]
     md += ["## Grad-CAM localisation (full-label probe)", ""]
@@ -309,7 +313,7 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
             rows = [[f, str(int(df[(df.task == "gradcam") & (df.dataset == ds) &
                                    (df.finding == f)].n.max())),
                      f"{g[g.finding == f][chance_col].mean():.3f}"] +
-                    [fmt(g[(g.finding == f) & (g.method == m)][metric]) for m in methods]
+                    [fmt(g[(g.finding == f) & (g.encoder == m)][metric]) for m in methods]
                     for f in dict.fromkeys(g.finding)]
             md += [f"**{ds}, {title}** (mean ± std over seeds)", "",
                    _table(["finding", "images", "chance"] + methods, rows), ""]

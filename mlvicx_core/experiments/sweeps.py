@@ -1,67 +1,64 @@
-"""Experiment set-up shared by the notebooks: one pretraining recipe, the evaluation data, sweeps.
+"""Experiment set-up shared by the notebooks: their parameters -> configs, evaluation data, sweeps.
 
 The notebooks (``notebooks/0*.py``) only *call* this module, so every notebook that asks for "the
-MLVICX run" or "the VICReg run" with the same parameters gets the same :class:`TrainConfig` (same
-content hash) and :func:`~mlvicx_core.train.train_or_load` trains it once and reloads it everywhere.
+MLVICX run" or "the VICReg run" with the same parameters gets the same :class:`~mlvicx_core.config.Config`
+(same content hash) and :func:`~mlvicx_core.train.train_or_load` trains it once and reloads it
+everywhere.
 
-- :func:`pretrain_config`: notebook parameters -> a :class:`TrainConfig` (``variant`` ``"mlvicx"`` or
-  ``"vicreg"``; ``lam``, ``levels``, ``context_bottleneck``, ``std_coeff`` for the ablations).
-- :func:`eval_dataset`: the labelled images the read-outs use (synthetic radiographs with lesion
-  masks drawn from a different seed than pretraining, or NIH ChestX-ray14 PNGs with their labels).
-- :func:`run_sweep` / :func:`collect_results`: execute a notebook with papermill once per grid point
-  and gather the ``results.csv`` each execution writes into one table.
+- :func:`pretrain_config`: a notebook's plain parameters (dataset, preset, image size, budget, seed,
+  and ``overrides``: a dict of any dotted config keys, e.g. ``{"aug.crop_scale": [0.5, 1.0]}``)
+  plus a variant name from :data:`mlvicx_core.variants.VARIANTS` -> a config;
+- :func:`eval_config` and :func:`eval_splits`: the read-outs' settings and labelled data;
+- :func:`sweep_grid` / :func:`run_sweep` / :func:`collect_results`: execute a notebook with
+  papermill once per grid point and gather the ``results.csv`` each execution writes.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..config import LEVELS
-from ..train import TrainConfig, apply_overrides, load_config
-
-DATASETS = ("synthetic", "nih")
-VARIANTS = ("mlvicx", "vicreg")
+from ..config import LEVELS, Config, EvalConfig, load_config
+from ..data.registry import DATASETS as REGISTRY
+from ..data.registry import build_dataset
+from ..variants import VARIANTS, variant_overrides
 
 
 def check_dataset(dataset: str, data_root: str | None) -> Path | None:
     """Validate the ``dataset`` / ``data_root`` notebook parameters; returns the root as a Path."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}: expected one of {DATASETS}")
+    if dataset not in REGISTRY:
+        raise ValueError(f"dataset={dataset!r}: expected one of {sorted(REGISTRY)}")
     if dataset == "synthetic":
         return None
     if not data_root:
-        raise ValueError("dataset='nih' needs data_root: a folder of NIH ChestX-ray14 PNGs "
-                         "(e.g. ../shared/data/nih/images-64px)")
+        raise ValueError(f"dataset={dataset!r} needs data_root: a folder of its files (e.g. "
+                         "../shared/data/nih/images-64px for nih)")
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"data_root={str(root)!r} is not a folder: expected NIH ChestX-ray14 PNGs")
+        raise ValueError(f"data_root={str(root)!r} is not a folder: expected {dataset} files")
     return root
 
 
 def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
                     data_root: str | None = None, preset: str = "teaching",
                     image_size: int = 64, data_length: int = 384, epochs: int = 2,
-                    batch_size: int = 32, seed: int = 0, lam: float = 1.0,
-                    levels: Sequence[str] | None = None, context_bottleneck: bool = True,
-                    std_coeff: float | None = None, out_dir: str = "../runs/notebooks",
-                    max_steps: int | None = None, extra: Iterable[str] = ()) -> TrainConfig:
+                    batch_size: int = 32, seed: int = 0, max_steps: int | None = None,
+                    out_dir: str = "../runs/notebooks",
+                    overrides: dict[str, Any] | None = None) -> Config:
     """The pretraining configuration behind a notebook's parameters.
 
-    ``variant="vicreg"`` switches off the multi-level branch and the context bottlenecks (the
-    baseline); ``lam``, ``levels`` (``None`` = all five taps) and ``context_bottleneck`` are ignored
-    for it. ``std_coeff`` overrides the variance weight (0 demonstrates collapse). ``extra`` is any
-    further ``key=value`` override. The run folder is ``<out_dir>/<preset>-<hash>``.
+    ``variant`` names an entry of :data:`~mlvicx_core.variants.VARIANTS`; ``overrides`` is applied
+    last (any ``section.key``). The run folder is ``<out_dir>/<preset>-<hash>``.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r}: expected one of {VARIANTS}")
+        raise ValueError(f"variant={variant!r}: expected one of {list(VARIANTS)}")
     root = check_dataset(dataset, data_root)
-    overrides: dict[str, Any] = {
-        "model.image_size": int(image_size),
+    config = load_config(preset, {
         "data.dataset": dataset,
         "data.root": str(root) if root is not None else None,
+        "data.image_size": int(image_size),
         "data.length": int(data_length),
         "data.seed": int(seed),
         "data.num_workers": 0,
@@ -76,59 +73,55 @@ def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
         "train.ckpt_every": 10_000,
         "train.keep_last": 1,
         "train.tensorboard": False,
-    }
-    if variant == "vicreg":
-        overrides.update({"model.multilevel": False, "model.context_bottleneck": False})
-    else:
-        chosen = tuple(levels) if levels is not None else LEVELS
-        overrides.update({"model.lam": float(lam), "model.levels": list(chosen),
-                          "model.context_bottleneck": bool(context_bottleneck)})
-    if std_coeff is not None:
-        overrides["model.std_coeff"] = float(std_coeff)
-    config = load_config(preset, overrides)
-    extra = list(extra)
-    return apply_overrides(config, extra) if extra else config
+    })
+    return config.set(variant_overrides(variant)).set(dict(overrides or {}))
 
 
-def eval_dataset(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
-                 length: int = 400, seed: int = 0):
-    """Labelled images for the read-outs (probe, kNN, UMAP, Grad-CAM).
+def eval_config(**values: Any) -> EvalConfig:
+    """An :class:`EvalConfig` from keyword values (``fractions=[0.1, 1.0]``, ``n_boot=200``, ...),
+    type-checked like every other key."""
+    return load_config("teaching", {f"eval.{k}": v for k, v in values.items()}).eval
 
-    ``synthetic``: :class:`~mlvicx_core.data.SyntheticCXR` with lesion masks, drawn with seed
-    ``seed + 1000`` so that it shares no radiograph with the pretraining stream (seed ``seed``).
-    ``nih``: every NIH ChestX-ray14 image in ``data_root`` (labels from the bundled NIH table, boxes
-    where NIH has them); ``length`` is ignored.
+
+def eval_splits(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
+                length: int = 400, seed: int = 0) -> dict[str, Any]:
+    """Labelled ``train`` / ``val`` / ``test`` splits for the read-outs, through the registry.
+
+    ``synthetic``: ``length`` radiographs in the 70/10/20 proportion, from its patient-disjoint
+    splits. Pretraining uses the train split (labels hidden), as the paper pretrains on NIH's
+    train_val list; the probes fit labels of train, pick hyper-parameters on val and score on test,
+    whose patients were never pretrained on. Other datasets: their splits, every image (``length``
+    is ignored).
     """
     root = check_dataset(dataset, data_root)
-    if dataset == "synthetic":
-        from ..data.phantom_dataset import SyntheticCXR
-
-        return SyntheticCXR(length=int(length), image_size=int(image_size), seed=int(seed) + 1000)
-    from ..data.nih import NIHChestXray14
-
-    return NIHChestXray14(root=root, image_dir=root, split="all", image_size=int(image_size))
+    sizes = ((round(0.7 * length), round(0.1 * length), length - round(0.7 * length)
+              - round(0.1 * length)) if dataset == "synthetic" else (None, None, None))
+    return {s: build_dataset(dataset, root=root, split=s, image_size=int(image_size), length=n,
+                             seed=int(seed), in_memory=True)
+            for s, n in zip(("train", "val", "test"), sizes)}
 
 
 def sweep_grid(lams: Sequence[float] = (), level_sets: Sequence[Sequence[str]] = (),
                bottleneck_off: bool = True, vicreg: bool = True) -> dict[str, dict[str, Any]]:
     """Named one-factor-at-a-time grid points around the default MLVICX (lambda 1, all taps, gates).
 
-    Each point is a dict of parameters for the probe notebook: ``encoders`` (``["mlvicx"]`` or
-    ``["vicreg"]``), ``lam``, ``levels`` (``None`` = all taps) and ``context_bottleneck``.
+    Each point is a dict of parameters for the probe notebook: ``encoders`` (a list holding one
+    variant name) and ``overrides`` (dotted config keys).
     """
-    base = {"encoders": ["mlvicx"], "lam": 1.0, "levels": None, "context_bottleneck": True}
-    grid = {"mlvicx": dict(base)}
+    grid = {"mlvicx": {"encoders": ["mlvicx"], "overrides": {}}}
     if vicreg:
-        grid["vicreg"] = {**base, "encoders": ["vicreg"]}
+        grid["vicreg"] = {"encoders": ["vicreg"], "overrides": {}}
     for lam in lams:
-        grid[f"mlvicx lam={float(lam):g}"] = {**base, "lam": float(lam)}
+        grid[f"mlvicx lam={float(lam):g}"] = {"encoders": ["mlvicx"],
+                                              "overrides": {"loss.lam": float(lam)}}
     for levels in level_sets:
         unknown = [lv for lv in levels if lv not in LEVELS]
         if unknown or not levels:
             raise ValueError(f"level set {list(levels)}: expected a non-empty subset of {LEVELS}")
-        grid[f"mlvicx levels={'+'.join(levels)}"] = {**base, "levels": list(levels)}
+        grid[f"mlvicx levels={'+'.join(levels)}"] = {"encoders": ["mlvicx"],
+                                                     "overrides": {"model.levels": list(levels)}}
     if bottleneck_off:
-        grid["mlvicx no bottleneck"] = {**base, "context_bottleneck": False}
+        grid["mlvicx-no-cb"] = {"encoders": ["mlvicx-no-cb"], "overrides": {}}
     return grid
 
 
@@ -174,31 +167,29 @@ def run_sweep(notebook: str | Path, grid: dict[str, dict[str, Any]], out_dir: st
     return done
 
 
-def collect_results(csvs: dict[str, Path], task_prefix: str = "linear probe",
+def collect_results(csvs: dict[str, Path], tasks: Sequence[str] = ("probe", "knn"),
                     finding: str = "mean") -> pd.DataFrame:
     """One row per (grid point, encoder, task, fraction): the ``finding`` AUROC with its CI."""
     frames = []
     for name, csv in csvs.items():
         df = pd.read_csv(csv)
-        df = df[df["task"].astype(str).str.startswith(task_prefix) & (df["finding"] == finding)
-                & (df["metric"] == "auroc")]
+        df = df[df["task"].isin(tasks) & (df["finding"] == finding) & (df["metric"] == "auroc")]
         frames.append(df.assign(point=name))
     if not frames:
         raise ValueError("no results to collect")
     table = pd.concat(frames, ignore_index=True)
-    return table[["point", "encoder", "task", "fraction", "value", "ci_low", "ci_high", "n"]]
+    return table[["point", "encoder", "task", "k", "fraction", "value", "ci_low", "ci_high", "n"]]
 
 
 def label_fraction_table(results_csv: str | Path, finding: str = "mean") -> pd.DataFrame:
     """Readable pivot of a read-out ``results.csv``: rows (task, encoder), columns label fraction,
-    cells ``AUROC [low, high]``."""
+    cells ``AUROC [low, high]`` (and the chosen ``k`` for kNN)."""
     df = pd.read_csv(results_csv)
     df = df[(df["finding"] == finding) & (df["metric"] == "auroc")].copy()
-    df["task"] = df["task"].astype(str).str.replace(r" \(k=\d+\)", "", regex=True)
-    df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
-                  zip(df["value"], df["ci_low"], df["ci_high"])]
+    df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" + ("" if pd.isna(k) else f" k={int(k)}")
+                  for v, lo, hi, k in zip(df["value"], df["ci_low"], df["ci_high"], df["k"])]
     return df.pivot_table(index=["task", "encoder"], columns="fraction", values="cell",
-                          aggfunc="first")
+                          aggfunc="first", sort=False)
 
 
 def diagnostics_table(models: dict, images, branch: str = "global") -> pd.DataFrame:

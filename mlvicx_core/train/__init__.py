@@ -1,21 +1,22 @@
-"""Pretraining engine: configuration, optimisation, the loop, checkpoints, logs and multi-GPU.
+"""Pretraining engine: optimisation, the loop, run folders, logs, the online probe and multi-GPU.
 
-Modules: ``runconfig`` (TrainConfig, presets, overrides, content hash), ``optim`` (LARS, schedule),
-``trainer`` (the loop), ``checkpoint`` (atomic save, resume, trunk export), ``diagnostics`` (collapse
-measures), ``metrics`` (JSONL + TensorBoard), ``distributed`` (torchrun/DDP), ``pipeline`` (datasets and
-the two-view augmenter), ``runs`` (train_or_load), ``figures`` (the training-curve figure).
+Modules: ``optim`` (LARS, schedule), ``step`` (one optimizer step: ``train_step``), ``trainer`` (the
+loop: set up, resume, step, record), ``runs`` (run folders, the lock, ``train_or_load``),
+``online_probe`` (read-outs of the frozen trunk during training), ``diagnostics`` (collapse
+measures), ``metrics`` (JSONL + TensorBoard), ``distributed`` (torchrun/DDP). The configuration is
+``mlvicx_core.config``; checkpoint files are ``mlvicx_core.checkpoints``.
 """
-from .checkpoint import CheckpointManager, export_trunk, load_checkpoint
 from .diagnostics import embedding_diagnostics
 from .metrics import read_metrics
+from .online_probe import OnlineProbe
 from .optim import LARS, WarmupCosine, build_optimizer, build_scheduler, param_groups, peak_lr
-from .runconfig import ConfigError, TrainConfig, apply_overrides, config_hash, load_config
-from .runs import train_or_load
-from .trainer import NonFiniteLossError, RunResult, pretrain
+from .runs import RunBusyError, finished_run, load_run, run_dir_for, train_or_load
+from .step import NonFiniteLossError, StepState, build_step, train_step
+from .trainer import RunResult, pretrain, setup
 
 __all__ = [
-    "LARS", "CheckpointManager", "ConfigError", "NonFiniteLossError", "RunResult", "TrainConfig",
-    "WarmupCosine", "apply_overrides", "build_optimizer", "build_scheduler", "config_hash",
-    "embedding_diagnostics", "export_trunk", "load_checkpoint", "load_config", "param_groups",
-    "peak_lr", "pretrain", "read_metrics", "train_or_load",
+    "LARS", "NonFiniteLossError", "OnlineProbe", "RunBusyError", "RunResult", "StepState",
+    "WarmupCosine", "build_optimizer", "build_scheduler", "build_step", "embedding_diagnostics",
+    "finished_run", "load_run", "param_groups", "peak_lr", "pretrain", "read_metrics",
+    "run_dir_for", "setup", "train_or_load", "train_step",
 ]

@@ -116,7 +116,8 @@ def build_optimizer(
     trust_coefficient: float = 0.001,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> Optimizer:
-    """``name="lars"`` (the recipe) or ``"adamw"`` (for short CPU runs); same two param groups."""
+    """``name="lars"`` (the recipe), ``"adamw"`` or ``"sgd"`` (momentum, no trust ratio); the same
+    two param groups (1-D parameters get no weight decay) for all three."""
     groups = param_groups(model, weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -125,7 +126,11 @@ def build_optimizer(
         for g in groups:  # AdamW has no trust ratio; drop the key it does not know
             g.pop("lars_adaptation")
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    raise ValueError(f"optim.name={name!r}: expected 'lars' or 'adamw'")
+    if name == "sgd":
+        for g in groups:
+            g.pop("lars_adaptation")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optim.name={name!r}: expected 'lars', 'adamw' or 'sgd'")
 
 
 class WarmupCosine:

@@ -1,81 +1,153 @@
-"""``train_or_load``: reuse a finished run with the same configuration, so notebooks run in any order.
+"""Run folders: where a run lives, who may write it, when it is finished, and ``train_or_load``.
 
-A run folder (``mlvicx_core.train.trainer.run_dir_for``: ``<out_dir>/<preset>-<hash[:10]>`` unless
-``train.run_name`` is set) is *finished* when it holds ``done.json`` with the same content hash
-(``mlvicx_core.train.runconfig.config_hash``). Then the model is rebuilt from its last checkpoint and
-nothing is trained. Otherwise training starts, or resumes from the folder's last checkpoint.
+A run folder is ``<train.out_dir>/<train.run_name>``, by default ``<train.out_dir>/<preset>-<hash>``
+with the first 10 hex digits of :func:`~mlvicx_core.config.config_hash` (``train.max_steps`` is not
+part of it: asking for more steps continues the same run). It holds ``config.yaml``,
+``metrics.jsonl``, ``checkpoints/``, ``trunk.pt`` and, once the run reached the steps it was asked
+for, ``done.json`` (content hash, steps reached, steps the schedule spans).
+
+One process writes a folder at a time: :class:`RunLock` (an ``flock`` on ``<folder>/.lock``) is held
+by :func:`~mlvicx_core.train.trainer.pretrain` for the whole run. A second ``pretrain`` on the same
+folder stops at once with an error naming the holder; :func:`train_or_load` waits for the holder
+and then loads what it finished (two notebooks asking for the same run train it once).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
-try:  # POSIX; elsewhere concurrent train_or_load calls on one run folder are not serialised
+try:  # POSIX; elsewhere one run folder is not protected against a second process
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
 
+from ..checkpoints import CheckpointManager, load_weights
+from ..config import Config, ConfigError, config_hash
 from ..model import MLVICX
-from .checkpoint import CheckpointManager, load_checkpoint
-from .runconfig import TrainConfig, config_hash
-from .trainer import RunResult, pretrain, run_dir_for
 
 
-def finished_run(config: TrainConfig, run_dir: str | Path | None = None) -> Path | None:
-    """The run folder if it holds a finished run of exactly this configuration, else ``None``."""
-    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    done = run_dir / "done.json"
+class RunBusyError(ConfigError):
+    """Another process is writing this run folder."""
+
+
+def run_dir_for(config: Config) -> Path:
+    """``<train.out_dir>/<train.run_name>`` or ``<train.out_dir>/<preset>-<hash[:10]>``."""
+    name = config.train.run_name or f"{config.preset}-{config_hash(config)[:10]}"
+    return Path(config.train.out_dir) / name
+
+
+_HELD: dict[str, int] = {}  # folders this process holds (the lock is re-entrant per process)
+
+
+@contextlib.contextmanager
+def RunLock(folder: str | Path, wait: bool = False):
+    """Hold ``<folder>/.lock`` exclusively; ``wait=False`` raises :class:`RunBusyError` if another
+    process holds it, ``wait=True`` blocks until it is free."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _HELD or fcntl is None:
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    with open(folder / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            if not wait:
+                raise RunBusyError(
+                    f"run folder {folder} is in use by another process (pid {holder}); wait for it "
+                    "to finish, or use another train.run_name / train.out_dir") from None
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_done(run_dir: str | Path) -> dict | None:
+    done = Path(run_dir) / "done.json"
     if not done.is_file():
         return None
-    return run_dir if json.loads(done.read_text())["config_hash"] == config_hash(config) else None
+    try:
+        return json.loads(done.read_text())
+    except json.JSONDecodeError:
+        return None  # torn by a crash: not finished
 
 
-def load_run(run_dir: str | Path, config: TrainConfig, device: str = "cpu") -> RunResult:
-    """Rebuild the model of a finished run from its last checkpoint (in eval mode)."""
+def requested_steps(config: Config, total_steps: int) -> int:
+    """The step a run of ``config`` stops at, given the steps its schedule spans."""
+    m = config.train.max_steps
+    return min(total_steps, m) if m else total_steps
+
+
+def finished_run(config: Config, run_dir: str | Path | None = None) -> Path | None:
+    """The run folder if it holds a run of this configuration finished at the requested step.
+
+    Raises :class:`ConfigError` if the folder's run went *further* than ``train.max_steps`` asks
+    (a run cannot be rewound).
+    """
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    done = read_done(run_dir)
+    if done is None or done.get("config_hash") != config_hash(config):
+        return None
+    wanted = requested_steps(config, int(done.get("total_steps", done["step"])))
+    if int(done["step"]) > wanted:
+        raise ConfigError(f"{run_dir} holds this configuration trained to step {done['step']}; "
+                          f"train.max_steps={config.train.max_steps} asks for {wanted}. A run cannot "
+                          "be rewound: use another train.run_name for the shorter run")
+    return run_dir if int(done["step"]) == wanted else None
+
+
+def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
+    """Rebuild the model of a finished run from its newest readable checkpoint (in eval mode)."""
+    from .trainer import RunResult
+
     run_dir = Path(run_dir)
-    ckpt = CheckpointManager(run_dir / "checkpoints").latest()
+    ckpt, state = CheckpointManager(run_dir / "checkpoints").load_latest()
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint (expected checkpoints/step-*.pt)")
-    state = load_checkpoint(ckpt, map_location="cpu")
-    model = MLVICX(config.model)
-    model.load_state_dict(state["model"])
+    model = load_weights(MLVICX(config.model), state["model"], str(ckpt))
     model.to(device).eval()
     trunk = run_dir / "trunk.pt"
     return RunResult(run_dir=run_dir, model=model, step=int(state["step"]), checkpoint=ckpt,
                      metrics=run_dir / "metrics.jsonl", trunk=trunk if trunk.is_file() else None)
 
 
-def train_or_load(config: TrainConfig, run_dir: str | Path | None = None, **pretrain_kwargs
-                  ) -> RunResult:
-    """Return the finished run of ``config`` if there is one, otherwise :func:`pretrain` it.
+def train_or_load(config: Config, run_dir: str | Path | None = None, **pretrain_kwargs):
+    """The finished run of ``config`` if there is one, otherwise :func:`pretrain` it (resuming
+    from the folder's checkpoints, or continuing a shorter finished run).
 
-    ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``) are only used when training happens.
-    Concurrent callers (two notebooks, parallel tests) are serialised by a lock file in the run
-    folder: one trains, the other then loads. Meant for single-process use; under ``torchrun`` call
-    :func:`~mlvicx_core.train.trainer.pretrain` on every rank instead.
+    ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``, ``probe``) are only used when training
+    happens. Concurrent callers wait for each other (see the module docstring). Meant for
+    single-process use; under ``torchrun`` call ``pretrain`` on every rank instead.
     """
-    found = finished_run(config, run_dir)
+    from .trainer import pretrain
+
+    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    found = finished_run(config, folder)
     if found is not None:
         return load_run(found, config)
-    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    with _run_lock(folder):
+    with RunLock(folder, wait=True):
         # Another process (a second notebook, a parallel test) may have finished it meanwhile.
         found = finished_run(config, folder)
         if found is not None:
             return load_run(found, config)
-        return pretrain(config, run_dir=run_dir, **pretrain_kwargs)
-
-
-@contextlib.contextmanager
-def _run_lock(folder: Path):
-    """Hold an exclusive lock on ``folder/.lock`` so one run folder is trained by one process."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return pretrain(config, run_dir=folder, **pretrain_kwargs)

@@ -1,15 +1,13 @@
-"""Figures that compare runs and encoders side by side (used by the notebooks; matplotlib only).
+"""Figures that compare encoders side by side (the notebooks, ``mlvicx evaluate``; matplotlib only).
 
 Every function draws one figure and returns it (the notebook shows it; ``fig.savefig`` keeps it):
 
-- :func:`show_views`: source images and the two augmented views the loss compares.
-- :func:`plot_loss_terms`: each loss term over training, weighted as it enters the loss.
-- :func:`plot_collapse`: collapse diagnostics of several runs on shared axes.
 - :func:`plot_umap_grid`: UMAP panels (rows: encoders, columns: embedding kinds), one colouring.
 - :func:`plot_fraction_curves`: AUROC vs label fraction with bootstrap CIs, per task and encoder.
 - :func:`plot_cam_grid`: Grad-CAM overlays, rows images, columns taps, true lesion outlined.
 - :func:`plot_pointing`: pointing-game hit rate per tap and encoder against the chance level.
 - :func:`plot_sweep`: one bar (with CI) per sweep point.
+- :func:`cam_gallery`: Grad-CAM overlays of a few images for every finding, saved to a file.
 """
 from __future__ import annotations
 
@@ -18,86 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .train.metrics import read_metrics
-
-WEIGHTS = {"invariance": "sim_coeff", "variance": "std_coeff", "covariance": "cov_coeff"}
-
-
 def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def show_views(images, view_a, view_b, n: int = 6):
-    """Rows: source image, view 1, view 2; columns: the first ``n`` images (tensors (B, 1, S, S))."""
-    plt = _plt()
-    n = min(n, len(images))
-    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
-    for row, (name, batch) in enumerate((("image", images), ("view 1", view_a),
-                                         ("view 2", view_b))):
-        for j in range(n):
-            ax = axes[row, j]
-            ax.imshow(np.asarray(batch[j, 0]), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name)
-    fig.tight_layout()
-    return fig
-
-
-def plot_loss_terms(run_dir: str | Path, weights: dict[str, float], lam: float | None = None):
-    """Each VICReg term of each branch over training, multiplied by its weight (its share of the loss).
-
-    ``weights``: ``{"invariance": 25, "variance": 25, "covariance": 1}``; ``lam`` scales the
-    multi-level branch (``None``: no such branch).
-    """
-    plt = _plt()
-    df = read_metrics(run_dir)
-    branches = [b for b in ("global", "multi") if f"{b}/loss" in df]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
-    for ax, term in zip(axes, ("invariance", "variance", "covariance")):
-        for b in branches:
-            scale = weights[term] * (lam if b == "multi" and lam is not None else 1.0)
-            d = df[["step", f"{b}/{term}"]].dropna()
-            ax.plot(d["step"], scale * d[f"{b}/{term}"], "-" if b == "global" else "--",
-                    label=f"{b} x {scale:g}")
-        ax.set_title(term)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    d = df[["step", "loss"]].dropna()
-    axes[3].plot(d["step"], d["loss"], "k")
-    axes[3].set_title("total loss")
-    axes[3].set_xlabel("step")
-    return fig
-
-
-def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
-    """Diagnostics of several runs (``{label: run_dir}``): invariance, std min/mean, rank, |corr|."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
-    for k, (label, run_dir) in enumerate(runs.items()):
-        df = read_metrics(run_dir)
-        colour = f"C{k}"
-        d = df[["step", f"{branch}/invariance"]].dropna()
-        axes[0].plot(d["step"], d[f"{branch}/invariance"], color=colour, label=label)
-        keys = [f"diag/{branch}/{m}" for m in ("std_min", "std_mean", "eff_rank", "corr_offdiag")]
-        d = df[["step", *keys]].dropna()
-        axes[1].plot(d["step"], d[keys[0]], "--", marker=".", color=colour, label=f"{label} min")
-        axes[1].plot(d["step"], d[keys[1]], "-", marker=".", color=colour, label=f"{label} mean")
-        axes[2].plot(d["step"], d[keys[2]], marker=".", color=colour, label=label)
-        axes[3].plot(d["step"], d[keys[3]], marker=".", color=colour, label=label)
-    titles = ["invariance s (mean squared distance of the views)", "per-dimension std",
-              "effective rank", "mean |off-diagonal correlation|"]
-    for ax, title in zip(axes, titles):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    axes[1].axhline(1.0, color="grey", lw=0.8)
-    axes[0].set_yscale("log")
-    return fig
 
 
 def _scatter(ax, coords: np.ndarray, values: pd.Series, title: str) -> None:
@@ -145,7 +67,6 @@ def plot_fraction_curves(results_csv: str | Path, finding: str = "mean"):
     plt = _plt()
     df = pd.read_csv(results_csv)
     df = df[(df["finding"] == finding) & (df["metric"] == "auroc")].copy()
-    df["task"] = df["task"].astype(str).str.replace(r" \(k=\d+\)", "", regex=True)
     tasks = list(dict.fromkeys(df["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False,
                              sharey=True, constrained_layout=True)
@@ -171,7 +92,7 @@ def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.n
 
     ``cams[tap]`` is (N, H, W) in [0, 1]; ``regions`` (N, H, W) bool outlines the true lesion.
     """
-    from .evaluation.gradcam import overlay
+    from ..evaluation.gradcam import overlay
 
     plt = _plt()
     taps = list(cams)
@@ -239,3 +160,25 @@ def plot_sweep(table: pd.DataFrame, fraction: float | None = None):
     lo = float(np.nanmin(d["ci_low"])) if len(d) else 0.4
     ax.set_xlim(min(0.4, lo - 0.02), 1.0)
     return fig
+
+
+def cam_gallery(classifier, images, findings: list[str], tap: str, path: str | Path):
+    """Rows: findings; columns: ``images`` (N, 1, S, S); each cell the Grad-CAM of that finding's
+    logit at ``tap`` over the image. Saved to ``path`` (PNG); returns the path."""
+    from ..evaluation.gradcam import finding_cams, overlay
+
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(len(findings), n, figsize=(2 * n, 2 * len(findings)), squeeze=False)
+    for k, f in enumerate(findings):
+        maps = finding_cams(classifier, images, k, tap)
+        for j, ax in enumerate(axes[k]):
+            ax.imshow(overlay(images[j, 0].numpy(), maps[j]))
+            ax.set_axis_off()
+            ax.set_title(f if j == 0 else "", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

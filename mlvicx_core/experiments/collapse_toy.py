@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .loss import vicreg_loss
-from .train.diagnostics import embedding_diagnostics
+from ..loss import vicreg_loss
+from ..train.diagnostics import embedding_diagnostics
 
 
 def toy_encoder(in_dim: int = 32, hidden: int = 64, out_dim: int = 16) -> nn.Sequential:

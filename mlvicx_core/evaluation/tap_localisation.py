@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import LEVELS
-from .evaluation.embeddings import extract_features
-from .evaluation.finetune import Classifier
-from .evaluation.gradcam import finding_cams, localisation_eval
-from .evaluation.probe import fit_linear_probe
-from .evaluation.runner import DatasetView
-from .evaluation.trunk import Trunk
+from ..config import LEVELS
+from ..data.subset import Subset
+from .embeddings import extract_features
+from .finetune import Classifier
+from .gradcam import finding_cams, localisation_eval
+from .probe import fit_linear_probe
+from .trunk import Trunk
 
 
 def probe_classifier(model, dataset, split: dict[str, np.ndarray], cache_dir=None) -> Classifier:
@@ -36,7 +36,7 @@ def probe_classifier(model, dataset, split: dict[str, np.ndarray], cache_dir=Non
 def positive_examples(dataset, indices: np.ndarray, finding: int, n: int):
     """Up to ``n`` images (N, 1, S, S) of ``indices`` positive for ``finding`` with a non-empty
     region, their regions (N, S, S) bool and dataset indices. Regions: masks, else NIH boxes."""
-    from .evaluation.localisation import boxes_to_mask
+    from .localisation import boxes_to_mask
 
     name = dataset.findings[finding]
     images, regions, picked = [], [], []
@@ -73,7 +73,7 @@ def pointing_by_tap(classifiers: dict[str, Classifier], dataset, indices: np.nda
     Columns: encoder, tap, finding, pointing_game, energy_inside, chance_pointing, chance_energy, n.
     Findings without a positive image holding a region get n = 0 and NaN scores.
     """
-    view = DatasetView(dataset, indices)
+    view = Subset(dataset, indices)
     findings = range(len(dataset.findings)) if findings is None else findings
     rows = []
     for enc, clf in classifiers.items():

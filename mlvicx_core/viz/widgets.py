@@ -34,7 +34,7 @@ def browser_figure(i: int, images: np.ndarray, view_a: np.ndarray, view_b: np.nd
     """
     import matplotlib.pyplot as plt
 
-    from .evaluation.gradcam import overlay
+    from ..evaluation.gradcam import overlay
 
     if not 0 <= i < len(images):
         raise IndexError(f"image {i}: expected 0 <= i < {len(images)}")
@@ -82,7 +82,7 @@ def umap_selector(panels: dict[tuple[str, str], np.ndarray | None], table: pd.Da
     (:func:`~mlvicx_core.comparison_figures.plot_umap_grid`)."""
     import matplotlib.pyplot as plt
 
-    from .comparison_figures import plot_umap_grid
+    from .figures import plot_umap_grid
 
     w = _widgets()
     columns = list(table.columns)

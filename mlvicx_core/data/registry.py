@@ -1,0 +1,200 @@
+"""The one dataset registry: a name -> a contract dataset, for every command of the kit.
+
+Pretraining (``data.*`` keys), ``mlvicx evaluate``, the notebooks and the results experiment all call
+:func:`build_dataset` (or :func:`dataset_from_config`), so ``nih`` or ``synthetic`` means the same
+images, split the same way, everywhere.
+
+    build_dataset(name, *, root=None, split="train", image_size=64, length=None, seed=0,
+                  fractions=(0.7, 0.1, 0.2), on_error="raise", labelled=True)
+
+``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"all"``: the dataset's official split where it
+has one (MedMNIST; NIH's ``train_val_list.txt``/``test_list.txt`` when they lie in ``root``, with
+val carved from train_val), otherwise the patient-disjoint rule of :mod:`mlvicx_core.data.splits`
+with ``fractions`` and ``seed``. ``length`` caps the images: the synthetic data renders that many;
+every other dataset keeps a seeded subset (``seed``), in dataset order. ``labelled=False`` hides the
+labels of the synthetic data (NaN), as self-supervised pretraining should see them.
+
+Built in:
+
+========================  ===================================================================
+``synthetic``             the embedded phantom (no files); its splits are patient-disjoint by
+                          construction; ``length`` required (default 2048)
+``folder``                every radiograph below ``root`` (PNG, JPEG, TIFF, DICOM), unlabelled
+``nih``                   NIH ChestX-ray14 PNGs below ``root`` (any subset), labels from the NIH
+                          table in ``root``/its ``../labels`` or the copy in torchxrayvision
+``pneumoniamnist``,       MedMNIST ``<flag>.npz`` in ``root`` (official splits)
+``chestmnist``
+``rsna``, ``siim``,       the Kaggle layouts (``data/README.md``)
+``vindr``
+========================  ===================================================================
+
+Adding a dataset is one :func:`register_dataset` call (a builder taking the keyword arguments above).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .base import CXRDataset
+from .subset import seeded_subset
+
+SPLIT_NAMES = ("train", "val", "test", "all")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be built as asked (the message names the key or path)."""
+
+
+Builder = Callable[..., CXRDataset]
+DATASETS: dict[str, tuple[Builder, str]] = {}
+
+
+def register_dataset(name: str, builder: Builder, needs: str = "") -> None:
+    """Register ``builder(**spec)`` under ``name``; ``needs`` says what ``root`` must hold
+    (empty: no files needed)."""
+    DATASETS[name] = (builder, needs)
+
+
+def _root(name: str, root: str | Path | None, needs: str) -> Path:
+    if root is None:
+        raise DatasetError(f"data.dataset={name!r} needs data.root: expected {needs}; set it with "
+                           "--set data.root=/path/to/data")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"data.root={str(path)!r} does not exist or is not a folder: expected "
+                           f"{needs}")
+    return path
+
+
+def build_dataset(name: str, *, root: str | Path | None = None, split: str = "train",
+                  image_size: int = 64, length: int | None = None, seed: int = 0,
+                  fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                  on_error: str = "raise", labelled: bool = True, in_memory: bool = False
+                  ) -> CXRDataset:
+    """The registered dataset ``name`` (see the module docstring); ``in_memory`` reads it once."""
+    if name not in DATASETS:
+        raise DatasetError(f"data.dataset={name!r} is not registered: expected one of "
+                           f"{sorted(DATASETS)} (add one with "
+                           "mlvicx_core.data.registry.register_dataset)")
+    if split not in SPLIT_NAMES:
+        raise DatasetError(f"split={split!r}: expected one of {SPLIT_NAMES}")
+    builder, needs = DATASETS[name]
+    spec: dict[str, Any] = dict(split=split, image_size=int(image_size), length=length,
+                                seed=int(seed), fractions=tuple(fractions), on_error=on_error,
+                                labelled=labelled)
+    if needs:
+        spec["root"] = _root(name, root, needs)
+    try:
+        dataset = builder(**spec)
+    except FileNotFoundError as err:
+        raise DatasetError(f"data.dataset={name!r}: {err}") from err
+    if name != "synthetic":
+        dataset = seeded_subset(dataset, length, seed, in_memory)
+    elif in_memory:
+        dataset = seeded_subset(dataset, None, seed, in_memory=True)
+    return dataset
+
+
+def dataset_from_config(data, split: str | None = None, length: int | None = -1,
+                        labelled: bool = True, in_memory: bool = False) -> CXRDataset:
+    """:func:`build_dataset` from a :class:`~mlvicx_core.config.DataConfig` (``split`` and ``length``
+    default to ``data.split`` / ``data.length``); images are stored at ``data.load_size`` or
+    ``data.image_size``."""
+    return build_dataset(data.dataset, root=data.root, split=split or data.split,
+                         image_size=data.load_size or data.image_size,
+                         length=data.length if length == -1 else length, seed=data.seed,
+                         fractions=data.split_fractions, on_error=data.on_error,
+                         labelled=labelled, in_memory=in_memory)
+
+
+#: Evaluation split sizes (train, val, test) of the synthetic data when ``eval.split_sizes`` is null.
+SYNTHETIC_EVAL_SIZES = (1600, 200, 400)
+
+
+def evaluation_splits(data, split_sizes=None, in_memory: bool = False) -> dict[str, CXRDataset]:
+    """The labelled ``train`` / ``val`` / ``test`` splits every evaluation of ``data`` (a
+    :class:`~mlvicx_core.config.DataConfig`) uses, at ``data.image_size``. ``split_sizes`` (the
+    ``eval.split_sizes`` key): images per split; null means all, and for the synthetic data
+    :data:`SYNTHETIC_EVAL_SIZES`."""
+    if split_sizes is None:
+        split_sizes = SYNTHETIC_EVAL_SIZES if data.dataset == "synthetic" else (None, None, None)
+    return {s: build_dataset(data.dataset, root=data.root, split=s, image_size=data.image_size,
+                             length=n, seed=data.seed, fractions=data.split_fractions,
+                             on_error=data.on_error, in_memory=in_memory)
+            for s, n in zip(("train", "val", "test"), split_sizes)}
+
+
+# -- the built-in entries ---------------------------------------------------------------------------
+def _synthetic(*, split, image_size, length, seed, labelled, **_):
+    from .phantom import check_size
+    from .phantom_dataset import SyntheticCXR
+
+    try:
+        check_size(image_size)
+    except ValueError as err:
+        raise DatasetError(f"data.image_size={image_size}: the synthetic radiographs are rendered "
+                           f"at 64-512 px ({err}); use data.load_size=64 and a smaller "
+                           "data.image_size for smaller views") from None
+    return SyntheticCXR(length=2048 if length is None else length, image_size=image_size,
+                        seed=seed, split=None if split == "all" else split, labelled=labelled)
+
+
+def _folder(*, root, image_size, on_error, **_):
+    from .folder import ImageFolderDataset
+
+    return ImageFolderDataset(root, image_size=image_size, on_error=on_error)
+
+
+def _nih(*, root, split, image_size, seed, fractions, on_error, **_):
+    from .nih import NIHChestXray14
+
+    tables = {}
+    labels = root.parent / "labels"  # the layout of ../shared/data/nih: images-64px/ + labels/
+    for key, name in (("csv", "Data_Entry_2017_v2020.csv"), ("bbox_csv", "BBox_List_2017.csv")):
+        for cand in (root / name, root / f"{name}.gz", labels / name, labels / f"{name}.gz"):
+            if cand.is_file():
+                tables[key] = cand
+                break
+    lists = root if (root / "train_val_list.txt").is_file() else None
+    return NIHChestXray14(root, image_dir=root, split=split, split_lists=lists, seed=seed,
+                          fractions=fractions, image_size=image_size, on_error=on_error, **tables)
+
+
+def _medmnist(flag: str) -> Builder:
+    def build(*, root, split, image_size, on_error, **_):
+        from .medmnist import MedMNISTChest
+
+        if split == "all":
+            raise DatasetError(f"{flag} has official train/val/test splits; split='all' is not "
+                               "available")
+        return MedMNISTChest(flag, root=root, split=split, image_size=image_size,
+                             on_error=on_error)
+
+    return build
+
+
+def _kaggle(cls_path: str) -> Builder:
+    def build(*, root, split, image_size, seed, fractions, on_error, **_):
+        import importlib
+
+        module, cls = cls_path.split(":")
+        dataset_cls = getattr(importlib.import_module(module, __package__), cls)
+        return dataset_cls(root, split=split, seed=seed, fractions=fractions,
+                           image_size=image_size, on_error=on_error)
+
+    return build
+
+
+register_dataset("synthetic", _synthetic)
+register_dataset("folder", _folder, "a folder of radiographs (PNG, JPEG, TIFF, DICOM), searched "
+                 "recursively")
+register_dataset("nih", _nih, "NIH ChestX-ray14 PNGs (any subset), optionally with "
+                 "Data_Entry_2017*.csv and train_val_list.txt / test_list.txt")
+register_dataset("pneumoniamnist", _medmnist("pneumoniamnist"), "pneumoniamnist.npz (MedMNIST)")
+register_dataset("chestmnist", _medmnist("chestmnist"), "chestmnist.npz (MedMNIST)")
+register_dataset("rsna", _kaggle(".rsna:RSNAPneumonia"), "stage_2_train_labels.csv and "
+                 "stage_2_train_images/ (RSNA Pneumonia)")
+register_dataset("siim", _kaggle(".siim:SIIMPneumothorax"), "train-rle.csv and "
+                 "dicom-images-train/ (SIIM-ACR)")
+register_dataset("vindr", _kaggle(".vindr:VinDrCXR"), "train.csv and train/ DICOMs (VinDr-CXR)")

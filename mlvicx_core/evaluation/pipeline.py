@@ -1,0 +1,330 @@
+"""The one evaluation pipeline: every encoder through the same splits, fractions and read-outs.
+
+Used by ``mlvicx evaluate``, the notebooks, the demo and the results experiment, so "probe AUROC"
+means one computation everywhere. Inputs: encoders (``{name: MLVICX}``; a string value is a reason
+the encoder is unavailable, reported as a note), the ``train`` / ``val`` / ``test`` splits of one
+dataset (``mlvicx_core.data.registry``) and an :class:`~mlvicx_core.config.EvalConfig`. Label
+fractions are drawn from the training split per patient (:func:`~mlvicx_core.data.splits.label_fraction`),
+identically for every encoder; hyper-parameters (probe C, kNN k, fine-tuning epoch) are chosen on
+``val``; every score is on ``test``.
+
+Rows have one schema, :data:`ROW_COLUMNS`::
+
+    dataset, encoder, seed, task, k, fraction, finding, metric, value, ci_low, ci_high, n, note
+
+``task`` is ``probe``, ``knn``, ``finetune``, ``segmentation``, ``gradcam`` or ``umap``; ``k`` is the
+kNN's chosen k (empty elsewhere); ``finding`` is a finding name or ``mean``; ``metric`` is ``auroc``,
+``dice``, ``pointing_game``, ``energy_inside``, ``chance_pointing``, ``chance_energy``,
+``pointing_undefined`` or ``figure``. A task that fails for one encoder leaves a row with the reason in
+``note`` and the others still run; with ``out_dir`` the results are rewritten after every task, so
+finished work is never lost.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import EvalConfig
+from ..data.splits import label_fraction
+from ..data.subset import Subset
+from .embeddings import TRUNK_KINDS, extract_features
+from .metrics import bootstrap_auroc
+
+TASKS = ("probe", "knn", "finetune", "segmentation", "gradcam", "umap")
+ROW_COLUMNS = ["dataset", "encoder", "seed", "task", "k", "fraction", "finding", "metric",
+               "value", "ci_low", "ci_high", "n", "note"]
+
+
+def row(**fields) -> dict:
+    """One result row (unknown fields are an error; missing ones are empty)."""
+    unknown = sorted(set(fields) - set(ROW_COLUMNS))
+    if unknown:
+        raise ValueError(f"result row has unknown field(s) {unknown}; expected {ROW_COLUMNS}")
+    return {c: fields.get(c, np.nan if c in ("value", "ci_low", "ci_high") else None)
+            for c in ROW_COLUMNS}
+
+
+def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] | None = None
+                   ) -> None:
+    """Refuse inconsistent settings before any work (each message names the key)."""
+    missing = [s for s in ("train", "val", "test") if s not in splits]
+    if missing:
+        raise ValueError(f"evaluation needs the splits train, val and test; missing {missing}")
+    if "gradcam" in config.tasks and config.features not in TRUNK_KINDS[:1]:
+        raise ValueError("eval.tasks has 'gradcam', which explains a probe on the pooled trunk: "
+                         "set eval.features=trunk")
+    if "gradcam" in config.tasks and "probe" not in config.tasks:
+        raise ValueError("eval.tasks has 'gradcam', which explains the linear probe: add 'probe'")
+    if "umap" in config.tasks and config.colour_by:
+        columns = colour_columns if colour_columns is not None else colour_choices(splits["test"])
+        bad = [c for c in config.colour_by if c not in columns]
+        if bad:
+            raise ValueError(f"eval.colour_by={list(config.colour_by)}: {bad} unknown; expected "
+                             f"findings or metadata columns of the test split: {columns}")
+
+
+def colour_choices(dataset) -> list[str]:
+    """What UMAP pictures can be coloured by: the findings, then metadata columns."""
+    meta = getattr(dataset, "metadata", None)
+    return list(dataset.findings) + ([c for c in meta.columns if c not in ("image",)]
+                                     if meta is not None else [])
+
+
+class Evaluation:
+    """One encoder on one dataset: features once, then each task (see :func:`evaluate`)."""
+
+    def __init__(self, name: str, model, splits: dict, config: EvalConfig, dataset: str,
+                 out_dir: Path | None, localisation=None) -> None:
+        self.name, self.model, self.splits, self.cfg = name, model, splits, config
+        self.dataset, self.out_dir = dataset, out_dir
+        self.localisation = localisation if localisation is not None else splits["test"]
+        self.findings = list(splits["train"].findings)
+        self._feats: dict | None = None
+        self.full_probe = None
+
+    def base(self, **fields) -> dict:
+        return row(dataset=self.dataset, encoder=self.name, seed=self.cfg.seed, **fields)
+
+    # -- features ---------------------------------------------------------------------------------
+    @property
+    def feats(self) -> dict:
+        if self._feats is None:
+            c = self.cfg
+            self._feats = {s: extract_features(self.model, ds, c.features, gates=c.keep_gates,
+                                               batch_size=c.batch_size, device=c.device,
+                                               cache_dir=c.cache_dir)
+                           for s, ds in self.splits.items() if s in ("train", "val", "test")}
+        return self._feats
+
+    def fraction_subsets(self):
+        """``(fraction, indices into train or None with a skip note)`` for every label fraction."""
+        tr = self.feats["train"]
+        n_pat = len(np.unique(tr.patient_ids))
+        for f in self.cfg.fractions:
+            if f < 1 and round(f * n_pat) < self.cfg.min_patients:
+                yield f, None, (f"skipped: {f:g} x {n_pat} training patients < "
+                                f"eval.min_patients={self.cfg.min_patients}")
+                continue
+            yield f, label_fraction(tr.patient_ids, tr.labels, f, seed=self.cfg.seed), ""
+
+    def auroc_rows(self, task: str, fraction: float, labels, scores, note: str = "",
+                   k: int | None = None) -> list[dict]:
+        res = bootstrap_auroc(labels, scores, n_boot=self.cfg.n_boot, seed=self.cfg.seed)
+        n = len(labels)
+        rows = [self.base(task=task, k=k, fraction=fraction, finding=f, metric="auroc",
+                          value=res.per_finding[j], ci_low=res.per_finding_ci[j, 0],
+                          ci_high=res.per_finding_ci[j, 1], n=n,
+                          note="" if np.isfinite(res.per_finding[j])
+                          else "a single class in the test split: AUROC undefined")
+                for j, f in enumerate(self.findings)]
+        rows.append(self.base(task=task, k=k, fraction=fraction, finding="mean", metric="auroc",
+                              value=res.mean, ci_low=res.mean_ci[0], ci_high=res.mean_ci[1], n=n,
+                              note=note if np.isfinite(res.mean) else
+                              "no finding has both classes in the test split: undefined"))
+        return rows
+
+    # -- tasks ----------------------------------------------------------------------------------
+    def probe(self) -> list[dict]:
+        from threadpoolctl import threadpool_limits
+
+        from .probe import fit_linear_probe
+
+        tr, va, te = self.feats["train"], self.feats["val"], self.feats["test"]
+        if not self.findings:
+            return [self.base(task="probe", note="skipped: the dataset has no labels")]
+        rows = []
+        for f, sub, note in self.fraction_subsets():
+            if sub is None:
+                rows.append(self.base(task="probe", fraction=f, finding="mean", metric="auroc",
+                                      note=note))
+                continue
+            # One BLAS thread: on a shared CPU, OpenBLAS's spinning threads made a 1,600 x 512
+            # logistic regression 20-300x slower (0.5 s vs 9-150 s measured).
+            with threadpool_limits(limits=1, user_api="blas"):
+                probe = fit_linear_probe(tr.x[sub], tr.labels[sub], va.x, va.labels,
+                                         Cs=self.cfg.probe_cs, max_iter=self.cfg.probe_max_iter)
+            rows += self.auroc_rows("probe", f, te.labels, probe.scores(te.x),
+                                    f"C={probe.C:g}; {len(sub)} training images")
+            if f == max(self.cfg.fractions):
+                self.full_probe = probe
+        return rows
+
+    def knn(self) -> list[dict]:
+        from .knn import knn_scores, select_k
+
+        tr, va, te = self.feats["train"], self.feats["val"], self.feats["test"]
+        if not self.findings:
+            return [self.base(task="knn", note="skipped: the dataset has no labels")]
+        rows = []
+        for f, sub, note in self.fraction_subsets():
+            if sub is None:
+                rows.append(self.base(task="knn", fraction=f, finding="mean", metric="auroc",
+                                      note=note))
+                continue
+            k, _ = select_k(tr.x[sub], tr.labels[sub], va.x, va.labels, ks=self.cfg.knn_ks)
+            rows += self.auroc_rows("knn", f, te.labels,
+                                    knn_scores(tr.x[sub], tr.labels[sub], te.x, k),
+                                    f"{len(sub)} training images", k=k)
+        return rows
+
+    def finetune(self) -> list[dict]:
+        from .finetune import finetune, predict
+        from .trunk import Trunk
+
+        c, tr = self.cfg, self.splits["train"]
+        rows = []
+        for f, sub, note in self.fraction_subsets():
+            if sub is None:
+                rows.append(self.base(task="finetune", fraction=f, finding="mean",
+                                      metric="auroc", note=note))
+                continue
+            res = finetune(Trunk(self.model, keep_gates=c.keep_gates), len(self.findings),
+                           Subset(tr, sub), self.splits["val"], epochs=c.finetune_epochs,
+                           lr=c.finetune_lr, batch_size=min(c.batch_size, 32), device=c.device,
+                           seed=c.seed)
+            scores, labels = predict(res.model, self.splits["test"], c.batch_size, c.device)
+            rows += self.auroc_rows("finetune", f, labels, scores, f"{len(sub)} training images")
+        return rows
+
+    def segmentation(self) -> list[dict]:
+        from .segmentation import predict_dice, train_segmentation
+        from .trunk import Trunk
+
+        c, tr, te = self.cfg, self.splits["train"], self.splits["test"]
+        if not getattr(tr, "has_masks", False):
+            return [self.base(task="segmentation", metric="dice",
+                              note="skipped: the dataset has no masks")]
+        sub = label_fraction(tr.patient_ids, tr.labels, c.seg_fraction, seed=c.seed)
+        seg = train_segmentation(Trunk(self.model, keep_gates=c.keep_gates), Subset(tr, sub),
+                                 self.splits["val"], epochs=c.seg_epochs, device=c.device,
+                                 seed=c.seed)
+        d = predict_dice(seg.model, te, device=c.device)
+        return [self.base(task="segmentation", fraction=c.seg_fraction, finding=f, metric="dice",
+                          value=float(d[:, j].mean()), n=len(te))
+                for j, f in enumerate(self.findings)]
+
+    def classifier(self):
+        """The frozen trunk with the full-label probe as head (what Grad-CAM explains)."""
+        from .finetune import Classifier
+        from .trunk import Trunk
+
+        return Classifier(Trunk(self.model, keep_gates=self.cfg.keep_gates), len(self.findings),
+                          head=self.full_probe.as_torch_head()).eval()
+
+    def gradcam(self) -> list[dict]:
+        from .gradcam import localisation_eval
+
+        c = self.cfg
+        if self.full_probe is None:
+            return [self.base(task="gradcam", note="skipped: needs the probe at the largest "
+                                                   "label fraction")]
+        clf = self.classifier().to(c.device or "cpu")
+        rows = []
+        loc = self.localisation
+        for j, f in enumerate(self.findings):
+            r = localisation_eval(clf, loc, j, tap=c.gradcam_tap, tolerance=c.tolerance,
+                                  max_images=c.gradcam_images)
+            if not r["n"]:
+                rows.append(self.base(task="gradcam", fraction=max(c.fractions), finding=f,
+                                      metric="pointing_game", n=0,
+                                      note="no positive image with a region"))
+                continue
+            for metric, value in r.items():
+                if metric != "n" and isinstance(value, (int, float)):
+                    rows.append(self.base(task="gradcam", fraction=max(c.fractions), finding=f,
+                                          metric=metric, value=value, n=r["n"],
+                                          note=f"tap {c.gradcam_tap}"))
+        if self.out_dir is not None:
+            path = self.gradcam_gallery(clf)
+            rows.append(self.base(task="gradcam", metric="figure", note=str(path)))
+        return rows
+
+    def gradcam_gallery(self, clf) -> Path:
+        from ..viz.figures import cam_gallery
+
+        images = torch.stack([self.localisation[i]["image"]
+                              for i in range(min(4, len(self.localisation)))])
+        path = self.out_dir / "figures" / f"gradcam-{self.name}.png"
+        cam_gallery(clf, images, self.findings, self.cfg.gradcam_tap, path)
+        return path
+
+    def umap(self) -> list[dict]:
+        from .umap_view import colour_table, plot_umap, umap_embed
+
+        te = self.feats["test"]
+        ds = self.splits["test"]
+        meta = getattr(ds, "metadata", None)
+        table = colour_table(te.labels, self.findings, meta)
+        coords = umap_embed(te.x, seed=self.cfg.seed)
+        rows = []
+        for col in self.cfg.colour_by or self.findings[:1]:
+            safe = "".join(ch if ch.isalnum() else "_" for ch in col)
+            path = (self.out_dir / "figures" / f"umap-{self.name}-{safe}.png"
+                    if self.out_dir is not None else None)
+            plot_umap(coords, table[col], col, path)
+            rows.append(self.base(task="umap", finding=col, metric="figure", n=len(te.x),
+                                  note=str(path) if path else ""))
+        return rows
+
+
+def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str = "",
+             out_dir: str | Path | None = None, localisation=None,
+             log: Callable[[str], None] | None = None,
+             on_encoder: Callable[[Evaluation], None] | None = None) -> list[dict]:
+    """All ``config.tasks`` for every encoder; returns the rows (and, with ``out_dir``, keeps
+    ``results.csv`` / ``results.md`` up to date after every task). ``localisation``: the images
+    Grad-CAM is scored on (default: the test split). ``on_encoder(evaluation)`` is called after
+    each encoder's tasks (its features, its full-label probe and ``classifier()`` are there)."""
+    from .report import write_results
+
+    bad = sorted(set(config.tasks) - set(TASKS))
+    if bad:
+        raise ValueError(f"eval.tasks {bad}: expected some of {TASKS}")
+    check_settings(config, splits)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    order = [t for t in TASKS if t in config.tasks]  # probe before gradcam
+    rows: list[dict] = []
+    for name, model in encoders.items():
+        if isinstance(model, str):
+            rows.append(row(dataset=dataset, encoder=name, seed=config.seed, task="all",
+                            note=f"skipped: {model}"))
+            continue
+        ev = Evaluation(name, model, splits, config, dataset, out, localisation)
+        for task in order:
+            try:
+                rows += getattr(ev, task)()
+            except Exception as err:  # one task failing must not lose the others
+                msg = f"{type(err).__name__}: {err}"
+                warnings.warn(f"{name} / {task} failed, continuing: {msg}", stacklevel=2)
+                rows.append(ev.base(task=task, note=f"failed: {msg}"))
+            if log is not None:
+                log(f"{dataset or 'data'} / {name} / {task} done")
+            if out is not None:
+                write_results(rows, out)
+        if on_encoder is not None:
+            on_encoder(ev)
+    return rows
+
+
+def mean_auroc(rows: list[dict], encoder: str, task: str = "probe",
+               fraction: float | None = None) -> tuple[float, float, float]:
+    """``(value, ci_low, ci_high)`` of the mean AUROC row of ``encoder`` (largest fraction by
+    default); NaNs when absent."""
+    sel = [r for r in rows if r["encoder"] == encoder and r["task"] == task
+           and r["finding"] == "mean" and r["metric"] == "auroc"]
+    if fraction is not None:
+        sel = [r for r in sel if r["fraction"] is not None and math.isclose(r["fraction"], fraction)]
+    elif sel:
+        top = max(r["fraction"] for r in sel)
+        sel = [r for r in sel if r["fraction"] == top]
+    if not sel:
+        return (math.nan, math.nan, math.nan)
+    r = sel[0]
+    return (float(r["value"]), float(r["ci_low"]), float(r["ci_high"]))

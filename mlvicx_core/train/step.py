@@ -1,0 +1,166 @@
+"""One optimizer step of pretraining: what :func:`~mlvicx_core.train.trainer.pretrain` repeats and
+``benchmarks/step_time.py`` times (the benchmark calls this very function)::
+
+    z = model(view_a), z' = model(view_b)                      (bf16 autocast on CUDA if train.amp)
+    terms = mlvicx_loss(z, z', gather=all_gather_with_grad)    (float32; global batch under DDP)
+    non-finite term -> NonFiniteLossError naming the step and the term; nothing of this step applied
+    backward, optional clipping, non-finite gradient norm -> NonFiniteLossError
+    optimizer step, scheduler step
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config, LossConfig
+from ..loss import mlvicx_loss
+from ..model import Embeddings
+from . import distributed
+from .optim import build_optimizer, build_scheduler, peak_lr
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term, the gradient norm or a parameter became NaN/inf; the message names the step."""
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA when asked and supported; full precision elsewhere."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class TwoViews(nn.Module):
+    """``(view_a, view_b) -> (model(view_a), model(view_b))`` as one module, so DDP and
+    ``torch.compile`` see one forward per step. Two passes (not one on the concatenated views) keep
+    BatchNorm statistics per view, as in VICReg."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[Embeddings, Embeddings]:
+        return self.model(a), self.model(b)
+
+
+def loss_terms(za: Embeddings, zb: Embeddings, loss: LossConfig,
+               gather: Callable | None = None) -> dict[str, torch.Tensor]:
+    """``mlvicx_loss`` with the ``loss.*`` weights (finiteness is checked by the caller)."""
+    return mlvicx_loss(za.global_, zb.global_, za.multi, zb.multi, lam=loss.lam,
+                       sim_coeff=loss.sim_coeff, std_coeff=loss.std_coeff,
+                       cov_coeff=loss.cov_coeff, gamma=loss.gamma, eps=loss.eps,
+                       check_finite=False, gather=gather)
+
+
+@dataclass
+class StepState:
+    """Everything one step touches. ``step`` counts completed optimizer steps."""
+
+    model: nn.Module  # the plain MLVICX (what is checkpointed)
+    net: nn.Module  # TwoViews(model), possibly DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss: LossConfig
+    device: torch.device
+    amp: bool = False
+    memory_format: torch.memory_format = torch.contiguous_format
+    grad_clip: float | None = None
+    gather: Callable | None = None
+    step: int = 0
+    last_good: Path | None = None  # the newest checkpoint, named in errors
+    params: list[nn.Parameter] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+
+@dataclass
+class StepResult:
+    """What one step produced: host values of every loss term, the gradient norm, the learning
+    rate used, and the embeddings of both views (for diagnostics)."""
+
+    terms: dict[str, float]
+    grad_norm: float
+    lr: float
+    za: Embeddings
+    zb: Embeddings
+
+
+def build_step(config: Config, model: nn.Module, device: torch.device, steps_per_epoch: int,
+               env: distributed.DistEnv | None = None) -> StepState:
+    """The optimizer, schedule and (DDP / compiled) two-view module for ``model`` (already on
+    ``device``) under ``config``; the schedule spans ``train.epochs * steps_per_epoch`` steps."""
+    cfg, oc = config.train, config.optim
+    env = env or distributed.detect()
+    optimizer = build_optimizer(model, oc.name, peak_lr(oc.base_lr, cfg.batch_size),
+                                oc.weight_decay, oc.momentum, oc.trust_coefficient, oc.betas)
+    total = cfg.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, round(oc.warmup_epochs * steps_per_epoch), total,
+                                oc.final_lr_ratio)
+    net: nn.Module = TwoViews(model)
+    if env.is_distributed:
+        net = distributed.wrap_ddp(net, device, cfg.sync_batchnorm)
+    if cfg.compile:
+        net = torch.compile(net)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return StepState(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
+                     loss=config.loss, device=device, amp=cfg.amp, memory_format=memory_format,
+                     grad_clip=oc.grad_clip,
+                     gather=distributed.gather_with_grad if env.is_distributed else None)
+
+
+def _where(state: StepState) -> str:
+    last = state.last_good if state.last_good is not None else "none saved yet"
+    return f"Last good checkpoint: {last}"
+
+
+def train_step(state: StepState, view_a: torch.Tensor, view_b: torch.Tensor) -> StepResult:
+    """One optimizer step on two views (B, 1, S, S) already on ``state.device``."""
+    view_a = view_a.contiguous(memory_format=state.memory_format)
+    view_b = view_b.contiguous(memory_format=state.memory_format)
+    with autocast_for(state.device, state.amp):
+        za, zb = state.net(view_a, view_b)
+    terms = loss_terms(za, zb, state.loss, state.gather)
+    names = list(terms)
+    values = distributed.all_reduce_mean(torch.stack([terms[k].detach() for k in names]))
+    host = values.tolist()  # one sync per step; also keeps all ranks in lockstep on NaN
+    bad = [f"{k}={v}" for k, v in zip(names, host) if not np.isfinite(v)]
+    if bad:
+        raise NonFiniteLossError(f"non-finite loss at step {state.step + 1}: {', '.join(bad)}; "
+                                 f"training stopped before applying this step. {_where(state)}")
+    lr = state.optimizer.param_groups[0]["lr"]
+    if not math.isfinite(lr):
+        raise NonFiniteLossError(f"non-finite learning rate {lr} at step {state.step + 1}; "
+                                 f"check optim.base_lr. {_where(state)}")
+    state.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    clip = state.grad_clip if state.grad_clip else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.params, clip, foreach=True)
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteLossError(f"non-finite gradient norm at step {state.step + 1} with a finite "
+                                 f"loss ({host[0]}); the step was not applied. {_where(state)}")
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    return StepResult(dict(zip(names, host)), float(grad_norm), lr, za, zb)
+
+
+def check_parameters(state: StepState) -> None:
+    """Raise :class:`NonFiniteLossError` if any parameter or buffer of the model is NaN/inf (run
+    before every checkpoint, so a saved checkpoint never holds non-finite weights)."""
+    tensors = [t for t in state.model.state_dict().values() if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    if not bool(finite):
+        names = [k for k, t in state.model.state_dict().items()
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        raise NonFiniteLossError(
+            f"non-finite weights after step {state.step} ({len(names)} tensors, e.g. "
+            f"{names[:3]}); not checkpointed. {_where(state)}")

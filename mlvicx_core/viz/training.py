@@ -1,0 +1,228 @@
+"""Figures of pretraining runs, from their ``metrics.jsonl`` (matplotlib only).
+
+- :func:`plot_training`: the run's summary figure (``training.png``), described below.
+- :func:`show_views`: source images and the two augmented views the loss compares.
+- :func:`plot_loss_terms`: each loss term over training, weighted as it enters the loss.
+- :func:`plot_collapse`: collapse diagnostics of several runs on shared axes.
+
+``plot_training``:
+
+Layout (2 x 4): total loss per branch; invariance; variance; covariance (log scale); per-dimension std
+(min and mean); effective rank and mean |off-diagonal correlation|; the online probe's held-out mean
+AUROC (linear and kNN read-outs, with the random-init level of step 0 as a dashed line; empty when
+``train.eval_every`` was 0); the learning rate. Global branch solid, multi-level branch dashed. Uses
+the Agg backend, so it works without a display.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..train.metrics import read_metrics
+
+
+def plot_training(run_dir_or_metrics: str | Path, out: str | Path | None = None) -> Path:
+    """Draw the figure for a run and save it (default ``<run_dir>/training.png``); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    src = Path(run_dir_or_metrics)
+    run_dir = src if src.is_dir() else src.parent
+    df = read_metrics(src)
+    out = Path(out) if out is not None else run_dir / "training.png"
+    branches = [b for b in ("global", "multi") if f"{b}/loss" in df]
+    style = {"global": "-", "multi": "--"}
+
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7), constrained_layout=True)
+    panels = [("loss", "weighted loss"), ("invariance", "invariance s"),
+              ("variance", "variance v (hinge)"), ("covariance", "covariance c")]
+    for ax, (term, title) in zip(axes.flat[:4], panels):
+        for b in branches:
+            d = df[["step", f"{b}/{term}"]].dropna()
+            ax.plot(d["step"], d[f"{b}/{term}"], style[b], label=b)
+        if term == "loss" and "loss" in df:
+            d = df[["step", "loss"]].dropna()
+            ax.plot(d["step"], d["loss"], color="k", lw=1, label="total")
+        if term == "covariance":
+            ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+
+    ax_std, ax_rank = axes.flat[4], axes.flat[5]
+    plot_online_probe(df, axes.flat[6])
+    ax_lr = axes.flat[7]
+    if "lr" in df:
+        d = df[["step", "lr"]].dropna()
+        ax_lr.plot(d["step"], d["lr"], "k")
+    ax_lr.set_title("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_corr = ax_rank.twinx()
+    for b in branches:
+        key = f"diag/{b}/std_min"
+        if key not in df:
+            continue
+        d = df[["step", key, f"diag/{b}/std_mean", f"diag/{b}/eff_rank",
+                f"diag/{b}/corr_offdiag"]].dropna()
+        ax_std.plot(d["step"], d[key], style[b], marker=".", label=f"{b} min")
+        ax_std.plot(d["step"], d[f"diag/{b}/std_mean"], style[b], marker=".", alpha=0.5,
+                    label=f"{b} mean")
+        ax_rank.plot(d["step"], d[f"diag/{b}/eff_rank"], style[b], marker=".", color="C0",
+                     label=f"{b} eff. rank")
+        ax_corr.plot(d["step"], d[f"diag/{b}/corr_offdiag"], style[b], marker=".", color="C3",
+                     label=f"{b} |corr|")
+    ax_std.axhline(1.0, color="grey", lw=0.8)
+    ax_std.set_title("per-dimension std (target >= 1)")
+    ax_std.set_xlabel("step")
+    ax_std.legend(fontsize=8)
+    ax_rank.set_title("effective rank (blue), mean |off-diag corr| (red)")
+    ax_rank.set_xlabel("step")
+    ax_rank.set_ylabel("effective rank", color="C0")
+    ax_corr.set_ylabel("mean |corr|", color="C3")
+    fig.suptitle(f"pretraining: {run_dir.name}")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def show_views(images, view_a, view_b, n: int = 6):
+    """Rows: source image, view 1, view 2; columns: the first ``n`` images (tensors (B, 1, S, S))."""
+    plt = _plt()
+    n = min(n, len(images))
+    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
+    for row, (name, batch) in enumerate((("image", images), ("view 1", view_a),
+                                         ("view 2", view_b))):
+        for j in range(n):
+            ax = axes[row, j]
+            ax.imshow(np.asarray(batch[j, 0]), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name)
+    fig.tight_layout()
+    return fig
+
+
+
+def plot_loss_terms(run_dir: str | Path, weights: dict[str, float], lam: float | None = None):
+    """Each VICReg term of each branch over training, multiplied by its weight (its share of the loss).
+
+    ``weights``: ``{"invariance": 25, "variance": 25, "covariance": 1}``; ``lam`` scales the
+    multi-level branch (``None``: no such branch).
+    """
+    plt = _plt()
+    df = read_metrics(run_dir)
+    branches = [b for b in ("global", "multi") if f"{b}/loss" in df]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    for ax, term in zip(axes, ("invariance", "variance", "covariance")):
+        for b in branches:
+            scale = weights[term] * (lam if b == "multi" and lam is not None else 1.0)
+            d = df[["step", f"{b}/{term}"]].dropna()
+            ax.plot(d["step"], scale * d[f"{b}/{term}"], "-" if b == "global" else "--",
+                    label=f"{b} x {scale:g}")
+        ax.set_title(term)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    d = df[["step", "loss"]].dropna()
+    axes[3].plot(d["step"], d["loss"], "k")
+    axes[3].set_title("total loss")
+    axes[3].set_xlabel("step")
+    return fig
+
+
+
+def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
+    """Diagnostics of several runs (``{label: run_dir}``): invariance, std min/mean, rank, |corr|."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    for k, (label, run_dir) in enumerate(runs.items()):
+        df = read_metrics(run_dir)
+        colour = f"C{k}"
+        d = df[["step", f"{branch}/invariance"]].dropna()
+        axes[0].plot(d["step"], d[f"{branch}/invariance"], color=colour, label=label)
+        keys = [f"diag/{branch}/{m}" for m in ("std_min", "std_mean", "eff_rank", "corr_offdiag")]
+        d = df[["step", *keys]].dropna()
+        axes[1].plot(d["step"], d[keys[0]], "--", marker=".", color=colour, label=f"{label} min")
+        axes[1].plot(d["step"], d[keys[1]], "-", marker=".", color=colour, label=f"{label} mean")
+        axes[2].plot(d["step"], d[keys[2]], marker=".", color=colour, label=label)
+        axes[3].plot(d["step"], d[keys[3]], marker=".", color=colour, label=label)
+    titles = ["invariance s (mean squared distance of the views)", "per-dimension std",
+              "effective rank", "mean |off-diagonal correlation|"]
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_yscale("log")
+    return fig
+
+
+def plot_online_probe(df, ax) -> None:
+    """The online probe's held-out mean AUROC over steps on ``ax``: linear (solid) and kNN
+    (dotted), the step-0 value (random init) as a dashed reference line of the same colour."""
+    any_line = False
+    for k, (readout, style) in enumerate((("linear", "-"), ("knn", ":"))):
+        key = f"probe/{readout}/mean"
+        if key not in df:
+            continue
+        d = df[["step", key]].dropna()
+        if not len(d):
+            continue
+        colour = f"C{k}"
+        ax.plot(d["step"], d[key], style, marker=".", color=colour, label=f"{readout} read-out")
+        start = d[d["step"] == 0]
+        if len(start):
+            ax.axhline(float(start[key].iloc[0]), color=colour, ls="--", lw=0.9,
+                       label=f"{readout}: random init (step 0)")
+        any_line = True
+    if not any_line:
+        ax.text(0.5, 0.5, "online probe off\n(train.eval_every=0)", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_title("online probe: held-out mean AUROC")
+    ax.set_xlabel("step")
+    if any_line:
+        ax.legend(fontsize=8)
+
+
+def plot_probe_comparison(results_csv: str | Path, out: str | Path) -> Path:
+    """Bars with 95 % bootstrap CIs: the held-out probe's mean and per-finding AUROC of each
+    encoder in ``results_csv`` (the demo's random init vs pretrained). Saved to ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import pandas as pd
+
+    plt = _plt()
+    df = pd.read_csv(results_csv)
+    df = df[(df["task"] == "probe") & (df["metric"] == "auroc")]
+    top = df["fraction"].max()
+    df = df[df["fraction"] == top]
+    findings = [f for f in dict.fromkeys(df["finding"]) if f != "mean"] + ["mean"]
+    encoders = list(dict.fromkeys(df["encoder"]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(findings) + 2, 3.8), constrained_layout=True)
+    width = 0.8 / max(len(encoders), 1)
+    for k, enc in enumerate(encoders):
+        e = df[df["encoder"] == enc].set_index("finding").reindex(findings)
+        x = np.arange(len(findings)) + k * width
+        ax.bar(x, e["value"] - 0.5, width, bottom=0.5, label=enc, color=f"C{k}",
+               yerr=[e["value"] - e["ci_low"], e["ci_high"] - e["value"]], capsize=3)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(findings)) + width * (len(encoders) - 1) / 2, findings)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("test AUROC (linear probe)")
+    ax.set_title("held-out linear probe: bars start at chance (0.5); 95 % bootstrap CIs")
+    ax.legend(fontsize=9)
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
