@@ -32,8 +32,8 @@ from mlvicx_core.evaluation.gradcam import localisation_eval  # noqa: E402
 from mlvicx_core.evaluation.knn import knn_scores, select_k  # noqa: E402
 from mlvicx_core.evaluation.metrics import bootstrap_auroc, per_finding_auroc  # noqa: E402
 from mlvicx_core.evaluation.probe import fit_linear_probe  # noqa: E402
-from mlvicx_core.evaluation.runner import DatasetView  # noqa: E402
-from mlvicx_core.evaluation.splits import patient_split  # noqa: E402
+from mlvicx_core.data.splits import patient_split  # noqa: E402
+from mlvicx_core.data.subset import Subset  # noqa: E402
 from mlvicx_core.evaluation.trunk import Trunk  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     _, t_boot = timed(lambda: bootstrap_auroc(y, s, n_boot=1000, seed=0))
     res["auroc_500x14_s"] = {"point": t_point, "bootstrap_1000": t_boot, "ratio": t_boot / t_point}
 
-    split = patient_split(feats.patient_ids, val=0.15, test=0.3, seed=0)
+    split = patient_split(feats.patient_ids, (0.55, 0.15, 0.3), seed=0)
     tr, va, te = split["train"], split["val"], split["test"]
     x, lab = feats.x, feats.labels
     probe, t_probe = timed(lambda: fit_linear_probe(x[tr], lab[tr], x[va], lab[va]))
@@ -81,7 +81,7 @@ def main() -> None:
     }
 
     clf = Classifier(Trunk(model), 2, head=probe.as_torch_head())
-    view = DatasetView(ds, te)
+    view = Subset(ds, te)
     loc = {}
     for tap in ("layer2", "layer3", "layer4"):
         for f, name in enumerate(ds.findings):

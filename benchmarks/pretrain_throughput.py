@@ -25,33 +25,22 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
+from mlvicx_core.config import load_config
+from mlvicx_core.data.registry import dataset_from_config
+from mlvicx_core.data.subset import Subset
+from mlvicx_core.devices import select_device
 from mlvicx_core.train.metrics import read_metrics
-from mlvicx_core.train.pipeline import build_augment, build_pretrain_dataset
-from mlvicx_core.train.runconfig import load_config
-from mlvicx_core.train.trainer import pretrain, select_device
+from mlvicx_core.train.trainer import default_augment, pretrain
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class Preloaded(Dataset):
-    """The first ``n`` samples of ``dataset``, materialised in memory."""
-
-    def __init__(self, dataset: Dataset, n: int) -> None:
-        self.samples = [dataset[i] for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        return self.samples[i]
 
 
 def measure(config, dataset, augment, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        pretrain(config, dataset=dataset, augment=augment, run_dir=Path(tmp) / "run")
+        pretrain(config, dataset=dataset, augment=augment, run_dir=Path(tmp) / "run",
+                 probe=False)
         wall = time.perf_counter() - start
         df = read_metrics(Path(tmp) / "run")
     rates = df["images_per_s"].dropna().tolist()[warmup:]
@@ -75,11 +64,11 @@ def main() -> None:
         "train.progress=false", "train.tensorboard=false", f"train.device={args.device}",
         f"train.ckpt_every={10 * args.steps}", *args.overrides])
     device = select_device(config.train.device)
-    dataset, augment = build_pretrain_dataset(config), build_augment(config)
+    dataset, augment = dataset_from_config(config.data, labelled=False), default_augment(config)
 
     results = {"end_to_end": measure(config, dataset, augment, args.warmup)}
     t = time.perf_counter()
-    preloaded = Preloaded(dataset, n)
+    preloaded = Subset(dataset, range(n), in_memory=True)
     render_s = time.perf_counter() - t
     results["preloaded"] = measure(config, preloaded, augment, args.warmup)
     results["preloaded"]["render_s_per_image"] = render_s / n
@@ -94,7 +83,7 @@ def main() -> None:
         platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "amp_bf16": bool(config.train.amp and device.type == "cuda"),
-        "batch_size": config.train.batch_size, "image_size": config.model.image_size,
+        "batch_size": config.train.batch_size, "image_size": config.data.image_size,
         "optimizer": config.optim.name, "dataset": config.data.dataset,
         "steps": args.steps, "warmup_steps_dropped": args.warmup,
         **results,

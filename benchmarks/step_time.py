@@ -1,6 +1,8 @@
 """One full MLVICX training step, timed: pooled vs literal multi-level branch vs VICReg.
 
-A step = two views of a batch, forward, MLVICX (or VICReg) loss, backward, SGD step. For each setting
+A step is the kit's own ``mlvicx_core.train.step.train_step`` (two views, forward, loss, finiteness
+checks, backward, clipping, the preset's optimizer and schedule), built by ``build_step`` from the
+preset's configuration with a variant of ``mlvicx_core.variants`` applied. For each setting
 the three variants run in separate child processes (so peak memory is each variant's own), one
 warm-up step then ``--repeats`` timed steps; medians, images/s and ratios are printed and saved to
 ``benchmarks/results/step_time.json``.
@@ -15,7 +17,6 @@ shared with other work, the single-threaded CPU-time ratios are the trustworthy 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import resource
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import torch
 
-from mlvicx_core import MLVICX, get_preset, mlvicx_loss
+from mlvicx_core import MLVICX, load_config
 from mlvicx_core.devices import select_device
+from mlvicx_core.train.step import build_step, train_step
+from mlvicx_core.variants import VARIANTS as METHOD_VARIANTS
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
 TABLE = RESULTS.with_suffix(".md")
@@ -39,11 +42,12 @@ SETTINGS = [  # (name, preset, image size, batch)
     ("paper-224px-b16", "paper", 224, 16),
 ]
 VARIANTS = {
-    "mlvicx": {},
-    "mlvicx-literal": {"multilevel_impl": "literal"},
-    "vicreg": {"multilevel": False, "context_bottleneck": False},
+    "mlvicx": METHOD_VARIANTS["mlvicx"],
+    # the same network with the multi-level branch computed as literally defined (64x64 maps)
+    "mlvicx-literal": {**METHOD_VARIANTS["mlvicx"], "model.multilevel_impl": "literal"},
+    "vicreg": METHOD_VARIANTS["vicreg"],
     # separates the two additions to VICReg: the multi-level branch alone (no context bottlenecks)
-    "mlvicx-no-cb": {"context_bottleneck": False},
+    "mlvicx-no-cb": METHOD_VARIANTS["mlvicx-no-cb"],
 }
 
 
@@ -61,9 +65,10 @@ def run_one(preset: str, size: int, batch: int, variant: str, repeats: int,
         torch.set_num_threads(threads)
     dev = select_device()
     torch.manual_seed(0)
-    cfg = dataclasses.replace(get_preset(preset), image_size=size, **VARIANTS[variant])
-    model = MLVICX(cfg).to(dev).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    cfg = load_config(preset, {**VARIANTS[variant], "data.image_size": size,
+                               "train.batch_size": batch})
+    model = MLVICX(cfg.model).to(dev).train()
+    state = build_step(cfg, model, dev, steps_per_epoch=1000)
     g = torch.Generator().manual_seed(0)
     view_a = torch.rand(batch, 1, size, size, generator=g).to(dev)
     view_b = torch.rand(batch, 1, size, size, generator=g).to(dev)
@@ -73,11 +78,7 @@ def run_one(preset: str, size: int, batch: int, variant: str, repeats: int,
     for i in range(repeats + 1):
         sync(dev)
         t0, c0 = time.perf_counter(), time.process_time()
-        a, b = model(view_a), model(view_b)
-        loss = mlvicx_loss(a.global_, b.global_, a.multi, b.multi, lam=cfg.lam)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(state, view_a, view_b)
         sync(dev)
         if i:  # the first step is warm-up
             times.append(time.perf_counter() - t0)

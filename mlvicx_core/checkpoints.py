@@ -128,9 +128,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # truncated zip, garbage bytes, pickle errors, EOF
+        detail = str(err).splitlines()[0][:120] if str(err) else "no detail"
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'}); it may "
-                              "be truncated or corrupt") from err
+                              f"{detail}); it may be truncated or corrupt") from err
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
     return state
@@ -171,8 +171,7 @@ class CheckpointManager:
                 bad.append(str(err))
                 continue
             if bad:
-                warnings.warn(f"skipped unreadable checkpoint(s), resuming from {path}: "
-                              + "; ".join(bad), stacklevel=2)
+                warnings.warn("; ".join(bad) + f"; falling back to {path}", stacklevel=2)
             return path, state
         if bad:
             raise CheckpointError("no readable checkpoint in "

@@ -36,26 +36,28 @@ epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
-lam = 1.0                      # weight of the multi-level loss
+overrides = {}                 # any config key, e.g. {"loss.lam": 0.5, "aug.crop_scale": [0.5, 1.0]}
 out_dir = "../runs/notebooks"  # run folders (git-ignored)
 
 # %%
 from IPython.display import display
 
-from mlvicx_core.collapse_demo import collapse_demo, plot_collapse_demo
-from mlvicx_core.comparison_figures import plot_collapse, plot_loss_terms, show_views
+from mlvicx_core.data.registry import dataset_from_config
 from mlvicx_core.experiments import diagnostics_table, pretrain_config
+from mlvicx_core.experiments.collapse_toy import collapse_demo, plot_collapse_demo
 from mlvicx_core.model import MLVICX
 from mlvicx_core.train import train_or_load
-from mlvicx_core.train.pipeline import build_augment, build_pretrain_dataset
+from mlvicx_core.train.trainer import default_augment
+from mlvicx_core.viz.training import plot_collapse, plot_loss_terms, show_views
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
           "max_steps": max_steps, "out_dir": out_dir}
-config = pretrain_config("mlvicx", lam=lam, **common)
-config_collapse = pretrain_config("mlvicx", lam=lam, std_coeff=0.0, **common)
+config = pretrain_config("mlvicx", overrides=overrides, **common)
+config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0},
+                                  **common)
 print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch_size} steps "
-      f"of batch {config.train.batch_size} at {config.model.image_size} px")
+      f"of batch {config.train.batch_size} at {config.data.image_size} px")
 
 # %% [markdown]
 # ## 1. The two views
@@ -68,9 +70,9 @@ print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch
 # %%
 import torch
 
-pretrain_images = build_pretrain_dataset(config)
+pretrain_images = dataset_from_config(config.data)
 images = torch.stack([pretrain_images[i]["image"] for i in range(6)])
-view_a, view_b = build_augment(config)(images, generator=torch.Generator().manual_seed(seed))
+view_a, view_b = default_augment(config)(images, generator=torch.Generator().manual_seed(seed))
 fig = show_views(images, view_a, view_b)
 
 # %% [markdown]
@@ -132,9 +134,9 @@ print("run folder:", run.run_dir.name, "| steps:", run.step)
 # decorrelate. With two dozen steps expect the first part of that story only.
 
 # %%
-weights = {"invariance": config.model.sim_coeff, "variance": config.model.std_coeff,
-           "covariance": config.model.cov_coeff}
-fig = plot_loss_terms(run.run_dir, weights, lam=config.model.lam)
+weights = {"invariance": config.loss.sim_coeff, "variance": config.loss.std_coeff,
+           "covariance": config.loss.cov_coeff}
+fig = plot_loss_terms(run.run_dir, weights, lam=config.loss.lam)
 
 # %% [markdown]
 # ## 4. Collapse, and how to see it
@@ -148,7 +150,7 @@ fig = plot_loss_terms(run.run_dir, weights, lam=config.model.lam)
 # * mean $|$off-diagonal correlation$|$: 0 when dimensions are decorrelated, 1 when they are copies.
 #
 # **The demonstration:** the same run with the variance weight $\lambda_v$ set to 0
-# (`model.std_coeff=0`). Nothing now forbids the trivial solution, and the invariance term, the only
+# (`loss.std_coeff=0`). Nothing now forbids the trivial solution, and the invariance term, the only
 # one with a big weight, pulls everything together.
 
 # %%
@@ -186,7 +188,7 @@ display(diagnostics_table({"healthy": run.model, "no variance term": run_collaps
 # %% [markdown]
 # ### Collapse in miniature
 #
-# To *see* the collapse within seconds, `mlvicx_core.collapse_demo` trains a toy encoder (a small
+# To *see* the collapse within seconds, `mlvicx_core.experiments.collapse_toy` trains a toy encoder (a small
 # MLP on 256 random vectors, whose two views are the vector plus independent noise) with the kit's
 # own `vicreg_loss`, once with the variance term and once without. The toy's last layer is a plain
 # Linear layer, so its output scale is free to shrink quickly. Without the variance term the

@@ -37,7 +37,7 @@ epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
-lam = 1.0
+overrides = {}                 # config keys for both pretraining runs, e.g. {"aug.blur_p": [0, 0]}
 eval_length = 400              # held-out images embedded and mapped
 colour_by = "effusion"         # a finding (or, for NIH, a metadata column such as "sex")
 out_dir = "../runs/notebooks"
@@ -45,18 +45,17 @@ out_dir = "../runs/notebooks"
 # %%
 from pathlib import Path
 
-from mlvicx_core.comparison_figures import plot_umap_grid
-from mlvicx_core.embedding_maps import umap_panels
-from mlvicx_core.evaluation.umap_view import colour_table
-from mlvicx_core.experiments import eval_dataset, pretrain_config
+from mlvicx_core.evaluation.umap_view import colour_table, umap_panels
+from mlvicx_core.experiments import held_out, pretrain_config
 from mlvicx_core.train import train_or_load
-from mlvicx_core.widgets import umap_selector
+from mlvicx_core.viz.figures import plot_umap_grid
+from mlvicx_core.viz.widgets import umap_selector
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
           "max_steps": max_steps, "out_dir": out_dir}
-configs = {"MLVICX": pretrain_config("mlvicx", lam=lam, **common),
-           "VICReg": pretrain_config("vicreg", **common)}
+configs = {"MLVICX": pretrain_config("mlvicx", overrides=overrides, **common),
+           "VICReg": pretrain_config("vicreg", overrides=overrides, **common)}
 cache_dir = Path(out_dir) / "features"
 
 # %% [markdown]
@@ -64,7 +63,7 @@ cache_dir = Path(out_dir) / "features"
 
 # %%
 models = {name: train_or_load(cfg).model for name, cfg in configs.items()}
-images = eval_dataset(dataset, data_root, image_size, eval_length, seed)
+images = held_out(dataset, data_root, image_size, eval_length, seed)
 table = colour_table(images.labels, images.findings, getattr(images, "metadata", None))
 panels = umap_panels(models, images, seed=seed, cache_dir=cache_dir)
 print(f"{len(images)} images, findings: {', '.join(images.findings)}")

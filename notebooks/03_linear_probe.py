@@ -18,7 +18,7 @@
 #
 # Encoders: **random init** (same architecture, no training: the floor), **VICReg** and **MLVICX**,
 # all through the same patient split, the same label subsets and the same code
-# (`mlvicx_core.evaluation.runner`). Scores: AUROC on the test patients, averaged over findings, with
+# (`mlvicx_core.evaluation.pipeline`). Scores: AUROC on the test patients, averaged over findings, with
 # a 95 % percentile-bootstrap confidence interval over test images.
 #
 # **Budget.** With the tiny default pretraining (24 steps) and a few hundred evaluation images the
@@ -26,8 +26,8 @@
 # surprisingly strong floor on synthetic images (random convolutions already respond to blobs and
 # edges). Re-run at scale to measure the method.
 #
-# Notebook 05 executes this notebook with papermill once per sweep point (`encoders`, `lam`,
-# `levels`, `context_bottleneck`, `results_dir`).
+# Notebook 05 executes this notebook with papermill once per sweep point (`encoders`, `overrides`,
+# `results_dir`).
 
 # %% tags=["parameters"]
 dataset = "synthetic"
@@ -39,10 +39,8 @@ epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
-lam = 1.0
-levels = None                  # taps feeding the multi-level branch; None = all five
-context_bottleneck = True
-encoders = ["random", "vicreg", "mlvicx"]
+overrides = {}                 # config keys for every pretraining run, e.g. {"loss.lam": 0.5}
+encoders = ["random", "vicreg", "mlvicx"]  # "random" or variants of mlvicx_core.variants
 eval_length = 400              # labelled synthetic images (split by patient 70/10/20)
 fractions = [0.1, 0.3, 1.0]    # label fractions of the training patients
 n_boot = 200                   # bootstrap resamples for the confidence intervals
@@ -54,35 +52,31 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from mlvicx_core.comparison_figures import plot_fraction_curves
-from mlvicx_core.evaluation import reference_encoder
-from mlvicx_core.evaluation.runner import EvalSettings, run_evaluation
-from mlvicx_core.experiments import eval_dataset, label_fraction_table, pretrain_config
+from mlvicx_core.evaluation import evaluate, reference_encoder
+from mlvicx_core.experiments import eval_config, eval_splits, label_fraction_table, pretrain_config
 from mlvicx_core.train import train_or_load
+from mlvicx_core.viz.figures import plot_fraction_curves
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
           "max_steps": max_steps, "out_dir": out_dir}
-configs = {"mlvicx": pretrain_config("mlvicx", lam=lam, levels=levels,
-                                     context_bottleneck=context_bottleneck, **common),
-           "vicreg": pretrain_config("vicreg", **common)}
+configs = {name: pretrain_config(name, overrides=overrides, **common)
+           for name in encoders if name != "random"}
 results_dir = Path(results_dir or Path(out_dir) / "03_linear_probe")
-settings = EvalSettings(fractions=tuple(fractions), tasks=("probe", "knn"), n_boot=n_boot,
-                        seed=seed, cache_dir=str(Path(out_dir) / "features"))
+settings = eval_config(fractions=fractions, tasks=["probe", "knn"], n_boot=n_boot, seed=seed,
+                       cache_dir=str(Path(out_dir) / "features"))
 
 # %% [markdown]
 # Pretrain (or load) the encoders; the random baseline is the MLVICX architecture at its seeded
 # initialisation.
 
 # %%
-models = {}
-for name in encoders:
-    if name == "random":
-        models[name] = reference_encoder("random", configs["mlvicx"].model, seed=seed)
-    else:
-        models[name] = train_or_load(configs[name]).model
-images = eval_dataset(dataset, data_root, image_size, eval_length, seed)
-csv, md = run_evaluation(models, images, results_dir, settings)
+base = pretrain_config("mlvicx", overrides=overrides, **common).model
+models = {name: reference_encoder("random", base, seed=seed) if name == "random"
+          else train_or_load(configs[name]).model for name in encoders}
+splits = eval_splits(dataset, data_root, image_size, eval_length, seed)
+evaluate(models, splits, settings, dataset=dataset, out_dir=results_dir)
+csv, md = results_dir / "results.csv", results_dir / "results.md"
 print("results written to", csv)
 
 # %% [markdown]

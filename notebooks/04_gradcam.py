@@ -38,7 +38,7 @@ epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
-lam = 1.0
+overrides = {}                 # config keys for both pretraining runs
 eval_length = 400
 show_findings = ["nodule", "effusion", "pneumothorax"]  # findings drawn as heatmap grids
 n_show = 2                     # images per finding and encoder in the grids
@@ -49,36 +49,37 @@ out_dir = "../runs/notebooks"
 # %%
 from pathlib import Path
 
+import numpy as np
 import torch
 from IPython.display import display
 
-from mlvicx_core.comparison_figures import plot_cam_grid, plot_pointing
-from mlvicx_core.evaluation import patient_split
-from mlvicx_core.experiments import eval_dataset, pretrain_config
-from mlvicx_core.tap_localisation import (
+from mlvicx_core.evaluation.tap_localisation import (
     cams_per_tap,
     pointing_by_tap,
     positive_examples,
     probe_classifier,
 )
+from mlvicx_core.experiments import eval_splits, pretrain_config
 from mlvicx_core.train import train_or_load
-from mlvicx_core.train.pipeline import build_augment
-from mlvicx_core.widgets import browser_figure, image_browser
+from mlvicx_core.train.trainer import default_augment
+from mlvicx_core.viz.figures import plot_cam_grid, plot_pointing
+from mlvicx_core.viz.widgets import browser_figure, image_browser
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
           "max_steps": max_steps, "out_dir": out_dir}
-configs = {"MLVICX": pretrain_config("mlvicx", lam=lam, **common),
-           "VICReg": pretrain_config("vicreg", **common)}
+configs = {"MLVICX": pretrain_config("mlvicx", overrides=overrides, **common),
+           "VICReg": pretrain_config("vicreg", overrides=overrides, **common)}
 cache_dir = Path(out_dir) / "features"
 
 # %%
-images = eval_dataset(dataset, data_root, image_size, eval_length, seed)
-split = patient_split(images.patient_ids, val=0.1, test=0.2, seed=seed)
-classifiers = {name: probe_classifier(train_or_load(cfg).model, images, split, cache_dir)
+splits = eval_splits(dataset, data_root, image_size, eval_length, seed)
+test = splits["test"]
+everything = np.arange(len(test))
+classifiers = {name: probe_classifier(train_or_load(cfg).model, splits, cache_dir)
                for name, cfg in configs.items()}
-findings = [f for f in show_findings if f in images.findings]
-print(f"test images: {len(split['test'])}; findings shown: {findings}")
+findings = [f for f in show_findings if f in test.findings]
+print(f"test images: {len(test)}; findings shown: {findings}")
 
 # %% [markdown]
 # ## Heatmaps per tap, per finding
@@ -88,8 +89,8 @@ print(f"test images: {len(split['test'])}; findings shown: {findings}")
 
 # %%
 for finding in findings:
-    k = images.findings.index(finding)
-    pics, regions, _ = positive_examples(images, split["test"], k, n_show)
+    k = test.findings.index(finding)
+    pics, regions, _ = positive_examples(test, everything, k, n_show)
     if pics is None:
         print(f"{finding}: no positive test image with a lesion region")
         continue
@@ -105,7 +106,7 @@ for finding in findings:
 # the image covered by the lesion grown by `tolerance`).
 
 # %%
-scores = pointing_by_tap(classifiers, images, split["test"], max_images=max_images,
+scores = pointing_by_tap(classifiers, test, everything, max_images=max_images,
                          tolerance=tolerance)
 display(scores.pivot_table(index=["finding", "tap"], columns="encoder",
                            values="pointing_game").round(2))
@@ -119,9 +120,10 @@ fig = plot_pointing(scores)
 # static figure below shows the first two positions.
 
 # %%
-k = images.findings.index(findings[0])
-pics, regions, _ = positive_examples(images, split["test"], k, 8)
-view_a, view_b = build_augment(configs["MLVICX"])(pics, generator=torch.Generator().manual_seed(seed))
+k = test.findings.index(findings[0])
+pics, regions, _ = positive_examples(test, everything, k, 8)
+view_a, view_b = default_augment(configs["MLVICX"])(pics,
+                                                    generator=torch.Generator().manual_seed(seed))
 cams = cams_per_tap(classifiers["MLVICX"], pics, k)
 arrays = (pics[:, 0].numpy(), view_a[:, 0].numpy(), view_b[:, 0].numpy())
 for i in range(min(2, len(pics))):

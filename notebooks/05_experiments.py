@@ -52,8 +52,8 @@ from pathlib import Path
 
 from IPython.display import display
 
-from mlvicx_core.comparison_figures import plot_sweep
 from mlvicx_core.experiments import collect_results, run_sweep, sweep_grid
+from mlvicx_core.viz.figures import plot_sweep
 
 grid = sweep_grid(lams=lams, level_sets=level_sets, bottleneck_off=bottleneck_off)
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
@@ -75,8 +75,7 @@ csvs = run_sweep(probe_notebook, grid, Path(out_dir) / "sweep", common)
 # and label fraction:
 
 # %%
-table = collect_results(csvs, task_prefix="")
-table["task"] = table["task"].str.replace(r" \(k=\d+\)", "", regex=True)
+table = collect_results(csvs)
 display(table.round(3))
 
 # %% [markdown]
@@ -85,7 +84,7 @@ display(table.round(3))
 # Linear probe at the largest label fraction (bars: 95 % CI):
 
 # %%
-fig = plot_sweep(table[table["task"] == "linear probe"], fraction=max(fractions))
+fig = plot_sweep(table[table["task"] == "probe"], fraction=max(fractions))
 
 # %% [markdown]
 # **Reading it.** Overlapping intervals mean the sweep cannot tell the points apart at this budget,

@@ -6,7 +6,7 @@ import numpy as np
 from mlvicx_core import MLVICX, ModelConfig
 from mlvicx_core.data.base import CXRDataset
 
-TINY = ModelConfig(image_size=32, projector=(64, 64), ml_projector=(64, 64), fusion_size=8,
+TINY = ModelConfig(projector=(64, 64), ml_projector=(64, 64), fusion_size=8,
                    fusion_channels=16, pool_size=4)
 
 
@@ -69,13 +69,14 @@ class BlobCXR(CXRDataset):
         return out
 
 
-def make_blobs(image_size: int = 32, n: int = 40, seed: int = 0, masks: bool = True) -> BlobCXR:
-    """Factory with the ``--dataset module:callable`` signature (``image_size=`` first)."""
-    return BlobCXR(n=n, image_size=image_size, seed=seed, masks=masks)
+def make_blobs(image_size: int = 32, n: int = 40, seed: int = 0, masks: bool = True,
+               split: str = "all", fractions=(0.7, 0.1, 0.2), length=None, **_) -> BlobCXR:
+    """A registry builder (``--set data.dataset=eval_fakes:make_blobs``): ``n`` (or ``length``)
+    blob images, split by patient with the registry's rule; the data seed is fixed (0) so every
+    split comes from the same images."""
+    from mlvicx_core.data.registry import split_subset
+
+    return split_subset(BlobCXR(n=length or n, image_size=image_size, seed=0, masks=masks), split,
+                        fractions, seed)
 
 
-def parse_evaluate(argv: list[str]):
-    """Parse ``mlvicx evaluate <argv>`` with the kit's own command-line parser."""
-    from mlvicx_core.cli import build_parser
-
-    return build_parser().parse_args(["evaluate", *argv])

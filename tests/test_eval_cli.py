@@ -1,14 +1,16 @@
-"""End to end: ``evaluate_main`` on a fake dataset writes the CSV, the Markdown and the figures."""
+"""End to end: ``mlvicx evaluate`` on a fake dataset writes the CSV, the Markdown and the figures."""
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from eval_fakes import parse_evaluate as _parse
-from eval_fakes import tiny_model
+from eval_fakes import BlobCXR, tiny_model
 
-from mlvicx_core.evaluation.checkpoint import save_encoder
-from mlvicx_core.evaluation.cli import evaluate_main
+from mlvicx_core.checkpoints import save_model
+from mlvicx_core.cli import main
+from mlvicx_core.config import load_config
+from mlvicx_core.data.registry import split_subset
+from mlvicx_core.evaluation.pipeline import ROW_COLUMNS, evaluate
 from mlvicx_core.evaluation.report import markdown_table, results_frame, write_results
 
 TESTS = str(Path(__file__).parent)
@@ -16,54 +18,64 @@ TESTS = str(Path(__file__).parent)
 
 def test_report_csv_and_markdown(tmp_path):
     rows = [
-        {"encoder": "mlvicx", "task": "linear probe", "fraction": 0.1, "finding": "disc",
+        {"encoder": "mlvicx", "task": "probe", "fraction": 0.1, "finding": "disc",
          "metric": "auroc", "value": 0.8123, "ci_low": 0.75, "ci_high": 0.86, "n": 30, "note": ""},
-        {"encoder": "mlvicx", "task": "linear probe", "fraction": 0.1, "finding": "bar",
+        {"encoder": "mlvicx", "task": "probe", "fraction": 0.1, "finding": "bar",
          "metric": "auroc", "value": float("nan"), "n": 30, "note": "bar: single class"},
+        {"encoder": "mlvicx", "task": "knn", "k": 5, "fraction": 0.1, "finding": "disc",
+         "metric": "auroc", "value": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 30, "note": "x"},
+        {"encoder": "mlvicx", "task": "knn", "k": 5, "fraction": 0.1, "finding": "bar",
+         "metric": "auroc", "value": 0.6, "ci_low": 0.5, "ci_high": 0.7, "n": 30, "note": "x"},
         {"encoder": "imagenet", "task": "all", "note": "skipped: no weights"},
     ]
     csv_path, md_path = write_results(rows, tmp_path)
     frame = pd.read_csv(csv_path)
-    assert list(frame.columns) == ["encoder", "task", "fraction", "finding", "metric", "value",
-                                   "ci_low", "ci_high", "n", "note"]
+    assert list(frame.columns) == ROW_COLUMNS
     assert frame.loc[0, "value"] == 0.8123 and math.isnan(frame.loc[1, "value"])
     md = md_path.read_text()
     assert "| mlvicx | 0.1 | 0.812 [0.750, 0.860] | undefined |" in md
-    assert "- imagenet / all: skipped: no weights" in md
+    # k is a column: one kNN table, the chosen k in its own column
+    assert md.count("## knn: auroc") == 1 and "| mlvicx | 0.1 | 5 | 0.700 [0.600, 0.800] |" in md
+    assert "- skipped: no weights (imagenet / all)" in md
+    # a note repeated on several rows is listed once
+    assert md.count("- x (") == 1
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['auc'\]"):
         results_frame([{"auc": 1}])
     assert markdown_table(results_frame(rows[:1])).startswith("# Evaluation results")
 
 
 @pytest.mark.slow
-def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
+def test_evaluate_command_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(TESTS)
-    save_encoder(tiny_model(seed=1), tmp_path / "mlvicx.pt")
-    save_encoder(tiny_model(seed=2, multilevel=False, context_bottleneck=False),
-                 tmp_path / "vicreg.pt")
+    save_model(tiny_model(seed=1), tmp_path / "mlvicx.pt")
+    save_model(tiny_model(seed=2, multilevel=False, context_bottleneck=False),
+               tmp_path / "vicreg.pt")
     out = tmp_path / "eval"
-    args = _parse([
-        "--checkpoint", f"mlvicx={tmp_path / 'mlvicx.pt'}",
+    code = main([
+        "evaluate", "--checkpoint", f"mlvicx={tmp_path / 'mlvicx.pt'}",
         "--checkpoint", f"vicreg={tmp_path / 'vicreg.pt'}",
         "--baseline", "random", "--baseline", "imagenet",
-        "--dataset", "eval_fakes:make_blobs", "--dataset-arg", "n=40", "--image-size", "32",
+        "--dataset", "eval_fakes:make_blobs", "--image-size", "32",
+        "--set", "data.length=60", "--set", "eval.split_sizes=null",
         "--fractions", "0.5", "1.0", "--tasks", "probe", "knn", "gradcam", "umap", "finetune",
-        "segmentation", "--finetune-epochs", "1", "--seg-epochs", "1",
-        "--n-boot", "50", "--gradcam-images", "6", "--cache-dir", str(tmp_path / "cache"),
-        "--out", str(out),
-        "--colour-by", "disc", "bar",
+        "segmentation", "--set", "eval.finetune_epochs=1", "--set", "eval.seg_epochs=1",
+        "--set", "eval.n_boot=50", "--set", "eval.gradcam_images=6",
+        "--set", f"eval.cache_dir={tmp_path / 'cache'}", "--out", str(out),
+        "--set", "eval.colour_by=[disc,bar]",
     ])
-    assert evaluate_main(args) == 0
+    assert code == 0, capsys.readouterr().err
     frame = pd.read_csv(out / "results.csv")
-    probe = frame[(frame.task == "linear probe") & (frame.finding == "mean")]
+    probe = frame[(frame.task == "probe") & (frame.finding == "mean")]
     assert set(probe.encoder) == {"mlvicx", "vicreg", "random"}
     assert set(probe.fraction) == {0.5, 1.0}
+    assert set(probe.dataset) == {"eval_fakes:make_blobs"}
     assert probe.value.between(0, 1).all()
     assert (probe.ci_low <= probe.value).all() and (probe.value <= probe.ci_high).all()
-    assert frame.task.str.startswith("kNN").any()
-    cam = frame[frame.task == "Grad-CAM layer4"]
-    assert set(cam.metric) == {"pointing_game", "energy_inside", "chance_pointing", "chance_energy"}
-    for task, metric in (("fine-tune", "auroc"), ("segmentation", "dice")):
+    knn = frame[frame.task == "knn"]
+    assert knn.k.notna().all() and set(knn.k) <= {5, 10, 20, 50}
+    cam = frame[(frame.task == "gradcam") & (frame.metric != "figure")]
+    assert {"pointing_game", "energy_inside", "chance_pointing", "chance_energy"} <= set(cam.metric)
+    for task, metric in (("finetune", "auroc"), ("segmentation", "dice")):
         sel = frame[(frame.task == task) & (frame.metric == metric)]
         assert set(sel.encoder) == {"mlvicx", "vicreg", "random"}
         assert sel.value.dropna().between(0, 1).all() and sel.value.notna().any()
@@ -71,41 +83,65 @@ def test_evaluate_main_end_to_end(tmp_path, monkeypatch):
     assert len(imagenet) == 1 and imagenet.note.iloc[0].startswith("skipped: ImageNet weights")
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert "gradcam-mlvicx.png" in figures and "umap-vicreg-bar.png" in figures
-    assert "## linear probe: auroc" in (out / "results.md").read_text()
-    # the cache was used: one file per encoder
-    assert len(list((tmp_path / "cache").glob("trunk-*.npz"))) == 3
+    assert "## probe: auroc" in (out / "results.md").read_text()
+    # the cache was used: one file per encoder and split
+    assert len(list((tmp_path / "cache").glob("trunk-*.npz"))) == 3 * 3
 
 
-def test_evaluate_main_bad_inputs(tmp_path):
+def test_evaluate_command_bad_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit, match="nothing to evaluate"):
-        evaluate_main(_parse(["--dataset", "synthetic", "--out", str(tmp_path)]))
-    with pytest.raises(SystemExit, match="expected NAME=VALUE"):
-        evaluate_main(_parse(["--checkpoint", "x.pt", "--dataset", "synthetic", "--out", "o"]))
-    with pytest.raises(SystemExit, match="cannot import no_such_module:X"):
-        evaluate_main(_parse(["--baseline", "random", "--dataset", "no_such_module:X",
-                              "--out", str(tmp_path)]))
+        main(["evaluate", "--dataset", "synthetic", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="expected NAME=PATH"):
+        main(["evaluate", "--checkpoint", "x.pt", "--out", "o"])
+    assert main(["evaluate", "--baseline", "random", "--dataset", "no_such_module:X",
+                 "--out", str(tmp_path)]) == 2
+    assert "cannot import X from no_such_module" in capsys.readouterr().err
+    # a wrong colour column is refused before any work, naming the key and the choices
+    assert main(["evaluate", "--baseline", "random", "--tasks", "probe", "umap",
+                 "--set", "eval.colour_by=[Sex]", "--set", "eval.split_sizes=[20,10,10]",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "eval.colour_by=['Sex']" in err and "nodule" in err
+    assert not (tmp_path / "x" / "results.csv").exists()
+    assert main(["evaluate", "--baseline", "random", "--set", "eval.n_boot=0",
+                 "--out", str(tmp_path)]) == 2
+    assert "eval.n_boot=0: expected every value >= 1" in capsys.readouterr().err
 
 
-def test_run_evaluation_with_boxes_and_metadata(tmp_path):
+def test_evaluate_with_boxes_and_metadata(tmp_path):
     """NIH-like data: boxes instead of masks, a metadata table to colour the UMAP by."""
-    from eval_fakes import BlobCXR
-
-    from mlvicx_core.evaluation.runner import EvalSettings, run_evaluation
-
     ds = BlobCXR(n=30, image_size=32, masks=False)
-    ds.metadata = pd.DataFrame({"View Position": ["PA", "AP", "PA"] * 10})
-    settings = EvalSettings(fractions=(1.0,), tasks=("probe", "gradcam", "umap", "segmentation"),
-                            n_boot=20, gradcam_tap="layer2", gradcam_images=4,
-                            colour_by=("View Position",))
-    run_evaluation({"m": tiny_model()}, ds, tmp_path, settings)
+    ds.metadata = pd.DataFrame({"view": ["PA", "AP", "PA"] * 10})
+    splits = {s: split_subset(ds, s) for s in ("train", "val", "test")}
+    assert list(splits["test"].metadata["view"]) == [ds.metadata["view"][i]
+                                                      for i in splits["test"].indices]
+    cfg = load_config("teaching", {"eval.fractions": [1.0], "eval.n_boot": 20,
+                                   "eval.tasks": ["probe", "gradcam", "umap", "segmentation"],
+                                   "eval.gradcam_tap": "layer2", "eval.gradcam_images": 4,
+                                   "eval.colour_by": ["view"]}).eval
+    evaluate({"m": tiny_model()}, splits, cfg, out_dir=tmp_path)
     frame = pd.read_csv(tmp_path / "results.csv")
-    cam = frame[(frame.task == "Grad-CAM layer2") & (frame.metric == "pointing_game")]
+    cam = frame[(frame.task == "gradcam") & (frame.metric == "pointing_game")]
     assert (cam.n > 0).all()  # regions came from the boxes
     seg = frame[frame.task == "segmentation"]
     assert seg.note.iloc[0] == "skipped: the dataset has no masks"
-    assert (tmp_path / "figures" / "umap-m-View_Position.png").is_file()
-    with pytest.raises(ValueError, match="colour_by='Sex'"):
-        run_evaluation({"m": tiny_model()}, ds, tmp_path,
-                       EvalSettings(fractions=(1.0,), tasks=("umap",), colour_by=("Sex",)))
-    with pytest.raises(ValueError, match="add the 'probe' task"):
-        run_evaluation({"m": tiny_model()}, ds, tmp_path, EvalSettings(tasks=("gradcam",)))
+    assert (tmp_path / "figures" / "umap-m-view.png").is_file()
+    with pytest.raises(ValueError, match=r"eval.colour_by=\['Sex'\]"):
+        evaluate({"m": tiny_model()}, splits, cfg.replace(tasks=("umap",), colour_by=("Sex",)))
+    with pytest.raises(ValueError, match="add 'probe'"):
+        evaluate({"m": tiny_model()}, splits, cfg.replace(tasks=("gradcam",)))
+
+
+def test_a_failing_task_keeps_the_others(tmp_path):
+    """UMAP on a 2-image test split fails; the probe's rows are still written, with a note."""
+    ds = BlobCXR(n=40, image_size=32)
+    splits = {"train": split_subset(ds, "train"), "val": split_subset(ds, "val"),
+              "test": BlobCXR(n=2, image_size=32, seed=3)}
+    cfg = load_config("teaching", {"eval.fractions": [1.0], "eval.n_boot": 10,
+                                   "eval.tasks": ["probe", "umap"]}).eval
+    with pytest.warns(UserWarning, match="umap failed"):
+        evaluate({"m": tiny_model()}, splits, cfg, out_dir=tmp_path)
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert (frame.task == "probe").any()
+    umap = frame[frame.task == "umap"]
+    assert len(umap) == 1 and umap.note.iloc[0].startswith("failed: ValueError: features (2, 512)")

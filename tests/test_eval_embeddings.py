@@ -5,7 +5,10 @@ import torch
 from eval_fakes import BlobCXR, tiny_model
 
 from mlvicx_core.evaluation import embeddings as emb
-from mlvicx_core.evaluation.checkpoint import load_encoder, reference_encoder, save_encoder
+from mlvicx_core.checkpoints import CheckpointError
+from mlvicx_core.checkpoints import load_model as load_encoder
+from mlvicx_core.checkpoints import save_model as save_encoder
+from mlvicx_core.evaluation.baselines import reference_encoder
 from mlvicx_core.evaluation.embeddings import dataset_fingerprint, extract_features
 from mlvicx_core.evaluation.trunk import Trunk
 
@@ -21,10 +24,10 @@ def test_load_encoder_round_trip_and_strictness(tmp_path):
     ckpt = torch.load(tmp_path / "a.pt", weights_only=False)
     del ckpt["model"]["projector.0.weight"]
     torch.save(ckpt, tmp_path / "b.pt")
-    with pytest.raises(ValueError, match=r"b\.pt.*missing \['projector\.0\.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"b\.pt.*missing \['projector\.0\.weight'\]"):
         load_encoder(tmp_path / "b.pt")
     torch.save({"state_dict": {}}, tmp_path / "c.pt")
-    with pytest.raises(ValueError, match="expected a dict with keys 'model' and 'config'"):
+    with pytest.raises(CheckpointError, match="c.pt: expected a 'model' entry"):
         load_encoder(tmp_path / "c.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_encoder(tmp_path / "nope.pt")

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from eval_fakes import parse_evaluate as _parse
 from eval_fakes import tiny_model
 
-from mlvicx_core.evaluation.checkpoint import save_encoder
-from mlvicx_core.evaluation.cli import evaluate_main
+from mlvicx_core.checkpoints import save_model
+from mlvicx_core.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,14 +23,13 @@ def _data_dir() -> Path:
 
 @pytest.mark.slow
 def test_evaluate_on_the_phantom(tmp_path):
-    save_encoder(tiny_model(), tmp_path / "m.pt")
-    args = _parse(["--checkpoint", f"mlvicx={tmp_path / 'm.pt'}", "--baseline", "random",
-                   "--dataset", "synthetic", "--dataset-arg", "length=80", "--dataset-arg", "seed=0",
-                   "--image-size", "64", "--fractions", "0.1", "1.0", "--tasks", "probe", "knn",
-                   "gradcam", "--n-boot", "50", "--out", str(tmp_path / "out")])
-    assert evaluate_main(args) == 0
+    save_model(tiny_model(), tmp_path / "m.pt")
+    assert main(["evaluate", "--checkpoint", f"mlvicx={tmp_path / 'm.pt'}", "--baseline", "random",
+                 "--dataset", "synthetic", "--set", "eval.split_sizes=[56,8,16]",
+                 "--image-size", "64", "--fractions", "0.1", "1.0", "--tasks", "probe", "knn",
+                 "gradcam", "--set", "eval.n_boot=50", "--out", str(tmp_path / "out")]) == 0
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
-    means = frame[(frame.task == "linear probe") & (frame.finding == "mean")]
+    means = frame[(frame.task == "probe") & (frame.finding == "mean")]
     assert set(means.encoder) == {"mlvicx", "random"} and means.value.between(0, 1).all()
 
 
@@ -41,14 +39,14 @@ def test_evaluate_on_real_nih_images(tmp_path):
     nih = _data_dir() / "nih"
     if not (nih / "images-64px").is_dir():
         pytest.skip(f"real NIH images not found under {nih} (set MLVICX_DATA_DIR)")
-    save_encoder(tiny_model(), tmp_path / "m.pt")
-    args = _parse(["--checkpoint", f"mlvicx={tmp_path / 'm.pt'}", "--dataset", "nih",
-                   "--dataset-arg", f"root={nih / 'images-64px'}", "--image-size", "64", "--fractions", "1.0",
-                   "--tasks", "probe", "umap", "--colour-by", "sex", "view",
-                   "--n-boot", "20", "--out", str(tmp_path / "out")])
-    assert evaluate_main(args) == 0
+    save_model(tiny_model(), tmp_path / "m.pt")
+    assert main(["evaluate", "--checkpoint", f"mlvicx={tmp_path / 'm.pt'}", "--dataset", "nih",
+                 "--data-root", str(nih / "images-64px"), "--image-size", "64",
+                 "--fractions", "1.0", "--tasks", "probe", "umap",
+                 "--set", "eval.colour_by=[sex,view]", "--set", "eval.n_boot=20",
+                 "--out", str(tmp_path / "out")]) == 0
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
-    probe = frame[frame.task == "linear probe"]
+    probe = frame[frame.task == "probe"]
     assert len(probe) == 15  # 14 findings + mean; rare ones may be undefined, never 0
     assert not (probe.value == 0).any()
     assert (tmp_path / "out" / "figures" / "umap-mlvicx-sex.png").is_file()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mlvicx_core.evaluation.splits import label_fraction, patient_split
+from mlvicx_core.data.splits import label_fraction, patient_split
 
 
 def _cohort(n_patients=500, seed=0):
@@ -18,8 +18,8 @@ def _cohort(n_patients=500, seed=0):
 
 def test_patient_split_disjoint_complete_reproducible():
     pids, _ = _cohort()
-    a = patient_split(pids, val=0.1, test=0.2, seed=3)
-    b = patient_split(pids, val=0.1, test=0.2, seed=3)
+    a = patient_split(pids, (0.7, 0.1, 0.2), seed=3)
+    b = patient_split(pids, (0.7, 0.1, 0.2), seed=3)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     sets = {k: set(pids[v]) for k, v in a.items()}
@@ -27,10 +27,20 @@ def test_patient_split_disjoint_complete_reproducible():
     assert not (sets["val"] & sets["test"])
     assert sorted(np.concatenate(list(a.values()))) == list(range(len(pids)))
     assert (len(sets["val"]), len(sets["test"])) == (50, 100)
-    c = patient_split(pids, val=0.1, test=0.2, seed=4)
+    c = patient_split(pids, (0.7, 0.1, 0.2), seed=4)
     assert not np.array_equal(a["test"], c["test"])
-    with pytest.raises(ValueError, match="val="):
-        patient_split(pids, val=0.5, test=0.5)
+    with pytest.raises(ValueError, match="summing to 1"):
+        patient_split(pids, (0.5, 0.5, 0.5))
+
+
+def test_patient_split_gives_tiny_cohorts_a_val_and_a_test_patient():
+    """round() would leave val empty for 4 patients at 0.7/0.1/0.2; one patient moves from train."""
+    pids = np.array(["a", "a", "b", "c", "d"])
+    s = patient_split(pids, (0.7, 0.1, 0.2), seed=0)
+    counts = {k: len(set(pids[v])) for k, v in s.items()}
+    assert counts == {"train": 2, "val": 1, "test": 1}
+    with pytest.raises(ValueError, match="too few"):
+        patient_split(np.array(["a", "b"]), (0.7, 0.1, 0.2))
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5])

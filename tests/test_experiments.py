@@ -13,42 +13,43 @@ import pandas as pd
 import pytest
 import torch
 
-from mlvicx_core.config import LEVELS
+from mlvicx_core.config import LEVELS, ConfigError, config_hash
 from mlvicx_core.experiments import (
     collect_results,
     diagnostics_table,
-    eval_dataset,
+    eval_config,
+    eval_splits,
     label_fraction_table,
     pretrain_config,
     run_sweep,
     sweep_grid,
 )
 from mlvicx_core.model import Embeddings
-from mlvicx_core.train import config_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pretrain_config_variants_and_sharing():
-    m = pretrain_config("mlvicx", data_length=100, epochs=2, batch_size=10, seed=3, lam=0.5,
-                        out_dir="x")
-    assert (m.model.multilevel, m.model.context_bottleneck, m.model.lam) == (True, True, 0.5)
+    m = pretrain_config("mlvicx", data_length=100, epochs=2, batch_size=10, seed=3,
+                        overrides={"loss.lam": 0.5}, out_dir="x")
+    assert (m.model.multilevel, m.model.context_bottleneck, m.loss.lam) == (True, True, 0.5)
     assert m.model.levels == LEVELS
     assert (m.data.length, m.data.seed, m.train.epochs, m.train.batch_size, m.train.seed) == \
         (100, 3, 2, 10, 3)
     assert m.train.out_dir == "x" and m.data.dataset == "synthetic" and m.data.root is None
-    v = pretrain_config("vicreg", lam=0.5)
+    v = pretrain_config("vicreg")
     assert (v.model.multilevel, v.model.context_bottleneck) == (False, False)
-    # lambda is ignored for VICReg: two notebooks asking for it with different lam share one run
-    assert config_hash(v) == config_hash(pretrain_config("vicreg", lam=2.0))
+    assert pretrain_config("mlvicx-no-cb").model.context_bottleneck is False
     # the same parameters from two notebooks give the same run
     assert config_hash(pretrain_config()) == config_hash(pretrain_config())
-    assert config_hash(pretrain_config(std_coeff=0.0)) != config_hash(pretrain_config())
-    ab = pretrain_config(levels=["layer3", "layer4"], context_bottleneck=False, std_coeff=0.0,
-                         max_steps=7)
-    assert ab.model.levels == ("layer3", "layer4") and not ab.model.context_bottleneck
-    assert ab.model.std_coeff == 0.0 and ab.train.max_steps == 7
-    assert pretrain_config(extra=["optim.base_lr=0.01"]).optim.base_lr == 0.01
+    collapse = pretrain_config(overrides={"loss.std_coeff": 0.0})
+    assert config_hash(collapse) != config_hash(pretrain_config())
+    ab = pretrain_config(overrides={"model.levels": ["layer3", "layer4"],
+                                    "aug.crop_scale": [0.5, 1.0]}, max_steps=7)
+    assert ab.model.levels == ("layer3", "layer4") and ab.aug.crop_scale == (0.5, 1.0)
+    assert ab.train.max_steps == 7
+    with pytest.raises(ConfigError, match="aug.crop_scale"):
+        pretrain_config(overrides={"aug.crop_scale": [2, 1]})
 
 
 def test_pretrain_config_errors(tmp_path):
@@ -63,52 +64,63 @@ def test_pretrain_config_errors(tmp_path):
     assert pretrain_config(dataset="nih", data_root=str(tmp_path)).data.root == str(tmp_path)
 
 
-def test_eval_dataset_is_disjoint_from_pretraining_stream():
-    ev = eval_dataset(length=6, image_size=64, seed=0)
-    assert ev.seed == 1000 and len(ev) == 6 and ev.has_masks
-    from mlvicx_core.data.phantom_dataset import SyntheticCXR
+def test_eval_splits_are_patient_disjoint_from_each_other_and_from_pretraining():
+    ev = eval_splits(length=20, image_size=64, seed=0)
+    assert [len(ev[s]) for s in ("train", "val", "test")] == [14, 2, 4]
+    assert ev["test"].has_masks
+    pre = pretrain_config(data_length=40)
+    from mlvicx_core.data.registry import dataset_from_config
 
-    pre = SyntheticCXR(length=6, image_size=64, seed=0)
-    assert not np.array_equal(ev[0]["image"].numpy(), pre[0]["image"].numpy())
+    pre_ids = set(dataset_from_config(pre.data).patient_ids)
+    assert not pre_ids & set(ev["val"].patient_ids) and not pre_ids & set(ev["test"].patient_ids)
+
+
+def test_eval_config_is_typed():
+    c = eval_config(fractions=[0.1, 1], n_boot=20)
+    assert c.fractions == (0.1, 1.0) and c.n_boot == 20
+    with pytest.raises(ConfigError, match="eval.n_boot"):
+        eval_config(n_boot="many")
 
 
 def test_sweep_grid_one_factor_at_a_time():
     grid = sweep_grid(lams=[0.5, 2], level_sets=[["layer4"]], bottleneck_off=True)
     assert list(grid) == ["mlvicx", "vicreg", "mlvicx lam=0.5", "mlvicx lam=2",
-                          "mlvicx levels=layer4", "mlvicx no bottleneck"]
-    base = grid["mlvicx"]
+                          "mlvicx levels=layer4", "mlvicx-no-cb"]
     for name, point in grid.items():
-        changed = {k for k in base if point[k] != base[k]}
-        assert len(changed) == (0 if name == "mlvicx" else 1), name
-    assert grid["mlvicx lam=2"]["lam"] == 2.0 and grid["vicreg"]["encoders"] == ["vicreg"]
+        changed = len(point["overrides"]) + (point["encoders"] != ["mlvicx"])
+        assert changed == (0 if name == "mlvicx" else 1), name
+    assert grid["mlvicx lam=2"]["overrides"] == {"loss.lam": 2.0}
+    assert grid["vicreg"]["encoders"] == ["vicreg"]
     with pytest.raises(ValueError, match="level set"):
         sweep_grid(level_sets=[["layer9"]])
     assert list(sweep_grid(vicreg=False, bottleneck_off=False)) == ["mlvicx"]
 
 
 def _results_csv(path: Path, rows: list[tuple]) -> Path:
-    cols = ["encoder", "task", "fraction", "finding", "metric", "value", "ci_low", "ci_high", "n"]
+    cols = ["encoder", "task", "k", "fraction", "finding", "metric", "value", "ci_low", "ci_high",
+            "n"]
     pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
     return path
 
 
 def test_collect_results_and_fraction_table(tmp_path):
     a = _results_csv(tmp_path / "a.csv", [
-        ("mlvicx", "linear probe", 1.0, "mean", "auroc", 0.7, 0.6, 0.8, 40),
-        ("mlvicx", "linear probe", 1.0, "nodule", "auroc", 0.9, 0.8, 1.0, 40),
-        ("mlvicx", "kNN (k=5)", 1.0, "mean", "auroc", 0.65, 0.55, 0.75, 40),
-        ("mlvicx", "linear probe", 0.1, "mean", "auroc", 0.6, 0.5, 0.7, 40)])
+        ("mlvicx", "probe", None, 1.0, "mean", "auroc", 0.7, 0.6, 0.8, 40),
+        ("mlvicx", "probe", None, 1.0, "nodule", "auroc", 0.9, 0.8, 1.0, 40),
+        ("mlvicx", "knn", 5, 1.0, "mean", "auroc", 0.65, 0.55, 0.75, 40),
+        ("mlvicx", "probe", None, 0.1, "mean", "auroc", 0.6, 0.5, 0.7, 40)])
     b = _results_csv(tmp_path / "b.csv", [
-        ("vicreg", "linear probe", 1.0, "mean", "auroc", 0.55, 0.45, 0.65, 40)])
-    table = collect_results({"A": a, "B": b})
+        ("vicreg", "probe", None, 1.0, "mean", "auroc", 0.55, 0.45, 0.65, 40)])
+    table = collect_results({"A": a, "B": b}, tasks=("probe",))
     assert list(table["point"]) == ["A", "A", "B"]
     assert list(table["value"]) == [0.7, 0.6, 0.55]
-    both = collect_results({"A": a}, task_prefix="")
+    both = collect_results({"A": a})
     assert len(both) == 3  # probe at two fractions + kNN; the per-finding row is left out
+    assert both[both.task == "knn"]["k"].item() == 5
     pivot = label_fraction_table(a)
-    assert pivot.loc[("linear probe", "mlvicx"), 1.0] == "0.700 [0.600, 0.800]"
-    assert pivot.loc[("kNN", "mlvicx"), 1.0] == "0.650 [0.550, 0.750]"
-    assert pd.isna(pivot.loc[("kNN", "mlvicx"), 0.1])
+    assert pivot.loc[("probe", "mlvicx"), 1.0] == "0.700 [0.600, 0.800]"
+    assert pivot.loc[("knn", "mlvicx"), 1.0] == "0.650 [0.550, 0.750] k=5"
+    assert pd.isna(pivot.loc[("knn", "mlvicx"), 0.1])
     with pytest.raises(ValueError, match="no results"):
         collect_results({})
 
@@ -120,7 +132,7 @@ def _toy_notebook(path: Path) -> Path:
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import pandas as pd, pathlib\n"
-        "pd.DataFrame([dict(encoder='toy', task='linear probe', fraction=1.0, finding='mean', "
+        "pd.DataFrame([dict(encoder='toy', task='probe', fraction=1.0, finding='mean', "
         "metric='auroc', value=0.5 + x / 10, ci_low=0.4, ci_high=0.9, n=10)])"
         ".to_csv(pathlib.Path(results_dir) / 'results.csv', index=False)")
     nb.cells = [params, body]
@@ -170,11 +182,11 @@ def test_diagnostics_table_matches_hand_computation():
 
 
 def test_positive_examples_returns_true_masks():
-    from mlvicx_core.tap_localisation import positive_examples
+    from mlvicx_core.evaluation.tap_localisation import positive_examples
 
-    ds = eval_dataset(length=30, image_size=64, seed=0)
+    ds = eval_splits(length=40, image_size=64, seed=0)["train"]
     k = ds.findings.index("effusion")
-    images, regions, picked = positive_examples(ds, np.arange(30), k, 3)
+    images, regions, picked = positive_examples(ds, np.arange(len(ds)), k, 3)
     assert len(picked) == len(images) == len(regions) <= 3
     for i, idx in enumerate(picked):
         assert ds.labels[idx, k] == 1
@@ -187,7 +199,7 @@ def test_positive_examples_returns_true_masks():
 def test_widgets_build_without_frontend():
     import ipywidgets
 
-    from mlvicx_core.widgets import browser_figure, image_browser, umap_selector
+    from mlvicx_core.viz.widgets import browser_figure, image_browser, umap_selector
 
     rng = np.random.default_rng(0)
     imgs = rng.random((3, 16, 16)).astype(np.float32)
@@ -210,18 +222,18 @@ def test_widgets_build_without_frontend():
 
 
 def test_fraction_curves_plot_the_csv_values(tmp_path):
-    from mlvicx_core.comparison_figures import plot_fraction_curves
+    from mlvicx_core.viz.figures import plot_fraction_curves
 
     csv = _results_csv(tmp_path / "r.csv", [
-        ("mlvicx", "linear probe", 0.1, "mean", "auroc", 0.6, 0.5, 0.7, 40),
-        ("mlvicx", "linear probe", 1.0, "mean", "auroc", 0.7, 0.6, 0.8, 40),
-        ("random", "linear probe", 0.1, "mean", "auroc", 0.5, 0.45, 0.55, 40),
-        ("random", "linear probe", 1.0, "mean", "auroc", 0.52, 0.5, 0.6, 40)])
+        ("mlvicx", "probe", None, 0.1, "mean", "auroc", 0.6, 0.5, 0.7, 40),
+        ("mlvicx", "probe", None, 1.0, "mean", "auroc", 0.7, 0.6, 0.8, 40),
+        ("random", "probe", None, 0.1, "mean", "auroc", 0.5, 0.45, 0.55, 40),
+        ("random", "probe", None, 1.0, "mean", "auroc", 0.52, 0.5, 0.6, 40)])
     fig = plot_fraction_curves(csv)
     ax = fig.axes[0]
     ys = {c.get_label(): list(c.lines[0].get_ydata()) for c in ax.containers}
     assert ys == {"mlvicx": [0.6, 0.7], "random": [0.5, 0.52]}
-    assert ax.get_title() == "linear probe"
+    assert ax.get_title() == "probe"
 
 
 def test_notebook_sources_have_one_plain_parameters_cell():

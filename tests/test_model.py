@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from mlvicx_core import MLVICX, PRESETS, get_preset, mlvicx_loss
+from mlvicx_core import MLVICX, get_preset, load_config, mlvicx_loss, preset_names
+
+PRESETS = preset_names()
+SIZE = {p: load_config(p).data.image_size for p in PRESETS}
 from mlvicx_core.multilevel import MultiLevelFusion
 
 
@@ -35,7 +38,8 @@ def test_output_shapes_per_preset(preset):
     cfg = get_preset(preset)
     torch.manual_seed(0)
     model = MLVICX(cfg).eval()
-    x = torch.rand(2, 1, cfg.image_size, cfg.image_size)
+    s = SIZE[preset]
+    x = torch.rand(2, 1, s, s)
     with torch.no_grad():
         emb = model(x)
         taps = model.taps(x)
@@ -44,7 +48,6 @@ def test_output_shapes_per_preset(preset):
         assert emb.multi.shape == (2, cfg.ml_projector[-1])
     else:
         assert emb.multi is None and model.fusion is None
-    s = cfg.image_size
     expected = {"stem": (64, s // 2), "layer1": (64, s // 4), "layer2": (128, s // 8),
                 "layer3": (256, s // 16), "layer4": (512, s // 32)}
     for level, (c, side) in expected.items():
@@ -70,7 +73,7 @@ def assert_rel_close(actual, expected, rel=1e-5):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_pooled_branch_equals_literal_definition(preset):
     cfg = get_preset(preset, multilevel=True)  # vicreg presets: test their would-be branch too
-    s = cfg.image_size
+    s = SIZE[preset]
     shapes = {"stem": (64, s // 2), "layer1": (64, s // 4), "layer2": (128, s // 8),
               "layer3": (256, s // 16), "layer4": (512, s // 32)}
     torch.manual_seed(1)
@@ -200,9 +203,21 @@ def test_imagenet_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         get_preset("huge")
-    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['lamda'\].*'lam'"):
+    with pytest.raises(ValueError, match=r"unknown model option\(s\) \['lamda'\].*'levels'"):
         get_preset("paper", lamda=2)
-    with pytest.raises(ValueError, match="levels="):
+    with pytest.raises(ValueError, match="model.levels="):
         get_preset("paper", levels=("layer5",))
-    with pytest.raises(ValueError, match="backbone="):
+    with pytest.raises(ValueError, match="model.levels=.*at most once"):
+        get_preset("paper", levels=("stem", "stem"))
+    with pytest.raises(ValueError, match="model.backbone="):
         get_preset("paper", backbone="vit")
+
+
+def test_projector_can_end_in_a_plain_linear_layer():
+    """projector_last_bn=False: official VICReg's projector (no BatchNorm after the last Linear)."""
+    m = MLVICX(get_preset("teaching", projector_last_bn=False))
+    assert isinstance(m.projector[-1], torch.nn.Linear) and isinstance(m.ml_projector[-1],
+                                                                      torch.nn.Linear)
+    kinds = [type(x).__name__ for x in m.projector]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert type(MLVICX("teaching").projector[-1]).__name__ == "BatchNorm1d"

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlvicx_core.experiments.results import METHODS, schedule
-from mlvicx_core.experiments.results_data import build_benchmarks
+from mlvicx_core.experiments.results import ENCODERS, SMOKE, main, schedule
 from mlvicx_core.experiments.results_report import compare, fmt
-from mlvicx_core.results_experiment import SMOKE, main
+
+METHODS = ENCODERS
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def smoke(tmp_path_factory):
     out, report = root / "out", root / "report"
     assert main(["--smoke", "--out", str(out), "--report", str(report)]) == 0
     runs = pd.read_csv(report / "results" / "runs.csv")
-    done = [(Path(d) / "done.json").is_file() for d in runs[runs.method != "random"].run_dir]
+    done = [(Path(d) / "done.json").is_file() for d in runs[runs.encoder != "random"].run_dir]
     shutil.rmtree(out / "runs")  # checkpoints: ~100 MB per run, not needed by the checks
     return {"out": out, "report": report, "md": (report / "RESULTS.md").read_text(),
             "csv": pd.read_csv(report / "results" / "results.csv"), "runs": runs, "done": done}
@@ -73,9 +73,9 @@ def test_smoke_writes_report_figures_and_csv(smoke):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     assert "![AUROC vs label fraction](figures/results_auroc.png)" in smoke["md"]
     assert "![Grad-CAM heatmaps](figures/results_gradcam.png)" in smoke["md"]
-    assert "python -m mlvicx_core.results_experiment --smoke" in smoke["md"]
+    assert "mlvicx results --smoke" in smoke["md"]
     df = smoke["csv"]
-    assert set(df.method) == set(METHODS)
+    assert set(df.encoder) == set(METHODS)
     assert "synthetic" in set(df.dataset)
     # AUROCs and CIs are proper: within [0, 1] and the point inside its interval
     a = df[(df.metric == "auroc") & np.isfinite(df.value)]
@@ -86,12 +86,12 @@ def test_smoke_writes_report_figures_and_csv(smoke):
 
 def test_every_pretraining_run_has_the_same_budget(smoke):
     runs = smoke["runs"]
-    trained = runs[runs.method != "random"]
-    assert set(trained.steps) == {SMOKE["steps"]}
+    trained = runs[runs.encoder != "random"]
+    assert set(trained.steps) == {SMOKE["train.max_steps"]}
     for ds, g in trained.groupby("dataset"):
         assert g.images.nunique() == 1, ds  # same images per run for every method
         assert len(g) == len(METHODS) - 1
-    assert (runs[runs.method == "random"].steps == 0).all()
+    assert (runs[runs.encoder == "random"].steps == 0).all()
     assert smoke["done"] and all(smoke["done"])  # every run finished through the engine
 
 
@@ -107,7 +107,7 @@ def test_main_table_equals_the_csv(smoke):
         ds, fr = row[0], float(row[1])
         seen.add((ds, fr))
         for m, cell in zip(methods, row[2:]):
-            vals = mean[(mean.dataset == ds) & (mean.fraction == fr) & (mean.method == m)].value
+            vals = mean[(mean.dataset == ds) & (mean.fraction == fr) & (mean.encoder == m)].value
             assert cell == reference_cell(vals.to_numpy()), (ds, fr, m)
     assert seen == expected_cells
 
@@ -120,7 +120,7 @@ def test_per_seed_ci_table_equals_the_csv(smoke):
         ds, fr, seed = row[0], float(row[1]), int(row[2])
         for m, cell in zip(methods, row[3:]):
             r = df[(df.dataset == ds) & (df.fraction == fr) & (df.seed == seed) &
-                   (df.method == m) & (df.finding == "mean") & (df.task == "probe")].iloc[0]
+                   (df.encoder == m) & (df.finding == "mean") & (df.task == "probe")].iloc[0]
             assert cell == f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
 
@@ -128,7 +128,7 @@ def test_closing_statement_equals_the_csv(smoke):
     df = smoke["csv"]
     mean = df[(df.task == "probe") & (df.finding == "mean") & (df.metric == "auroc") &
               np.isfinite(df.value)]
-    piv = mean.groupby(["dataset", "fraction", "method"]).value.mean().unstack()
+    piv = mean.groupby(["dataset", "fraction", "encoder"]).value.mean().unstack()
     d = (piv["mlvicx"] - piv["vicreg"]).dropna()
     text = smoke["md"]
     assert f"MLVICX was ahead at all in {(d > 0).sum()} of {len(d)};" in text
@@ -137,7 +137,7 @@ def test_closing_statement_equals_the_csv(smoke):
             in text)
     g = df[(df.task == "gradcam") & (df.dataset == "synthetic")]
     chance = g[g.metric == "chance_pointing"].groupby("finding").value.mean().mean()
-    pg = g[(g.metric == "pointing_game") & (g.method == "mlvicx")].groupby("finding").value.mean()
+    pg = g[(g.metric == "pointing_game") & (g.encoder == "mlvicx")].groupby("finding").value.mean()
     assert f"uniform-map chance {chance:.3f}" in text
     assert re.search(rf"mlvicx {pg.mean():.3f}[,.]", text)
 
@@ -160,9 +160,9 @@ def test_cell_format_and_comparison_arithmetic():
     # two cells; A beats B by 0.10 in cell 1 (tight seeds) and loses by 0.01 in cell 2
     for seed, (a1, b1, a2, b2) in enumerate([(0.80, 0.70, 0.60, 0.61), (0.82, 0.72, 0.62, 0.63)]):
         for m, v1, v2 in (("mlvicx", a1, a2), ("vicreg", b1, b2)):
-            rows += [{"dataset": "d", "fraction": 1.0, "method": m, "seed": seed, "task": "probe",
+            rows += [{"dataset": "d", "fraction": 1.0, "encoder": m, "seed": seed, "task": "probe",
                       "finding": "mean", "metric": "auroc", "value": v1},
-                     {"dataset": "d", "fraction": 0.1, "method": m, "seed": seed, "task": "probe",
+                     {"dataset": "d", "fraction": 0.1, "encoder": m, "seed": seed, "task": "probe",
                       "finding": "mean", "metric": "auroc", "value": v2}]
     c = compare(pd.DataFrame(rows), "mlvicx", "vicreg")
     assert (c["n"], c["wins"], c["claim"]) == (2, 1, 1)
@@ -173,6 +173,7 @@ def test_cell_format_and_comparison_arithmetic():
     assert (c["beyond_pos"], c["beyond_neg"]) == (1, 0)
 
 
-def test_unknown_dataset_is_named():
-    with pytest.raises(ValueError, match="'chexpert'"):
-        build_benchmarks(("chexpert",), {})
+def test_unknown_dataset_is_refused_by_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["--datasets", "chexpert"])
+    assert "invalid choice: 'chexpert'" in capsys.readouterr().err

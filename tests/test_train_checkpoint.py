@@ -4,9 +4,9 @@ import torch
 import torchvision
 from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
+from mlvicx_core import checkpoints as ckpt_mod
+from mlvicx_core.checkpoints import CheckpointManager, export_trunk, load_checkpoint
 from mlvicx_core.model import MLVICX
-from mlvicx_core.train import checkpoint as ckpt_mod
-from mlvicx_core.train.checkpoint import CheckpointManager, export_trunk, load_checkpoint
 from mlvicx_core.train.trainer import pretrain
 
 
@@ -24,7 +24,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", crashing_save)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(OSError, match=r"could not write .*step-00000002\.pt: simulated crash"):
         mgr.save(_state(2))
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
 
@@ -33,16 +33,57 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(load_checkpoint(first)["model"]["w"], torch.ones(3))
 
 
-def test_stale_temp_file_is_ignored_and_cleaned(tmp_path):
+def _dead_pid() -> int:
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # reaped: its pid names no live process (reuse within the test is vanishingly rare)
+    assert p.pid != os.getpid()
+    return p.pid
+
+
+def test_stale_temp_file_is_ignored_and_cleaned_before_the_next_write(tmp_path, monkeypatch):
+    import os
+
     mgr = CheckpointManager(tmp_path, keep_last=2)
     mgr.save(_state(1))
-    stale = tmp_path / ".step-00000009.pt.tmp4242"  # what a killed process leaves behind
+    stale = tmp_path / f".step-00000009.pt.tmp{_dead_pid()}"  # what a killed process leaves
     stale.write_bytes(b"garbage")
+    live = tmp_path / f".step-00000010.pt.tmp{os.getppid()}"  # a live writer's: left alone
+    live.write_bytes(b"in progress")
     assert mgr.latest().name == "step-00000001.pt"
+    seen = []
+    real_save = torch.save
+    # the stale file is gone *before* the new checkpoint is written (a full disk gets its space)
+    monkeypatch.setattr(ckpt_mod.torch, "save",
+                        lambda obj, f: (seen.append(stale.exists()), real_save(obj, f)))
     for s in (2, 3, 4):
         mgr.save(_state(s))
+    assert seen == [False, False, False]
     assert [p.name for p in mgr.checkpoints()] == ["step-00000003.pt", "step-00000004.pt"]
-    assert not stale.exists()
+    assert not stale.exists() and live.exists()
+
+
+def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path):
+    from mlvicx_core.checkpoints import CheckpointError
+
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    mgr.save(_state(1))
+    good = mgr.save(_state(2))
+    bad = mgr.save(_state(3))
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match=r"step-00000003\.pt is not a readable checkpoint.*"
+                                         r"falling back to .*step-00000002\.pt"):
+        path, state = mgr.load_latest()
+    assert path == good and state["step"] == 2
+    with pytest.raises(CheckpointError, match=r"step-00000003\.pt is not a readable checkpoint"):
+        load_checkpoint(bad)
+    for p in mgr.checkpoints():
+        p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no readable checkpoint in"):
+        mgr.load_latest()
 
 
 def _run(cfg, run_dir):

@@ -8,15 +8,10 @@ import yaml
 from train_helpers import TinyCXR, simple_augment, tiny_config
 
 from mlvicx_core.cli import SUBCOMMANDS, main
-from mlvicx_core.config import get_preset
-from mlvicx_core.train.runconfig import (
-    ConfigError,
-    apply_overrides,
-    config_hash,
-    load_config,
-    valid_keys,
-)
+from mlvicx_core.config import (ConfigError, apply_overrides, config_hash, get_preset, load_config,
+                                preset_names, valid_keys)
 from mlvicx_core.train.trainer import pretrain
+from mlvicx_core.variants import VARIANTS
 
 
 def test_paper_preset_is_the_method_recipe():
@@ -26,6 +21,13 @@ def test_paper_preset_is_the_method_recipe():
     assert (o.name, o.base_lr, o.weight_decay, o.momentum, o.trust_coefficient) == \
         ("lars", 0.2, 1e-6, 0.9, 0.001)
     assert (o.warmup_epochs, o.final_lr_ratio, t.batch_size, t.epochs) == (2.0, 0.001, 64, 300)
+    assert cfg.data.image_size == 224 and cfg.data.dataset == "nih" and cfg.data.split == "train"
+    a = cfg.aug  # METHOD.md section 4: the two asymmetric views
+    assert (a.crop_scale, a.flip_p, a.jitter_p, a.brightness, a.contrast) == \
+        ((0.08, 1.0), 0.5, 0.8, 0.4, 0.4)
+    assert (a.blur_p, a.blur_sigma, a.solarize_p) == ((1.0, 0.1), (0.1, 2.0), (0.0, 0.2))
+    assert (cfg.loss.lam, cfg.loss.sim_coeff, cfg.loss.std_coeff, cfg.loss.cov_coeff) == \
+        (1.0, 25.0, 25.0, 1.0)
 
 
 def test_teaching_preset_runs_on_the_synthetic_data():
@@ -33,47 +35,124 @@ def test_teaching_preset_runs_on_the_synthetic_data():
     assert cfg.model == get_preset("teaching") and cfg.data.dataset == "synthetic"
 
 
+def test_vicreg_presets_are_the_variant_on_top_of_their_base():
+    assert {"paper", "teaching", "vicreg", "vicreg-teaching"} <= set(preset_names())
+    for preset, base in (("vicreg", "paper"), ("vicreg-teaching", "teaching")):
+        cfg = load_config(preset)
+        assert cfg.preset == preset
+        assert cfg.model == dataclasses.replace(get_preset(base), multilevel=False,
+                                                context_bottleneck=False)
+        assert cfg.model == get_preset(preset)
+        assert dataclasses.replace(cfg, preset="x") == dataclasses.replace(
+            apply_overrides(load_config(base), VARIANTS["vicreg"]), preset="x")
+
+
+def test_pretrain_vicreg_preset_dry_run(capsys):
+    assert main(["pretrain", "--preset", "vicreg", "--dry-run"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
+    assert resolved["model"]["multilevel"] is False and resolved["data"]["image_size"] == 224
+    assert main(["pretrain", "--variant", "mlvicx-no-cb", "--dry-run"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
+    assert resolved["model"]["context_bottleneck"] is False and resolved["model"]["multilevel"]
+
+
 def test_overrides_are_typed():
     cfg = apply_overrides(load_config("teaching"), [
         "train.epochs=3", "optim.base_lr=1", "model.projector=[64, 64]", "optim.grad_clip=1.5",
-        "data.root=/some/where", "train.amp=false"])
+        "data.root=/some/where", "train.amp=false", "aug.crop_scale=[0.5, 1]",
+        "aug.blur_p=[0, 0]"])
     assert cfg.train.epochs == 3 and cfg.optim.base_lr == 1.0 and isinstance(cfg.optim.base_lr,
                                                                               float)
     assert cfg.model.projector == (64, 64) and cfg.optim.grad_clip == 1.5
     assert cfg.data.root == "/some/where" and cfg.train.amp is False
-    with pytest.raises(ConfigError, match=r"train\.epochs='three'"):
+    assert cfg.aug.crop_scale == (0.5, 1.0) and cfg.aug.blur_p == (0.0, 0.0)
+    with pytest.raises(ConfigError, match=r"train\.epochs='three': expected an integer"):
         apply_overrides(cfg, ["train.epochs=three"])
     with pytest.raises(ConfigError, match=r"train\.amp=1: expected true or false"):
         apply_overrides(cfg, ["train.amp=1"])
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides(cfg, ["train.epochs"])
-    with pytest.raises(ConfigError, match="model: backbone='vgg'"):
+    with pytest.raises(ConfigError, match=r"model\.backbone='vgg': expected 'resnet18' or"):
         apply_overrides(cfg, ["model.backbone=vgg"])
+
+
+@pytest.mark.parametrize("override, message", [
+    # keys whose default is None are checked from their annotation too
+    ("train.max_steps=2.5", r"train\.max_steps=2\.5: expected an integer or null"),
+    ("train.max_steps=true", r"train\.max_steps=True: expected an integer or null"),
+    ("train.max_steps=abc", r"train\.max_steps='abc': expected an integer or null"),
+    ("train.max_steps=0", r"train\.max_steps=0: expected every value >= 1"),
+    ("model.projector=[0]", r"model\.projector=\[0\]: expected every value >= 1"),
+    ("model.projector=[-4,8]", r"model\.projector=\[-4, 8\]: expected every value >= 1"),
+    ("model.projector=[a,b]", r"model\.projector=\['a', 'b'\]: expected a list of an integer"),
+    ("model.projector=[]", r"model\.projector=\(\): expected at least one layer width"),
+    ("optim.betas=[0.9]", r"optim\.betas=\[0\.9\]: expected a list of 2 values"),
+    ("optim.betas=[2,3]", r"optim\.betas=\[2, 3\]: expected every value < 1"),
+    ("optim.weight_decay=-1", r"optim\.weight_decay=-1: expected every value >= 0"),
+    ("optim.base_lr=.nan", r"optim\.base_lr=nan: expected a number"),
+    ("optim.base_lr=.inf", r"optim\.base_lr=inf: expected a finite number"),
+    ("optim.name=adam", r"optim\.name='adam': expected 'lars' or 'adamw' or 'sgd'"),
+    ("train.device=tpu", r"train\.device='tpu': expected auto, cpu, cuda, cuda:<n> or mps"),
+    ("data.image_size=7", r"data\.image_size=7: expected every value >= 8"),
+    ("data.image_size=-3", r"data\.image_size=-3: expected every value >= 8"),
+    ("data.image_size=abc", r"data\.image_size='abc': expected an integer"),
+    ("data.image_size=[64]", r"data\.image_size=\[64\]: expected an integer"),
+    ("data.root=5", r"data\.root=5: expected a string or null"),
+    ("train.run_name=[a]", r"train\.run_name=\['a'\]: expected a string or null"),
+    ("loss.lam=-1", r"loss\.lam=-1: expected every value >= 0"),
+    ("loss.sim_coeff=-25", r"loss\.sim_coeff=-25: expected every value >= 0"),
+    ("model.levels=[stem,stem]", r"model\.levels=.*expected each tap at most once"),
+    ("model.levels=[layer5]", r"model\.levels=\['layer5'\]: expected a list of 'stem' or"),
+    ("aug.crop_scale=[0.9,0.5]", r"aug\.crop_scale=\(0\.9, 0\.5\): expected \[min, max\]"),
+    ("aug.blur_kernel=4", r"aug\.blur_kernel=4: expected an odd kernel side"),
+    ("data.split_fractions=[0.5,0.5,0.5]", r"data\.split_fractions=.*summing to 1"),
+    ("eval.tasks=[probe,clip]", r"eval\.tasks=\['probe', 'clip'\]: expected a list of 'probe'"),
+    ("model.lam=0.5", r"unknown config key 'model\.lam'"),
+    ("model.image_size=64", r"unknown config key 'model\.image_size'"),
+])
+def test_bad_values_name_the_key_and_the_expectation(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(load_config("teaching"), [override])
+
+
+def test_yaml_1_1_floats_are_numbers():
+    cfg = apply_overrides(load_config("teaching"), ["optim.base_lr=1e-3", "optim.weight_decay=1.0e6"])
+    assert cfg.optim.base_lr == 1e-3 and cfg.optim.weight_decay == 1e6
 
 
 def test_config_hash_tracks_only_what_changes_the_weights():
     cfg = load_config("teaching")
     same = apply_overrides(cfg, ["train.out_dir=/elsewhere", "train.progress=false",
-                                 "data.num_workers=4"])
+                                 "data.num_workers=4", "train.max_steps=7", "eval.n_boot=3",
+                                 "train.eval_every=5"])
     assert config_hash(same) == config_hash(cfg)
-    assert config_hash(apply_overrides(cfg, ["model.lam=0.5"])) != config_hash(cfg)
-    assert config_hash(apply_overrides(cfg, ["train.seed=1"])) != config_hash(cfg)
+    for change in ("loss.lam=0.5", "train.seed=1", "aug.crop_scale=[0.5,1]", "data.length=99"):
+        assert config_hash(apply_overrides(cfg, [change])) != config_hash(cfg), change
 
 
 def test_unknown_key_lists_valid_keys(capsys):
     assert main(["pretrain", "--set", "train.epoch=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'train.epoch'" in err
-    for key in ("train.epochs", "model.lam", "optim.base_lr", "data.root"):
+    for key in ("train.epochs", "loss.lam", "aug.blur_p", "optim.base_lr", "data.root",
+                "eval.fractions"):
         assert f"  {key}\n" in err
     assert len(valid_keys()) == err.count("\n  ")
+
+
+def test_keys_lists_every_key_with_its_type(capsys):
+    assert main(["pretrain", "--keys"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(valid_keys())
+    line = next(x for x in out if x.startswith("aug.crop_scale"))
+    assert "a list of 2 values [a number, a number]; default [0.08, 1.0]" in line
 
 
 def test_missing_data_root_names_path_and_expectation(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["pretrain", "--set", "data.dataset=folder", "--set", f"data.root={missing}"]) == 2
     err = capsys.readouterr().err
-    assert str(missing) in err and "expected a folder of radiographs (.png" in err
+    assert str(missing) in err and "expected a folder of radiographs (PNG" in err
     assert main(["pretrain", "--set", "data.dataset=folder"]) == 2
     assert "needs data.root" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -84,9 +163,24 @@ def test_missing_data_root_names_path_and_expectation(tmp_path, capsys):
     assert "'folder', 'nih'" in capsys.readouterr().err
 
 
+def test_bad_yaml_files_are_named(tmp_path, capsys):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    assert main(["pretrain", "--preset", str(path)]) == 2
+    assert f"{path}: expected a mapping of sections at the top level, got list" in \
+        capsys.readouterr().err
+    path.write_text("train: 3\n")
+    assert main(["pretrain", "--preset", str(path)]) == 2
+    assert f"{path}: section 'train': expected a mapping" in capsys.readouterr().err
+    path.write_text("train: {epochs: [1]}\n")
+    assert main(["pretrain", "--preset", str(path)]) == 2
+    assert f"{path}: train.epochs=[1]: expected an integer" in capsys.readouterr().err
+
+
 def test_unknown_preset_lists_presets(capsys):
     assert main(["pretrain", "--preset", "huge"]) == 2
-    assert "expected one of ['paper', 'teaching']" in capsys.readouterr().err
+    assert "expected one of ['paper', 'teaching', 'vicreg', 'vicreg-teaching']" in \
+        capsys.readouterr().err
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
@@ -94,18 +188,37 @@ def test_dry_run_prints_the_resolved_config(capsys):
     out = capsys.readouterr().out
     resolved = yaml.safe_load(out.split("\n", 1)[1])
     assert resolved["train"]["epochs"] == 1 and resolved["optim"]["name"] == "lars"
-    assert resolved["model"]["image_size"] == 224
+    assert resolved["data"]["image_size"] == 224
 
 
-def test_yaml_file_preset(tmp_path):
+def test_yaml_file_preset_with_base_and_variant(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("model: {preset: teaching, lam: 0.25}\ntrain: {epochs: 2}\n")
+    path.write_text("base: teaching\nvariant: mlvicx-frozen\nloss: {lam: 0.25}\n"
+                    "aug: {crop_scale: [0.6, 1.0]}\ntrain: {epochs: 2}\n")
     cfg = load_config(str(path))
-    assert cfg.model == dataclasses.replace(get_preset("teaching"), lam=0.25)
+    assert cfg.model == dataclasses.replace(get_preset("teaching"), freeze_lateral=True)
+    assert cfg.loss.lam == 0.25 and cfg.aug.crop_scale == (0.6, 1.0)
     assert cfg.train.epochs == 2 and cfg.preset == "mine"
     path.write_text("train: {epochz: 2}\n")
     with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):
         load_config(str(path))
+    path.write_text("base: mine\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(str(path))
+
+
+def test_augmentation_keys_reach_the_augmenter(tmp_path):
+    from mlvicx_core.train.trainer import default_augment
+
+    cfg = apply_overrides(load_config("teaching"), ["aug.crop_scale=[1,1]", "aug.flip_p=0",
+                                                    "aug.jitter_p=0", "aug.blur_p=[0,0]",
+                                                    "aug.solarize_p=[0,0]"])
+    aug = default_augment(cfg)
+    assert aug.view1.scale == (1.0, 1.0) and aug.view2.blur_p == 0.0
+    images = torch.rand(3, 1, 64, 64)
+    a, b = aug(images, generator=torch.Generator().manual_seed(0))
+    # every random op is off: both views are the image (a full-size crop resized to itself)
+    assert torch.equal(a, images) and torch.equal(b, images)
 
 
 def test_export_trunk_command(tmp_path, capsys):
@@ -120,14 +233,15 @@ def test_export_trunk_command(tmp_path, capsys):
 
 
 def test_subcommands_are_registered():
-    assert {"pretrain", "demo", "export-trunk"} <= set(SUBCOMMANDS)
+    assert {"pretrain", "demo", "evaluate", "results", "export-trunk"} <= set(SUBCOMMANDS)
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    sets = ["data.length=16", "data.image_size=64", "train.batch_size=8", "train.epochs=1", "train.tensorboard=false",
-            "train.progress=false", "model.image_size=32", "model.projector=[32,32]",
+    sets = ["data.length=16", "train.batch_size=8", "train.max_steps=2",
+            "train.tensorboard=false", "train.progress=false", "model.projector=[32,32]",
             "model.ml_projector=[32,32]", "model.fusion_size=8", "model.fusion_channels=16",
-            "model.pool_size=2", "train.diag_every=1"]
+            "model.pool_size=2", "train.diag_every=1", "train.eval_every=1",
+            "train.probe_images=16", "eval.split_sizes=[24,8,16]", "eval.n_boot=20"]
     argv = ["demo", "--out", str(tmp_path / "demo")]
     for s in sets:
         argv += ["--set", s]
@@ -135,6 +249,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     run = tmp_path / "demo" / "teaching"
     assert "trained 2 steps" in out and f"Results are in {run}" in out
+    assert "random init" in out and "pretrained" in out and "over random init" in out
     assert (run / "training.png").stat().st_size > 10_000 and (run / "trunk.pt").is_file()
+    assert (run / "probe.png").is_file() and (run / "probe" / "results.csv").is_file()
     assert main(argv) == 0
     assert "reused the finished run" in capsys.readouterr().out

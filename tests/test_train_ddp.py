@@ -22,8 +22,8 @@ from torch import nn
 
 from mlvicx_core.model import Embeddings
 from mlvicx_core.train import distributed
-from mlvicx_core.train.runconfig import apply_overrides, load_config
-from mlvicx_core.train.trainer import TwoViews, loss_terms
+from mlvicx_core.config import apply_overrides, load_config
+from mlvicx_core.train.step import TwoViews, loss_terms
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, WORLD = 12, 2
@@ -50,7 +50,7 @@ def _inputs():
 
 
 def _config():
-    return apply_overrides(load_config("teaching"), {"model.lam": 0.7})
+    return apply_overrides(load_config("teaching"), {"loss.lam": 0.7}).loss
 
 
 def _worker(rank, init_file, out_dir):
@@ -123,7 +123,7 @@ def _write_images(root: Path, n: int):
         Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / f"{i:03d}.png")
 
 
-TINY_SETS = ["model.image_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
+TINY_SETS = ["data.image_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
              "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
              "train.batch_size=8", "train.progress=false", "train.tensorboard=false"]
 

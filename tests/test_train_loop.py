@@ -7,10 +7,10 @@ from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
 from mlvicx_core.loss import mlvicx_loss
 from mlvicx_core.model import MLVICX
-from mlvicx_core.train.checkpoint import CheckpointManager, load_checkpoint
+from mlvicx_core.checkpoints import CheckpointManager, load_checkpoint
+from mlvicx_core.config import ConfigError
 from mlvicx_core.train.metrics import read_metrics
 from mlvicx_core.train.optim import build_optimizer
-from mlvicx_core.train.runconfig import ConfigError
 from mlvicx_core.train.runs import train_or_load
 from mlvicx_core.train.trainer import NonFiniteLossError, pretrain
 
@@ -18,7 +18,7 @@ TERMS = ("loss", "invariance", "variance", "covariance")
 
 
 def test_metrics_hold_every_term_and_diagnostics(tmp_path):
-    cfg = tiny_config(tmp_path, **{"train.max_steps": 3, "model.lam": 0.5,
+    cfg = tiny_config(tmp_path, **{"train.max_steps": 3, "loss.lam": 0.5,
                                    "train.tensorboard": True})
     res = pretrain(cfg, dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "r")
     df = read_metrics(res.run_dir)
@@ -95,32 +95,39 @@ def test_train_or_load_reuses_a_finished_run(tmp_path):
     assert again.run_dir == first.run_dir and again.losses == [] and again.step == 2
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
-    other = train_or_load(tiny_config(tmp_path, **{"train.max_steps": 1}), dataset=TinyCXR(32),
-                          augment=simple_augment)
-    assert other.run_dir != first.run_dir and len(other.losses) == 1
+    # max_steps is not part of the run's identity: asking for more continues the same run ...
+    more = train_or_load(tiny_config(tmp_path, **{"train.max_steps": 3}), dataset=TinyCXR(32),
+                         augment=simple_augment)
+    assert more.run_dir == first.run_dir and more.step == 3 and len(more.losses) == 1
+    straight = train_or_load(tiny_config(tmp_path / "s", **{"train.max_steps": 3}),
+                             dataset=TinyCXR(32), augment=simple_augment)
+    assert straight.losses == first.losses + more.losses  # ... exactly as one run of 3 steps
+    # ... and asking for fewer than a finished run holds is refused (it cannot be rewound)
+    with pytest.raises(ConfigError, match="trained to step 3.*asks for 1"):
+        train_or_load(tiny_config(tmp_path, **{"train.max_steps": 1}))
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, **{"train.max_steps": 1})
     pretrain(cfg, dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "r")
-    changed = tiny_config(tmp_path, **{"train.max_steps": 2, "model.lam": 0.5})
-    with pytest.raises(ConfigError, match=r"model\.lam"):
+    changed = tiny_config(tmp_path, **{"train.max_steps": 2, "loss.lam": 0.5})
+    with pytest.raises(ConfigError, match=r"differs in \['loss\.lam'\]"):
         pretrain(changed, dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "r")
 
 
 def test_concurrent_train_or_load_trains_once(tmp_path, monkeypatch):
     import threading
 
-    from mlvicx_core.train import runs
+    from mlvicx_core.train import trainer
 
     calls = []
-    real = runs.pretrain
+    real = trainer.pretrain
 
     def counting(*args, **kwargs):
         calls.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs, "pretrain", counting)
+    monkeypatch.setattr(trainer, "pretrain", counting)
     cfg = tiny_config(tmp_path, **{"train.max_steps": 2})
     results = {}
 

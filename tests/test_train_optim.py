@@ -75,8 +75,12 @@ def test_adamw_groups_have_no_decay_on_excluded():
     opt = build_optimizer(m, "adamw", lr=1e-3, weight_decay=0.05)
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
-    with pytest.raises(ValueError, match="optim.name='sgd'"):
-        build_optimizer(m, "sgd", lr=1e-3, weight_decay=0.0)
+    sgd = build_optimizer(m, "sgd", lr=1e-3, weight_decay=0.05, momentum=0.8)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert [(g["weight_decay"], g["momentum"]) for g in sgd.param_groups] == [(0.05, 0.8),
+                                                                               (0.0, 0.8)]
+    with pytest.raises(ValueError, match="optim.name='adam'"):
+        build_optimizer(m, "adam", lr=1e-3, weight_decay=0.0)
 
 
 def test_peak_lr_linear_scaling():

@@ -6,15 +6,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from mlvicx_core.config import get_preset
+from mlvicx_core.config import Config, apply_overrides, get_preset, load_config
 from mlvicx_core.data.base import CXRDataset
-from mlvicx_core.train.runconfig import TrainConfig, apply_overrides, load_config
 
 # `make test` runs two pytest workers on two cores: one intra-op thread per worker avoids the
 # oversubscription that made these tests ~5x slower on a loaded machine.
 torch.set_num_threads(1)
 
-TINY_MODEL = get_preset("teaching", image_size=32, projector=(32, 32), ml_projector=(32, 32),
+TINY_MODEL = get_preset("teaching", projector=(32, 32), ml_projector=(32, 32),
                         fusion_size=8, fusion_channels=16, pool_size=2)
 
 
@@ -45,12 +44,13 @@ def simple_augment(images: torch.Tensor, generator: torch.Generator | None = Non
     return (images * gain).clamp(0, 1), (images.flip(-1) + noise).clamp(0, 1)
 
 
-def tiny_config(tmp_path, **overrides) -> TrainConfig:
+def tiny_config(tmp_path, **overrides) -> Config:
     """Teaching preset with the tiny model, batch 8, no progress bar or TensorBoard, in tmp_path."""
     base = {
         "train.batch_size": 8, "train.epochs": 2, "train.progress": False,
         "train.tensorboard": False, "train.out_dir": str(tmp_path), "train.diag_every": 2,
         "train.ckpt_every": 100, "optim.warmup_epochs": 1, "data.length": 32,
+        "data.image_size": 32,
     }
     base.update(overrides)
     cfg = load_config("teaching")

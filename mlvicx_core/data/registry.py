@@ -19,7 +19,8 @@ Built in:
 ========================  ===================================================================
 ``synthetic``             the embedded phantom (no files); its splits are patient-disjoint by
                           construction; ``length`` required (default 2048)
-``folder``                every radiograph below ``root`` (PNG, JPEG, TIFF, DICOM), unlabelled
+``folder``                every radiograph below ``root`` (PNG, JPEG, TIFF, DICOM), unlabelled:
+                          pretraining data only, so ``train`` and ``all`` are every file
 ``nih``                   NIH ChestX-ray14 PNGs below ``root`` (any subset), labels from the NIH
                           table in ``root``/its ``../labels`` or the copy in torchxrayvision
 ``pneumoniamnist``,       MedMNIST ``<flag>.npz`` in ``root`` (official splits)
@@ -29,6 +30,9 @@ Built in:
 ========================  ===================================================================
 
 Adding a dataset is one :func:`register_dataset` call (a builder taking the keyword arguments above).
+A name of the form ``package.module:callable`` (e.g. ``--set data.dataset=mypkg.data:make``) is
+imported and called with those keyword arguments too, without registering it; a builder for a
+dataset without an official split can use :func:`split_subset`.
 """
 from __future__ import annotations
 
@@ -73,18 +77,14 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str = "tr
                   on_error: str = "raise", labelled: bool = True, in_memory: bool = False
                   ) -> CXRDataset:
     """The registered dataset ``name`` (see the module docstring); ``in_memory`` reads it once."""
-    if name not in DATASETS:
-        raise DatasetError(f"data.dataset={name!r} is not registered: expected one of "
-                           f"{sorted(DATASETS)} (add one with "
-                           "mlvicx_core.data.registry.register_dataset)")
     if split not in SPLIT_NAMES:
         raise DatasetError(f"split={split!r}: expected one of {SPLIT_NAMES}")
-    builder, needs = DATASETS[name]
+    builder, needs = _lookup(name)
     spec: dict[str, Any] = dict(split=split, image_size=int(image_size), length=length,
                                 seed=int(seed), fractions=tuple(fractions), on_error=on_error,
                                 labelled=labelled)
-    if needs:
-        spec["root"] = _root(name, root, needs)
+    spec["root"] = _root(name, root, needs) if needs else (
+        Path(root).expanduser() if root is not None else None)
     try:
         dataset = builder(**spec)
     except FileNotFoundError as err:
@@ -94,6 +94,34 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str = "tr
     elif in_memory:
         dataset = seeded_subset(dataset, None, seed, in_memory=True)
     return dataset
+
+
+def _lookup(name: str) -> tuple[Builder, str]:
+    if name in DATASETS:
+        return DATASETS[name]
+    module, sep, attr = name.partition(":")
+    if sep and module and attr:
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(module), attr), ""
+        except (ImportError, AttributeError) as err:
+            raise DatasetError(f"data.dataset={name!r}: cannot import {attr} from {module} "
+                               f"({err})") from None
+    raise DatasetError(f"data.dataset={name!r} is not registered: expected one of "
+                       f"{sorted(DATASETS)} or package.module:callable (add one with "
+                       "mlvicx_core.data.registry.register_dataset)")
+
+
+def split_subset(dataset: CXRDataset, split: str, fractions=(0.7, 0.1, 0.2), seed: int = 0):
+    """``dataset`` restricted to ``split`` by the patient rule of :mod:`mlvicx_core.data.splits`
+    (``"all"``: the dataset itself)."""
+    from .splits import select_split
+    from .subset import Subset
+
+    if split == "all":
+        return dataset
+    return Subset(dataset, select_split(dataset.patient_ids, split, fractions, seed))
 
 
 def dataset_from_config(data, split: str | None = None, length: int | None = -1,
@@ -140,9 +168,12 @@ def _synthetic(*, split, image_size, length, seed, labelled, **_):
                         seed=seed, split=None if split == "all" else split, labelled=labelled)
 
 
-def _folder(*, root, image_size, on_error, **_):
+def _folder(*, root, split, image_size, on_error, **_):
     from .folder import ImageFolderDataset
 
+    if split in ("val", "test"):
+        raise DatasetError(f"data.dataset='folder' is unlabelled pretraining data: it has no "
+                           f"{split!r} split to evaluate on")
     return ImageFolderDataset(root, image_size=image_size, on_error=on_error)
 
 

@@ -14,6 +14,8 @@ stays flat over any number of images.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -154,3 +156,27 @@ def localisation_eval(classifier: nn.Module, dataset, finding: int, *, tap: str 
                                             for r in regions_arr]))
     out["chance_energy"] = float(regions_arr.mean())
     return out
+
+
+def cam_gallery(classifier, images, findings: list[str], tap: str, path: str | Path):
+    """Rows: findings; columns: ``images`` (N, 1, S, S); each cell the Grad-CAM of that finding's
+    logit at ``tap`` over the image. Saved to ``path`` (PNG); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(len(findings), n, figsize=(2 * n, 2 * len(findings)), squeeze=False)
+    for k, f in enumerate(findings):
+        maps = finding_cams(classifier, images, k, tap)
+        for j, ax in enumerate(axes[k]):
+            ax.imshow(overlay(images[j, 0].numpy(), maps[j]))
+            ax.set_axis_off()
+            ax.set_title(f if j == 0 else "", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

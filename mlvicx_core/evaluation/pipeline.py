@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import EvalConfig
+from ..config import ConfigError, EvalConfig
 from ..data.splits import label_fraction
 from ..data.subset import Subset
 from .embeddings import TRUNK_KINDS, extract_features
@@ -54,17 +54,17 @@ def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] |
     """Refuse inconsistent settings before any work (each message names the key)."""
     missing = [s for s in ("train", "val", "test") if s not in splits]
     if missing:
-        raise ValueError(f"evaluation needs the splits train, val and test; missing {missing}")
+        raise ConfigError(f"evaluation needs the splits train, val and test; missing {missing}")
     if "gradcam" in config.tasks and config.features not in TRUNK_KINDS[:1]:
-        raise ValueError("eval.tasks has 'gradcam', which explains a probe on the pooled trunk: "
+        raise ConfigError("eval.tasks has 'gradcam', which explains a probe on the pooled trunk: "
                          "set eval.features=trunk")
     if "gradcam" in config.tasks and "probe" not in config.tasks:
-        raise ValueError("eval.tasks has 'gradcam', which explains the linear probe: add 'probe'")
+        raise ConfigError("eval.tasks has 'gradcam', which explains the linear probe: add 'probe'")
     if "umap" in config.tasks and config.colour_by:
         columns = colour_columns if colour_columns is not None else colour_choices(splits["test"])
         bad = [c for c in config.colour_by if c not in columns]
         if bad:
-            raise ValueError(f"eval.colour_by={list(config.colour_by)}: {bad} unknown; expected "
+            raise ConfigError(f"eval.colour_by={list(config.colour_by)}: {bad} unknown; expected "
                              f"findings or metadata columns of the test split: {columns}")
 
 
@@ -245,7 +245,7 @@ class Evaluation:
         return rows
 
     def gradcam_gallery(self, clf) -> Path:
-        from ..viz.figures import cam_gallery
+        from .gradcam import cam_gallery
 
         images = torch.stack([self.localisation[i]["image"]
                               for i in range(min(4, len(self.localisation)))])
@@ -282,9 +282,6 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
     each encoder's tasks (its features, its full-label probe and ``classifier()`` are there)."""
     from .report import write_results
 
-    bad = sorted(set(config.tasks) - set(TASKS))
-    if bad:
-        raise ValueError(f"eval.tasks {bad}: expected some of {TASKS}")
     check_settings(config, splits)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -295,6 +292,8 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
         if isinstance(model, str):
             rows.append(row(dataset=dataset, encoder=name, seed=config.seed, task="all",
                             note=f"skipped: {model}"))
+            if out is not None:
+                write_results(rows, out)
             continue
         ev = Evaluation(name, model, splits, config, dataset, out, localisation)
         for task in order:

@@ -80,5 +80,6 @@ def write_results(rows: list[dict], out_dir: str | Path, name: str = "results") 
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """A results CSV written by :func:`write_results`."""
-    return pd.read_csv(path)
+    """A results CSV (:func:`write_results`) with every row column present (missing ones empty)."""
+    frame = pd.read_csv(path)
+    return frame.reindex(columns=list(dict.fromkeys([*ROW_COLUMNS, *frame.columns])))

@@ -22,14 +22,13 @@ from .probe import fit_linear_probe
 from .trunk import Trunk
 
 
-def probe_classifier(model, dataset, split: dict[str, np.ndarray], cache_dir=None) -> Classifier:
-    """The frozen trunk of ``model`` with a linear probe (fitted on ``split['train']``, its ``C``
-    chosen on ``split['val']``) as head: a classifier Grad-CAM can explain, in eval mode."""
-    feats = extract_features(model, dataset, "trunk", cache_dir=cache_dir)
-    labels = np.asarray(dataset.labels, dtype=np.float64)
-    tr, va = split["train"], split["val"]
-    probe = fit_linear_probe(feats.x[tr], labels[tr], feats.x[va], labels[va])
-    clf = Classifier(Trunk(model), len(dataset.findings), head=probe.as_torch_head())
+def probe_classifier(model, splits: dict, cache_dir=None) -> Classifier:
+    """The frozen trunk of ``model`` with a linear probe (fitted on ``splits['train']``, its ``C``
+    chosen on ``splits['val']``) as head: a classifier Grad-CAM can explain, in eval mode."""
+    tr = extract_features(model, splits["train"], "trunk", cache_dir=cache_dir)
+    va = extract_features(model, splits["val"], "trunk", cache_dir=cache_dir)
+    probe = fit_linear_probe(tr.x, tr.labels, va.x, va.labels)
+    clf = Classifier(Trunk(model), len(splits["train"].findings), head=probe.as_torch_head())
     return clf.eval()
 
 

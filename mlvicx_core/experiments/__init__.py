@@ -8,9 +8,9 @@
 - ``collapse_toy``: collapse in miniature (a toy encoder with and without the variance term).
 """
 from .sweeps import (check_dataset, collect_results, diagnostics_table, eval_config, eval_splits,
-                     label_fraction_table, point_folder, pretrain_config, run_sweep, sweep_grid)
+                     held_out, label_fraction_table, point_folder, pretrain_config, run_sweep, sweep_grid)
 
 __all__ = [
     "check_dataset", "collect_results", "diagnostics_table", "eval_config", "eval_splits",
-    "label_fraction_table", "point_folder", "pretrain_config", "run_sweep", "sweep_grid",
+    "held_out", "label_fraction_table", "point_folder", "pretrain_config", "run_sweep", "sweep_grid",
 ]

@@ -23,6 +23,7 @@ import pandas as pd
 from ..config import LEVELS, Config, EvalConfig, load_config
 from ..data.registry import DATASETS as REGISTRY
 from ..data.registry import build_dataset
+from ..evaluation.report import read_results
 from ..variants import VARIANTS, variant_overrides
 
 
@@ -101,6 +102,16 @@ def eval_splits(dataset: str = "synthetic", data_root: str | None = None, image_
             for s, n in zip(("train", "val", "test"), sizes)}
 
 
+def held_out(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
+             length: int = 400, seed: int = 0):
+    """Labelled images of patients never pretrained on, in memory: the test split (``length``
+    synthetic radiographs; every test image of another dataset)."""
+    root = check_dataset(dataset, data_root)
+    return build_dataset(dataset, root=root, split="test", image_size=int(image_size),
+                         length=int(length) if dataset == "synthetic" else None, seed=int(seed),
+                         in_memory=True)
+
+
 def sweep_grid(lams: Sequence[float] = (), level_sets: Sequence[Sequence[str]] = (),
                bottleneck_off: bool = True, vicreg: bool = True) -> dict[str, dict[str, Any]]:
     """Named one-factor-at-a-time grid points around the default MLVICX (lambda 1, all taps, gates).
@@ -172,7 +183,7 @@ def collect_results(csvs: dict[str, Path], tasks: Sequence[str] = ("probe", "knn
     """One row per (grid point, encoder, task, fraction): the ``finding`` AUROC with its CI."""
     frames = []
     for name, csv in csvs.items():
-        df = pd.read_csv(csv)
+        df = read_results(csv)
         df = df[df["task"].isin(tasks) & (df["finding"] == finding) & (df["metric"] == "auroc")]
         frames.append(df.assign(point=name))
     if not frames:
@@ -184,7 +195,7 @@ def collect_results(csvs: dict[str, Path], tasks: Sequence[str] = ("probe", "knn
 def label_fraction_table(results_csv: str | Path, finding: str = "mean") -> pd.DataFrame:
     """Readable pivot of a read-out ``results.csv``: rows (task, encoder), columns label fraction,
     cells ``AUROC [low, high]`` (and the chosen ``k`` for kNN)."""
-    df = pd.read_csv(results_csv)
+    df = read_results(results_csv)
     df = df[(df["finding"] == finding) & (df["metric"] == "auroc")].copy()
     df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" + ("" if pd.isna(k) else f" k={int(k)}")
                   for v, lo, hi, k in zip(df["value"], df["ci_low"], df["ci_high"], df["k"])]

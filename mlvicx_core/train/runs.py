@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 
 try:  # POSIX; elsewhere one run folder is not protected against a second process
@@ -38,7 +39,9 @@ def run_dir_for(config: Config) -> Path:
     return Path(config.train.out_dir) / name
 
 
-_HELD: dict[str, int] = {}  # folders this process holds (the lock is re-entrant per process)
+# (folder, thread) pairs holding the lock: re-entrant within one thread (train_or_load -> pretrain),
+# exclusive between threads and processes (flock locks of separate open() calls conflict)
+_HELD: dict[tuple[str, int], int] = {}
 
 
 @contextlib.contextmanager
@@ -47,7 +50,7 @@ def RunLock(folder: str | Path, wait: bool = False):
     process holds it, ``wait=True`` blocks until it is free."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = str(folder.resolve())
+    key = (str(folder.resolve()), threading.get_ident())
     if key in _HELD or fcntl is None:
         _HELD[key] = _HELD.get(key, 0) + 1
         try:

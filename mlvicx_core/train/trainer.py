@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import CheckpointManager, export_trunk, load_weights
-from ..config import Config, ConfigError, config_hash, diff_keys, from_dict
+from ..config import NON_RESULT_KEYS, Config, ConfigError, config_hash, diff_keys, from_dict
 from ..devices import select_device
 from ..model import MLVICX
 from . import distributed
@@ -172,7 +172,8 @@ def _check_resume_config(saved: dict, config: Config, path: Path) -> None:
         raise ConfigError(f"{path} was written with a configuration this kit cannot read ({err}); "
                           "use another train.run_name / train.out_dir") from None
     if config_hash(old) != config_hash(config):
-        keys = [k for k in diff_keys(old, config) if not k.startswith("eval.")]
+        keys = [k for k in diff_keys(old, config)
+                if not k.startswith("eval.") and k not in NON_RESULT_KEYS]
         raise ConfigError(
             f"{path} was written by a run with a different configuration (differs in {keys}); "
             "resume with the same configuration or use another train.run_name / train.out_dir")

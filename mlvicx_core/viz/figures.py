@@ -7,7 +7,6 @@ Every function draws one figure and returns it (the notebook shows it; ``fig.sav
 - :func:`plot_cam_grid`: Grad-CAM overlays, rows images, columns taps, true lesion outlined.
 - :func:`plot_pointing`: pointing-game hit rate per tap and encoder against the chance level.
 - :func:`plot_sweep`: one bar (with CI) per sweep point.
-- :func:`cam_gallery`: Grad-CAM overlays of a few images for every finding, saved to a file.
 """
 from __future__ import annotations
 
@@ -160,25 +159,3 @@ def plot_sweep(table: pd.DataFrame, fraction: float | None = None):
     lo = float(np.nanmin(d["ci_low"])) if len(d) else 0.4
     ax.set_xlim(min(0.4, lo - 0.02), 1.0)
     return fig
-
-
-def cam_gallery(classifier, images, findings: list[str], tap: str, path: str | Path):
-    """Rows: findings; columns: ``images`` (N, 1, S, S); each cell the Grad-CAM of that finding's
-    logit at ``tap`` over the image. Saved to ``path`` (PNG); returns the path."""
-    from ..evaluation.gradcam import finding_cams, overlay
-
-    plt = _plt()
-    n = len(images)
-    fig, axes = plt.subplots(len(findings), n, figsize=(2 * n, 2 * len(findings)), squeeze=False)
-    for k, f in enumerate(findings):
-        maps = finding_cams(classifier, images, k, tap)
-        for j, ax in enumerate(axes[k]):
-            ax.imshow(overlay(images[j, 0].numpy(), maps[j]))
-            ax.set_axis_off()
-            ax.set_title(f if j == 0 else "", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -1,7 +1,7 @@
 """The collapse demonstration: without the variance term the toy encoder collapses, with it not."""
 import pandas as pd
 
-from mlvicx_core.collapse_demo import collapse_demo
+from mlvicx_core.experiments.collapse_toy import collapse_demo
 
 
 def test_variance_term_prevents_collapse():
