@@ -269,3 +269,24 @@ def test_real_nih_pngs_cache_and_augment(tmp_path):
         assert np.array_equal(cached.images[i], grey)  # 64 px in, 64 px out: the very bytes
     views = TwoViewDataset(cached, TwoViews(32), seed=0)[5]
     assert views["view_a"].shape == (1, 32, 32) and views["patient_id"] == paths[5].name[:8]
+
+
+def test_dead_temporaries_are_cleaned_when_the_host_name_has_dashes(src, tmp_path, monkeypatch):
+    """Issue 12 item 6: the owner of ``.<S>px.tmp-<host>-<pid>-<hex>`` was parsed with
+    ``rsplit("-", 3)``, so a host such as ``node-07-gpu`` never matched and its leftovers leaked."""
+    from mlvicx_core.data import cache as cache_mod
+    monkeypatch.setattr(cache_mod.socket, "gethostname", lambda: "node-07-gpu")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    final = cache_dir(tmp_path, "NpyFolder", "all", 16)
+    final.parent.mkdir(parents=True)
+    mine_dead = final.parent / f".16px.tmp-node-07-gpu-{dead}-abcd1234"
+    mine_alive = final.parent / f".16px.tmp-node-07-gpu-{os.getpid()}-abcd1234"
+    other_host = final.parent / f".16px.tmp-07-gpu-{dead}-abcd1234"  # host "07-gpu": not ours
+    for d in (mine_dead, mine_alive, other_host):
+        d.mkdir()
+        (d / "images.npy").write_bytes(b"half")
+    built = CachedDataset(NpyFolder(src), root=tmp_path)
+    assert built.built
+    left = sorted(p.name for p in final.parent.iterdir())
+    assert left == sorted(["16px", mine_alive.name, other_host.name])

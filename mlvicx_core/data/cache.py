@@ -142,12 +142,14 @@ def read_manifest(path: Path, fingerprint: str | None = None) -> dict | None:
 def _remove_dead_temporaries(final: Path) -> None:
     """Temporary build directories of this key left by killed processes on this host."""
     host = socket.gethostname()
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        parts = tmp.name.rsplit("-", 3)
-        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
+    prefix = f".{final.name}.tmp-"
+    for tmp in final.parent.glob(f"{prefix}*"):
+        # "<host>-<pid>-<hex>": the host may itself contain '-', so split from the right, twice
+        parts = tmp.name[len(prefix):].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
         try:
-            os.kill(int(parts[2]), 0)
+            os.kill(int(parts[1]), 0)
         except ProcessLookupError:
             shutil.rmtree(tmp, ignore_errors=True)
         except PermissionError:  # alive, someone else's
