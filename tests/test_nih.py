@@ -233,3 +233,47 @@ def test_default_layout_under_a_dataset_root(tmp_path):
     assert len(ds) == 12 and not ds.missing
     i = list(ds.metadata["image"]).index("00000002_001.png")
     assert ds.boxes(i) == [("Mass", 16.0, 0.0, 0.0078125, 0.015625)]
+
+
+def _rewrite_row(csv: Path, image: str, column: int, value: str) -> int:
+    """Set field ``column`` of ``image``'s row to ``value``; returns the file line (1-based)."""
+    lines = csv.read_text().splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        if line.startswith(image):
+            fields = line.rstrip("\n").split(",")
+            fields[column] = value
+            lines[n] = ",".join(fields) + "\n"
+            csv.write_text("".join(lines))
+            return n + 1
+    raise AssertionError(image)
+
+
+def test_empty_cells_name_the_file_line_and_column(tmp_path):
+    """Issue 12 item 13: an empty 'Finding Labels' cell raised AttributeError ('float' object has
+    no attribute 'split') naming no file or row."""
+    img_dir, csv = _fixture(tmp_path)
+    line = _rewrite_row(csv, "00000004_001.png", 1, "")
+    assert line == 9  # header + 7 rows before it
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:9: 'Finding Labels' is empty; "
+                                         r"expected 'No Finding' or findings separated by '\|'"):
+        NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+    _rewrite_row(csv, "00000004_001.png", 1, "Mass||Nodule")  # an empty entry inside the list
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:9: 'Finding Labels' "
+                                         r"'Mass\|\|Nodule' has an empty entry"):
+        NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+    _rewrite_row(csv, "00000004_001.png", 1, "Mass")
+    _rewrite_row(csv, "00000002_000.png", 3, " ")  # Patient ID
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:4: 'Patient ID' is empty"):
+        NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+
+
+def test_label_errors_give_the_file_line_even_when_rows_are_filtered(tmp_path):
+    """The line of a bad label is the table's, not the row number after the split and the
+    missing-image filter (it was off by the rows dropped before it)."""
+    img_dir, csv = _fixture(tmp_path)
+    next(img_dir.rglob("00000001_000.png")).unlink()  # row 1 is filtered out as missing
+    line = _rewrite_row(csv, "00000006_001.png", 1, "Hernie")
+    assert line == 13
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:13: 'Finding Labels' has "
+                                         r"'Hernie'"):
+        _quiet(image_dir=img_dir, csv=csv, bbox_csv=False)

@@ -59,20 +59,43 @@ BOX_REFERENCE = (1024, 1024)  # (height, width) of the frame the NIH boxes are d
 _BOX_ALIASES = {"Infiltrate": "Infiltration"}
 
 
-def parse_findings(labels: pd.Series, source: str) -> np.ndarray:
-    """``Finding Labels`` strings -> (N, 14) float32 multi-hot in :data:`NIH_FINDINGS` order."""
+def parse_findings(labels: pd.Series, source: str, rows: Sequence[int] | None = None
+                   ) -> np.ndarray:
+    """``Finding Labels`` strings -> (N, 14) float32 multi-hot in :data:`NIH_FINDINGS` order.
+
+    ``rows``: the 0-based data row of each entry in ``source`` (for error messages; default
+    0..N-1). An empty cell, an empty entry (``Mass||Nodule``) or an unknown name raises
+    ``ValueError`` naming ``source:line``.
+    """
     col = {f: k for k, f in enumerate(NIH_FINDINGS)}
+    rows = range(len(labels)) if rows is None else rows
     out = np.zeros((len(labels), len(NIH_FINDINGS)), dtype=np.float32)
-    for r, text in enumerate(labels.astype(str)):
+    for r, (row, text) in enumerate(zip(rows, labels)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{row_ref(source, row)}: 'Finding Labels' is empty; expected 'No "
+                             "Finding' or findings separated by '|' (e.g. 'Mass|Nodule')")
         for name in text.split("|"):
             name = name.strip()
+            if not name:
+                raise ValueError(f"{row_ref(source, row)}: 'Finding Labels' {text!r} has an "
+                                 "empty entry; expected findings separated by single '|'")
             if name == "No Finding":
                 continue
             if name not in col:
-                raise ValueError(f"{row_ref(source, r)}: 'Finding Labels' has {name!r}; expected "
-                                 f"'No Finding' or one of {NIH_FINDINGS}")
+                raise ValueError(f"{row_ref(source, row)}: 'Finding Labels' has {name!r}; "
+                                 f"expected 'No Finding' or one of {NIH_FINDINGS}")
             out[r, col[name]] = 1.0
     return out
+
+
+def check_filled(table: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Raise ``ValueError`` naming ``source:line`` and the column of the first empty cell."""
+    for c in columns:
+        empty = table[c].isna().to_numpy() | table[c].astype(str).str.strip().eq("").to_numpy()
+        if empty.any():
+            first = int(np.flatnonzero(empty)[0])
+            raise ValueError(f"{row_ref(source, first)}: {c!r} is empty ({int(empty.sum())} empty "
+                             f"cell(s) in that column); expected a value in every row")
 
 
 def read_boxes(path: str | os.PathLike) -> dict[str, list[tuple[str, float, float, float, float]]]:
@@ -158,6 +181,8 @@ class NIHChestXray14(FileDataset):
             raise FileNotFoundError("NIH label table: no csv given and torchxrayvision's bundled "
                                     "Data_Entry_2017_v2020.csv.gz not found; pass csv=...")
         table = read_table(csv, LABEL_COLUMNS)
+        check_filled(table, ["Image Index", "Patient ID"], str(csv))
+        table["_row"] = np.arange(len(table))  # data row in the file, for error messages
         table["Image Index"] = table["Image Index"].astype(str).str.strip()
         dup = table["Image Index"].duplicated()
         if dup.any():
@@ -174,7 +199,7 @@ class NIHChestXray14(FileDataset):
                                           source=str(csv), folder=image_dir)
         table, pids = table[keep].reset_index(drop=True), pids[keep]
         self.paths = [found[n] for n in table["Image Index"]]
-        self.labels = parse_findings(table["Finding Labels"], str(csv))
+        self.labels = parse_findings(table["Finding Labels"], str(csv), table["_row"].to_numpy())
         self.patient_ids = pids
         meta = {"image": table["Image Index"].to_numpy(), "patient_id": pids}
         for src, dst in METADATA_COLUMNS.items():
