@@ -137,3 +137,24 @@ def test_unsupported_mode(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32), "F").save(tmp_path / "f.tiff")
     with pytest.raises(ImageReadError, match=r"f\.tiff.*mode 'F'"):
         read_image(tmp_path / "f.tiff")
+
+
+def test_unreadable_files_leave_no_open_file_handle(tmp_path):
+    """Issue 12 item 18: a truncated PNG left its file handle open (ResourceWarning)."""
+    import gc
+    import warnings
+
+    grey = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    Image.fromarray(grey).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.zeros((2, 2), np.uint16)).save(tmp_path / "a16.png")
+    Image.fromarray(np.zeros((4, 4), np.float32), "F").save(tmp_path / "f.tiff")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for name, kw in (("trunc.png", {}), ("f.tiff", {}), ("a16.png", {"bit_depth": 0})):
+            with pytest.raises(ImageReadError, match=name.replace(".", r"\.")):
+                read_image(tmp_path / name, **kw)
+            gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []

@@ -77,7 +77,11 @@ def _pil_open_checked(path: Path) -> Image.Image:
         with Image.open(path) as probe:
             probe.verify()  # checks chunk CRCs and the end of a PNG without the lenient flag
     im = Image.open(path)
-    im.load()
+    try:
+        im.load()
+    except BaseException:
+        im.close()  # the file handle Pillow opened would otherwise leak (ResourceWarning)
+        raise
     return im
 
 
