@@ -317,8 +317,8 @@ def test_live_dataset_keeps_its_own_entry_after_another_process_rebuilds_it(src,
     # DataLoader workers started by fork share the open map: same pixels
     loader = torch.utils.data.DataLoader(old, batch_size=6, num_workers=1)
     batch = next(iter(loader))
-    assert torch.equal(batch["image"][:, 0], torch.from_numpy(np.stack([_u8_of(f) for f in
-                                                                          old_files])).float() / 255)
+    expect = torch.from_numpy(np.stack([_u8_of(f) for f in old_files])).float() / 255
+    assert torch.equal(batch["image"][:, 0], expect)
     # a pickled copy (a spawned worker) cannot reach the replaced files: a clear error, not
     # another file's pixels
     copy = pickle.loads(pickle.dumps(old))

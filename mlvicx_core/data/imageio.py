@@ -134,8 +134,8 @@ def pil_to_grey(im: Image.Image, *, name: str = "<image>", bit_depth: int | None
             raise ImageReadError(
                 f"{name}: 16-bit image without an sBIT chunk, values in [{lo}, {hi}]: they fit in "
                 f"{need} bits, so the bit depth is ambiguous (a {usual}-bit scanner image, or a "
-                f"dark 16-bit one). Pass bit_depth={usual} if the scanner wrote {usual}-bit values, "
-                "or bit_depth=16 for a true 16-bit image (read_image or the dataset's bit_depth)")
+                f"dark 16-bit one). Pass bit_depth={usual} if the scanner wrote {usual}-bit "
+                "values, or bit_depth=16 for a true 16-bit image (read_image or the dataset's bit_depth)")
         bits = 16 if bit_depth is None else int(bit_depth)
         if not 1 <= bits <= 16:
             raise ImageReadError(f"{name}: bit_depth={bits}; expected 1..16")
