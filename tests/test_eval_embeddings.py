@@ -151,3 +151,32 @@ def test_feature_cache_key_of_files_uses_their_stat_without_reading_pixels(tmp_p
     half = ImageFolderDataset(folder, image_size=8, transform=lambda x: x * 0.5)
     quarter = ImageFolderDataset(folder, image_size=8, transform=lambda x: x * 0.25)
     assert dataset_fingerprint(half) != dataset_fingerprint(quarter)
+
+
+def test_a_wrapper_that_hides_its_transform_is_keyed_by_pixels(tmp_path):
+    """A view forwarding ``describe`` but not ``transform`` could hide a transform: its key hashes
+    the served pixels, so two bases that differ only by transform get different keys."""
+    from PIL import Image
+
+    from mlvicx_core.data.folder import ImageFolderDataset
+
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(folder / f"{k}.png")
+
+    class View(torch.utils.data.Dataset):
+        def __init__(self, base):
+            self.base, self.labels, self.patient_ids = base, base.labels, base.patient_ids
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            return self.base[i]
+
+        def describe(self, i):
+            return self.base.describe(i)
+    plain = View(ImageFolderDataset(folder, image_size=8))
+    dimmed = View(ImageFolderDataset(folder, image_size=8, transform=lambda x: x * 0.5))
+    assert dataset_fingerprint(plain) != dataset_fingerprint(dimmed)

@@ -72,11 +72,12 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     - the dataset's class (module and qualified name), ``len``, ``image_size``, ``findings``,
       ``labels``, ``patient_ids``, its public scalar attributes (str/int/float/bool/None, e.g.
       ``root``, ``split``, ``seed``, ``bit_depth``, ``on_error``) and :data:`FINGERPRINT_VERSION`;
-    - per image ``i``: when the dataset has no ``transform`` and ``describe(i)`` names an existing
-      regular file (the file-backed datasets: NIH, folders, DICOM sets), that file's absolute path,
-      size, modification time (ns) and inode, read with one ``os.stat`` (no decoding); otherwise
-      (in-memory arrays such as MedMNIST, a ``CachedDataset``, synthetic images, wrappers, or any
-      dataset with a transform) the exact float32 bytes and shape of ``dataset[i]["image"]``.
+    - per image ``i``: when the dataset has a ``transform`` attribute that is None and
+      ``describe(i)`` names an existing regular file (the file-backed datasets: NIH, folders,
+      DICOM sets), that file's absolute path, size, modification time (ns) and inode, read with one
+      ``os.stat`` (no decoding); otherwise (in-memory arrays such as MedMNIST, a ``CachedDataset``,
+      synthetic images, wrappers without ``transform`` or ``describe``, any dataset with a
+      transform) the exact float32 bytes and shape of ``dataset[i]["image"]``.
 
     Guarantee: a change to any image served by an in-memory / transformed dataset, and any rewrite
     of a file that changes its size, mtime or inode (ordinary saves, copies, ``rsync``, which
@@ -101,7 +102,9 @@ def dataset_fingerprint(dataset: Dataset) -> str:
             arr = np.asarray(value)
             h.update(f"\0{attr}{arr.shape}\0".encode())
             h.update(arr.astype(str if attr == "patient_ids" else np.float32).tobytes())
-    by_file = getattr(dataset, "transform", None) is None
+    # stat keys only where the dataset states it has no transform (a wrapper without the
+    # attribute may hide its base's transform): otherwise the served pixels are hashed
+    by_file = hasattr(dataset, "transform") and dataset.transform is None
     for i in range(len(dataset)):
         found = _item_file(dataset, i) if by_file else None
         if found is not None:
