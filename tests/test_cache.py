@@ -269,3 +269,61 @@ def test_real_nih_pngs_cache_and_augment(tmp_path):
         assert np.array_equal(cached.images[i], grey)  # 64 px in, 64 px out: the very bytes
     views = TwoViewDataset(cached, TwoViews(32), seed=0)[5]
     assert views["view_a"].shape == (1, 32, 32) and views["patient_id"] == paths[5].name[:8]
+
+
+def test_dead_temporaries_are_cleaned_when_the_host_name_has_dashes(src, tmp_path, monkeypatch):
+    """Issue 12 item 6: the owner of ``.<S>px.tmp-<host>-<pid>-<hex>`` was parsed with
+    ``rsplit("-", 3)``, so a host such as ``node-07-gpu`` never matched and its leftovers leaked."""
+    from mlvicx_core.data import cache as cache_mod
+    monkeypatch.setattr(cache_mod.socket, "gethostname", lambda: "node-07-gpu")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    final = cache_dir(tmp_path, "NpyFolder", "all", 16)
+    final.parent.mkdir(parents=True)
+    mine_dead = final.parent / f".16px.tmp-node-07-gpu-{dead}-abcd1234"
+    mine_alive = final.parent / f".16px.tmp-node-07-gpu-{os.getpid()}-abcd1234"
+    other_host = final.parent / f".16px.tmp-07-gpu-{dead}-abcd1234"  # host "07-gpu": not ours
+    for d in (mine_dead, mine_alive, other_host):
+        d.mkdir()
+        (d / "images.npy").write_bytes(b"half")
+    built = CachedDataset(NpyFolder(src), root=tmp_path)
+    assert built.built
+    left = sorted(p.name for p in final.parent.iterdir())
+    assert left == sorted(["16px", mine_alive.name, other_host.name])
+
+
+def _u8_of(path, size=16):
+    raw = torch.from_numpy(np.load(path))[None]
+    return np.rint(resize_image(raw, size)[0].numpy() * 255).astype(np.uint8)
+
+
+def test_live_dataset_keeps_its_own_entry_after_another_process_rebuilds_it(src, tmp_path):
+    """Issue 12 item 7: a live CachedDataset opened images.npy lazily by path, so after another
+    build of the same entry (a file was added) it served the new file's pixels under its old ids."""
+    import pickle
+    root = tmp_path / "cache"
+    old = CachedDataset(NpyFolder(src), root=root)
+    old_files = [src / f for f in NpyFolder(src).files]
+    np.save(src / "img00b.npy", np.full((40, 40), 0.75, np.float32))  # sorts between 00 and 01
+    new = CachedDataset(NpyFolder(src), root=root)  # "another process": same key, rebuilt
+    assert new.built and new.path == old.path and len(new) == 7
+    assert np.array_equal(new.images[1], np.full((16, 16), round(0.75 * 255), np.uint8))
+    # the live dataset still serves, index by index, the pixels its labels and ids belong to
+    assert len(old) == 6
+    for i, f in enumerate(old_files):
+        assert np.array_equal(old.images[i], _u8_of(f)), i
+        assert torch.equal(old[i]["image"][0], torch.from_numpy(_u8_of(f)).float() / 255)
+        assert old[i]["patient_id"] == f"pat{i // 2}"
+    # DataLoader workers started by fork share the open map: same pixels
+    loader = torch.utils.data.DataLoader(old, batch_size=6, num_workers=1)
+    batch = next(iter(loader))
+    expect = torch.from_numpy(np.stack([_u8_of(f) for f in old_files])).float() / 255
+    assert torch.equal(batch["image"][:, 0], expect)
+    # a pickled copy (a spawned worker) cannot reach the replaced files: a clear error, not
+    # another file's pixels
+    copy = pickle.loads(pickle.dumps(old))
+    with pytest.raises(RuntimeError, match=r"16px.*rebuilt.*since this CachedDataset was opened"):
+        copy[1]
+    # an unchanged entry re-opens fine in a copy
+    fresh = pickle.loads(pickle.dumps(new))
+    assert torch.equal(fresh[1]["image"], new[1]["image"])

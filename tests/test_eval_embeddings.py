@@ -92,3 +92,94 @@ def test_extract_errors_and_baselines():
     torch.testing.assert_close(r1.backbone.conv1.weight, r2.backbone.conv1.weight)
     with pytest.raises(ValueError, match="reference encoder 'simclr'"):
         reference_encoder("simclr", vicreg.config)
+
+
+def test_feature_cache_key_covers_every_image_in_memory(tmp_path):
+    """Issue 12 item 8: the key hashed only the first and last image, so a changed middle image
+    returned stale features from the cache."""
+    model = tiny_model()
+    ds = BlobCXR(n=10)
+    before = extract_features(model, ds, "trunk", batch_size=4, cache_dir=tmp_path)
+    key = dataset_fingerprint(ds)
+    ds.noise[5] = 0.0  # one middle image goes black; labels, ids, first and last image unchanged
+    assert dataset_fingerprint(ds) != key
+    after = extract_features(model, ds, "trunk", batch_size=4, cache_dir=tmp_path)
+    fresh = extract_features(model, ds, "trunk", batch_size=4)  # no cache: the truth
+    np.testing.assert_array_equal(after.x, fresh.x)
+    assert not np.allclose(after.x[5], before.x[5])
+    np.testing.assert_array_equal(np.delete(after.x, 5, 0), np.delete(before.x, 5, 0))
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_feature_cache_key_of_files_uses_their_stat_without_reading_pixels(tmp_path):
+    """File-backed datasets (no transform) are keyed by path, size, mtime and inode of every file:
+    no image is decoded for the key, and any rewrite of a middle file changes it."""
+    import os
+
+    from PIL import Image
+
+    from mlvicx_core.data.folder import ImageFolderDataset
+
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for k in range(5):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(folder / f"{k}.png")
+    ds = ImageFolderDataset(folder, image_size=8)
+
+    def no_decoding(i):
+        raise AssertionError("the key decoded an image")
+    ds.load_image = no_decoding
+    key = dataset_fingerprint(ds)
+    assert dataset_fingerprint(ImageFolderDataset(folder, image_size=8)) == key
+    mid = folder / "2.png"
+    st = os.stat(mid)
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(mid)  # same size on disk: 8x8 constant
+    os.utime(mid, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime restored
+    assert os.stat(mid).st_size == st.st_size
+    # written in place: same inode, size and mtime -> the documented blind spot
+    if os.stat(mid).st_ino == st.st_ino:
+        assert dataset_fingerprint(ds) == key
+    os.utime(mid, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # any mtime change is seen
+    assert dataset_fingerprint(ds) != key
+    os.utime(mid, ns=(st.st_atime_ns, st.st_mtime_ns))
+    tmp = folder / "new.tmp"
+    tmp.write_bytes(mid.read_bytes())
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, mid)  # replaced by rename with size and mtime preserved (rsync -t): new inode
+    assert dataset_fingerprint(ds) != key
+    # a parameter that changes the pixels (bit depth, size) is in the key
+    assert dataset_fingerprint(ImageFolderDataset(folder, image_size=16)) != \
+        dataset_fingerprint(ImageFolderDataset(folder, image_size=8))
+    # with a transform the key hashes the transformed pixels themselves
+    half = ImageFolderDataset(folder, image_size=8, transform=lambda x: x * 0.5)
+    quarter = ImageFolderDataset(folder, image_size=8, transform=lambda x: x * 0.25)
+    assert dataset_fingerprint(half) != dataset_fingerprint(quarter)
+
+
+def test_a_wrapper_that_hides_its_transform_is_keyed_by_pixels(tmp_path):
+    """A view forwarding ``describe`` but not ``transform`` could hide a transform: its key hashes
+    the served pixels, so two bases that differ only by transform get different keys."""
+    from PIL import Image
+
+    from mlvicx_core.data.folder import ImageFolderDataset
+
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(folder / f"{k}.png")
+
+    class View(torch.utils.data.Dataset):
+        def __init__(self, base):
+            self.base, self.labels, self.patient_ids = base, base.labels, base.patient_ids
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            return self.base[i]
+
+        def describe(self, i):
+            return self.base.describe(i)
+    plain = View(ImageFolderDataset(folder, image_size=8))
+    dimmed = View(ImageFolderDataset(folder, image_size=8, transform=lambda x: x * 0.5))
+    assert dataset_fingerprint(plain) != dataset_fingerprint(dimmed)

@@ -122,3 +122,33 @@ def test_localisation_eval_with_masks_and_boxes():
                               max_images=4)
     assert boxes["n"] == res["n"]
     assert boxes["chance_energy"] > res["chance_energy"]  # a box contains its disc
+
+
+def test_localisation_eval_counts_constant_maps_apart_and_keeps_chance_on_the_scored_images(
+        monkeypatch):
+    """Issue 12 item 16: a constant (e.g. all-zero) Grad-CAM map is undefined, reported in
+    ``n_constant``, and the chance levels are computed on the images actually scored."""
+    from scipy.ndimage import distance_transform_edt
+
+    from mlvicx_core.evaluation import gradcam
+
+    ds = BlobCXR(n=40, image_size=32)
+    positives = [i for i in range(40) if ds.labels[i, 0] == 1]
+    masks = [ds[i]["mask"][0].numpy() for i in positives]
+
+    def fake_cams(classifier, images, finding, tap):  # zero for even calls' images, else a peak
+        out = np.zeros((len(images), 32, 32), np.float32)
+        for j, img in enumerate(images):
+            k = next(n for n, i in enumerate(positives) if torch.equal(ds[i]["image"], img))
+            if k % 2:
+                y, x = np.argwhere(masks[k])[0]
+                out[j, y, x] = 1.0
+        return out
+    monkeypatch.setattr(gradcam, "finding_cams", fake_cams)
+    res = localisation_eval(None, ds, 0, tolerance=2.0)
+    odd = [m for k, m in enumerate(masks) if k % 2]
+    assert res["n_constant"] == len(masks) - len(odd) and res["n"] == len(odd) >= 2
+    assert res["pointing_game"] == 1.0 and res["energy_inside"] == 1.0
+    assert res["chance_pointing"] == pytest.approx(
+        np.mean([(distance_transform_edt(~m) <= 2.0).mean() for m in odd]))
+    assert res["chance_energy"] == pytest.approx(np.mean([m.mean() for m in odd]))

@@ -88,7 +88,9 @@ def test_pointing_game_and_energy_on_hand_made_maps():
     assert np.isnan(pointing_hit(h, np.zeros_like(region)))
     scores = localisation_scores(np.stack([h, h.T]), np.stack([region, region]))
     # h.T has its max at (3, 2): also outside; energy the same by symmetry of the region
-    assert scores == {"pointing_game": 0.0, "energy_inside": pytest.approx(1 / 6), "n": 2}
+    assert scores == {"pointing_game": 0.0, "energy_inside": pytest.approx(1 / 6), "n": 2,
+                      "n_energy": 2, "n_constant": 0, "chance_pointing": 0.09,
+                      "chance_energy": 0.09}
 
 
 def test_boxes_to_mask_pixel_centres():
@@ -98,3 +100,41 @@ def test_boxes_to_mask_pixel_centres():
     np.testing.assert_array_equal(m, expected)
     half = boxes_to_mask([("x", 0.6, 0.0, 1.0, 1.0)], 3)  # covers the centre of column 1 only
     assert half.sum() == 1 and half[0, 1]
+
+
+def test_pointing_game_is_decided_by_all_maximal_pixels_not_the_first():
+    """Issue 12 item 16: ties were broken by numpy's argmax (first pixel in row-major order): an
+    all-zero map was a miss at (0, 0) and a plateau's top-left pixel decided. Now a map scores the
+    share of its maximal pixels inside the (dilated) region (the expected hit when pointing at one
+    of them uniformly at random); a constant map is undefined and counted separately."""
+    region = np.zeros((8, 8), dtype=bool)
+    region[2:6, 2:6] = True
+    plateau = np.zeros((8, 8))
+    plateau[0:4, 0:4] = 1.0  # 16 maximal pixels, 4 of them (rows 2-3, cols 2-3) in the region
+    assert pointing_hit(plateau, region) == 0.25
+    # tolerance 1 adds (1, 2), (1, 3), (2, 1), (3, 1) (distance 1; (1, 1) is sqrt(2) away)
+    assert pointing_hit(plateau, region, tolerance=1.0) == 0.5
+    two = np.zeros((8, 8))
+    two[0, 0] = two[4, 4] = 3.0  # two separate maxima, one inside
+    assert pointing_hit(two, region) == 0.5
+    single = np.zeros((8, 8))
+    single[3, 3] = 2.0
+    assert pointing_hit(single, region) == 1.0
+    for constant in (np.zeros((8, 8)), np.full((8, 8), 0.5)):
+        assert np.isnan(pointing_hit(constant, region))
+    with pytest.raises(ValueError, match="finite"):
+        pointing_hit(np.full((8, 8), np.nan), region)
+
+    zero = np.zeros((8, 8))
+    scores = localisation_scores(np.stack([plateau, zero, single]), np.stack([region] * 3))
+    # pointing over the two informative maps; energy: plateau 4/16 inside, single 1/1
+    assert scores["pointing_game"] == pytest.approx((0.25 + 1.0) / 2)
+    assert scores["energy_inside"] == pytest.approx((0.25 + 1.0) / 2)
+    assert (scores["n"], scores["n_energy"], scores["n_constant"]) == (2, 2, 1)
+    # chance: a uniformly random pointer / a uniform map, on the same two images
+    assert scores["chance_pointing"] == scores["chance_energy"] == 16 / 64
+    dilated = localisation_scores(np.stack([plateau, zero]), np.stack([region] * 2), 1.0)
+    assert dilated["chance_pointing"] == (16 + 4 * 4) / 64 and dilated["n_constant"] == 1
+    only_constant = localisation_scores(zero[None], region[None])
+    assert np.isnan(only_constant["pointing_game"]) and np.isnan(only_constant["chance_pointing"])
+    assert (only_constant["n"], only_constant["n_constant"]) == (0, 1)

@@ -103,7 +103,6 @@ def test_sixteen_bit_png_scaling(tmp_path):
 
     twelve = np.array([[0, 1000], [4095, 2048]], dtype=np.uint16)
     Image.fromarray(twelve).save(tmp_path / "b12.png")
-    np.testing.assert_allclose(read_image(tmp_path / "b12.png"), twelve / 65535.0, atol=1e-7)
     np.testing.assert_allclose(read_image(tmp_path / "b12.png", bit_depth=12), twelve / 4095.0,
                                atol=1e-7)
     _add_sbit(tmp_path / "b12.png", 12)
@@ -137,3 +136,75 @@ def test_unsupported_mode(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32), "F").save(tmp_path / "f.tiff")
     with pytest.raises(ImageReadError, match=r"f\.tiff.*mode 'F'"):
         read_image(tmp_path / "f.tiff")
+
+
+def test_unreadable_files_leave_no_open_file_handle(tmp_path):
+    """Issue 12 item 18: a truncated PNG left its file handle open (ResourceWarning)."""
+    import gc
+    import warnings
+
+    grey = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    Image.fromarray(grey).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.zeros((2, 2), np.uint16)).save(tmp_path / "a16.png")
+    Image.fromarray(np.zeros((4, 4), np.float32), "F").save(tmp_path / "f.tiff")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for name, kw in (("trunc.png", {}), ("f.tiff", {}), ("a16.png", {})):
+            with pytest.raises(ImageReadError, match=name.replace(".", r"\.")):
+                read_image(tmp_path / name, **kw)
+            gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
+def test_sixteen_bit_png_without_sbit_is_16_bit_only_when_its_values_need_16_bits(tmp_path):
+    """Issue 12 item 15: a 12-bit PNG without an sBIT chunk was divided by 65535 (near black).
+    Without sBIT and without bit_depth, a 16-bit file is read as 16-bit only when its maximum has
+    the top bit set (>= 32768: no smaller depth can hold it); otherwise the depth is ambiguous and
+    reading refuses, naming the file, the value range and the bit_depth to pass."""
+    twelve = np.array([[0, 1000], [4095, 2048]], dtype=np.uint16)
+    Image.fromarray(twelve).save(tmp_path / "b12.png")
+    assert png_significant_bits(tmp_path / "b12.png") is None
+    with pytest.raises(ImageReadError, match=r"b12\.png: 16-bit image without an sBIT chunk, "
+                                             r"values in \[0, 4095\].*bit_depth=12"):
+        read_image(tmp_path / "b12.png")
+    np.testing.assert_allclose(read_image(tmp_path / "b12.png", bit_depth=12),
+                               twelve / 4095.0, atol=1e-7)
+    np.testing.assert_allclose(read_image(tmp_path / "b12.png", bit_depth=16),
+                               twelve / 65535.0, atol=1e-7)  # a dark 16-bit image, if so declared
+    ten = np.array([[0, 700]], dtype=np.uint16)
+    Image.fromarray(ten).save(tmp_path / "b10.png")
+    with pytest.raises(ImageReadError, match=r"\[0, 700\].*bit_depth=10"):
+        read_image(tmp_path / "b10.png")
+    top = np.array([[0, 32768], [100, 40000]], dtype=np.uint16)  # top bit used: surely 16-bit
+    Image.fromarray(top).save(tmp_path / "top.png")
+    np.testing.assert_allclose(read_image(tmp_path / "top.png"), top / 65535.0, atol=1e-7)
+    for bad in (0, 17, 12.5, True, "12"):
+        with pytest.raises(ValueError, match=r"bit_depth=.*expected None .* or an integer 1\.\.16"):
+            read_image(tmp_path / "top.png", bit_depth=bad)
+
+
+def test_file_datasets_take_bit_depth(tmp_path):
+    """``bit_depth`` reaches the reader from ImageFolderDataset (16-bit PNG/TIFF only; DICOM
+    files keep their BitsStored) and is part of the cache key."""
+    from mlvicx_core.data.cache import source_fingerprint
+    from mlvicx_core.data.dicom import write_dicom
+    from mlvicx_core.data.folder import ImageFolderDataset
+
+    vals = np.array([[0, 1023], [4095, 2048]], dtype=np.uint16)
+    Image.fromarray(vals).save(tmp_path / "a.png")
+    Image.fromarray(np.full((2, 2), 51, np.uint8)).save(tmp_path / "b.png")  # 8-bit: unaffected
+    write_dicom(tmp_path / "c.dcm", np.full((2, 2), 1000, np.uint16), bits_stored=10)
+    ds = ImageFolderDataset(tmp_path, image_size=None, bit_depth=12)
+    assert ds.bit_depth == 12
+    np.testing.assert_allclose(ds[0]["image"][0].numpy(), vals / 4095.0, atol=1e-7)
+    np.testing.assert_allclose(ds[1]["image"][0].numpy(), 51 / 255.0, atol=1e-7)
+    np.testing.assert_allclose(ds[2]["image"][0].numpy(), 1000 / 1023.0, atol=1e-6)  # 10 bits
+    default = ImageFolderDataset(tmp_path, image_size=None)
+    with pytest.raises(ImageReadError, match=r"a\.png.*bit_depth=12"):
+        default[0]
+    assert source_fingerprint(ds, 2) != source_fingerprint(default, 2)
+    with pytest.raises(ValueError, match=r"bit_depth=20.*an integer 1\.\.16"):
+        ImageFolderDataset(tmp_path, bit_depth=20)

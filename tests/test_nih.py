@@ -233,3 +233,113 @@ def test_default_layout_under_a_dataset_root(tmp_path):
     assert len(ds) == 12 and not ds.missing
     i = list(ds.metadata["image"]).index("00000002_001.png")
     assert ds.boxes(i) == [("Mass", 16.0, 0.0, 0.0078125, 0.015625)]
+
+
+def _rewrite_row(csv: Path, image: str, column: int, value: str) -> int:
+    """Set field ``column`` of ``image``'s row to ``value``; returns the file line (1-based)."""
+    lines = csv.read_text().splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        if line.startswith(image):
+            fields = line.rstrip("\n").split(",")
+            fields[column] = value
+            lines[n] = ",".join(fields) + "\n"
+            csv.write_text("".join(lines))
+            return n + 1
+    raise AssertionError(image)
+
+
+def test_empty_cells_name_the_file_line_and_column(tmp_path):
+    """Issue 12 item 13: an empty 'Finding Labels' cell raised AttributeError ('float' object has
+    no attribute 'split') naming no file or row."""
+    img_dir, csv = _fixture(tmp_path)
+    line = _rewrite_row(csv, "00000004_001.png", 1, "")
+    assert line == 9  # header + 7 rows before it
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:9: 'Finding Labels' is empty; "
+                                         r"expected 'No Finding' or findings separated by '\|'"):
+        NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+    _rewrite_row(csv, "00000004_001.png", 1, "Mass||Nodule")  # an empty entry inside the list
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:9: 'Finding Labels' "
+                                         r"'Mass\|\|Nodule' has an empty entry"):
+        NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+    _rewrite_row(csv, "00000004_001.png", 1, "Mass")
+    _rewrite_row(csv, "00000002_000.png", 3, " ")  # Patient ID
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:4: 'Patient ID' is empty"):
+        NIHChestXray14(img_dir, csv=csv, bbox_csv=False)
+
+
+def test_label_errors_give_the_file_line_even_when_rows_are_filtered(tmp_path):
+    """The line of a bad label is the table's, not the row number after the split and the
+    missing-image filter (it was off by the rows dropped before it)."""
+    img_dir, csv = _fixture(tmp_path)
+    next(img_dir.rglob("00000001_000.png")).unlink()  # row 1 is filtered out as missing
+    line = _rewrite_row(csv, "00000006_001.png", 1, "Hernie")
+    assert line == 13
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv:13: 'Finding Labels' has "
+                                         r"'Hernie'"):
+        _quiet(image_dir=img_dir, csv=csv, bbox_csv=False)
+
+
+GOOGLE2019 = torchxrayvision_data_file("google2019_nih-chest-xray-labels.csv.gz")
+needs_google = pytest.mark.skipif(GOOGLE2019 is None, reason="torchxrayvision not installed: no "
+                                  "bundled google2019_nih-chest-xray-labels.csv.gz")
+EXPERT = ["Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
+
+
+@needs_google
+@needs_nih
+@pytest.mark.realdata
+def test_google2019_relabel_file_is_refused_as_an_nih_table_and_read_as_expert_labels():
+    """Issue 12 item 14: the Google 2019 expert relabelling was silently read as an NIH table
+    (its 'Finding Labels' are NIH's text-mined ones; the four expert columns were ignored)."""
+    with pytest.raises(ValueError, match=r"google2019_nih-chest-xray-labels\.csv\.gz: the Google "
+                                         r"2019 expert relabelling.*label_set='google2019'"):
+        _quiet(image_dir=NIH / "images-64px", csv=GOOGLE2019, image_size=64)
+    ds = _quiet(image_dir=NIH / "images-64px", csv=GOOGLE2019, label_set="google2019",
+                image_size=64)
+    assert ds.findings == EXPERT and ds.labels.shape == (30, 4)
+    ref = pd.read_csv(GOOGLE2019).set_index("Image Index").loc[list(ds.metadata["image"])]
+    np.testing.assert_array_equal(ds.labels, (ref[EXPERT] == "YES").to_numpy(np.float32))
+    assert list(ds.metadata["set_id"]) == list(ref["Set Id"])
+    assert list(ds.patient_ids) == [f"{p:08d}" for p in ref["Patient ID"]]
+    # where the experts and NIH's text mining disagree, the experts' label is served
+    i = list(ds.metadata["image"]).index("00000013_026.png")  # NIH: Cardiomegaly|Emphysema
+    assert ds[i]["labels"].tolist() == [0.0, 1.0, 0.0, 0.0]
+    j = list(ds.metadata["image"]).index("00000218_002.png")  # NIH: No Finding
+    assert ds.labels[j].tolist() == [0.0, 0.0, 1.0, 1.0]
+    # the default file for label_set='google2019' is that same bundled copy
+    again = _quiet(image_dir=NIH / "images-64px", label_set="google2019", image_size=64)
+    np.testing.assert_array_equal(again.labels, ds.labels)
+
+
+def test_google2019_fixture_values_boxes_and_bad_cells(tmp_path):
+    img_dir, _ = _fixture(tmp_path, nested=False)
+    head = HEADER.rstrip("\n") + ",Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id\n"
+    rows = ["00000001_000.png,No Finding,0,1,31,F,PA,2500,2048,0.17,0.17,NO,YES,NO,NO,test\n",
+            "00000002_000.png,Mass,0,2,32,M,PA,2500,2048,0.17,0.17,NO,NO,NO,YES,val\n",
+            "00000003_000.png,No Finding,0,3,33,F,PA,2500,2048,0.17,0.17,YES,NO,YES,NO,val\n"]
+    g = tmp_path / "google2019_nih-chest-xray-labels.csv"
+    g.write_text(head + "".join(rows))
+    bbox = tmp_path / "BBox_List_2017.csv"
+    bbox.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                    "00000001_000.png,Pneumothorax,0,0,512,512\n"
+                    "00000002_000.png,Nodule,512,0,256,256\n"
+                    "00000002_000.png,Effusion,0,0,10,10\n")
+    ds = NIHChestXray14(img_dir, csv=g, bbox_csv=bbox, label_set="google2019", image_size=64)
+    assert ds.labels.tolist() == [[0, 1, 0, 0], [0, 0, 0, 1], [1, 0, 1, 0]]
+    assert ds.metadata["set_id"].tolist() == ["test", "val", "val"]
+    # NIH boxes under the expert names: Pneumothorax stays, Mass/Nodule -> 'Nodule or mass',
+    # findings the experts did not label (Effusion) are dropped
+    assert ds.boxes(0) == [("Pneumothorax", 0.0, 0.0, 32.0, 32.0)]
+    assert ds.boxes(1) == [("Nodule or mass", 32.0, 0.0, 16.0, 16.0)]
+    # found by default under the dataset root
+    assert len(NIHChestXray14(tmp_path, image_dir=img_dir, bbox_csv=False,
+                              label_set="google2019")) == 3
+    g.write_text(head + rows[0] + rows[1].replace(",YES,val", ",maybe,val") + rows[2])
+    with pytest.raises(ValueError, match=r"labels\.csv:3: 'Nodule or mass' is 'maybe'; expected "
+                                         r"'YES' or 'NO'"):
+        NIHChestXray14(img_dir, csv=g, bbox_csv=False, label_set="google2019")
+    _, nih_csv = _fixture(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"Data_Entry_2017\.csv: missing column.*'Fracture'"):
+        NIHChestXray14(img_dir, csv=nih_csv, bbox_csv=False, label_set="google2019")
+    with pytest.raises(ValueError, match=r"label_set='chexpert': expected 'nih' or 'google2019'"):
+        NIHChestXray14(img_dir, csv=nih_csv, bbox_csv=False, label_set="chexpert")

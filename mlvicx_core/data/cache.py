@@ -5,7 +5,8 @@ Layout under a cache root (default ``<repo>/data/cache``), one directory per (na
     <root>/<name>/<split>/<S>px/images.npy     uint8 (N, S, S), memory-mapped when read
                                /meta.npz       labels float32 (N, K), patient_ids str (N,),
                                                ok bool (N,) (False: the source file was unreadable)
-                               /manifest.json  written last: version, N, S, findings, fingerprint
+                               /manifest.json  written last: version, N, S, findings, fingerprint,
+                                               build_id (random, new for every build)
 
 Pixels: ``u8 = round(255 x)`` of the source image after the kit's resize (``base.resize_image``), so
 a cached image differs from the source sample by at most 0.5/255.
@@ -15,6 +16,16 @@ file, writes the manifest last, then renames the directory into place (atomic on
 the parent. A reader only trusts a directory whose manifest exists, matches the expected fingerprint
 and whose arrays have the manifest's shapes, so an interrupted build is never used; its temporary
 directory is removed on the exception, or by the next build if the process was killed.
+
+Live datasets and rebuilds: a ``CachedDataset`` opens its entry once, when it is created: the
+manifest, the labels and ids and the memory map of ``images.npy`` are all read through one open
+descriptor of the entry directory, so they come from one build, and the map keeps serving those
+pixels even after another process rebuilds the entry (the old files are unlinked, not overwritten;
+the map holds them). DataLoader workers started by ``fork`` (the Linux default) share that map. A
+copy made by pickling (``spawn``/``forkserver`` workers) cannot share it and re-opens the entry by
+path; if the entry was rebuilt meanwhile (another ``build_id`` or another ``images.npy`` file), it
+raises ``RuntimeError`` naming the entry instead of serving another build's pixels under this
+dataset's labels and patient ids.
 
 Invalidation: the fingerprint hashes the file list (``dataset.describe(i)``, with size and mtime
 when it names a file), the labels, patient ids and findings, the dataset's class and its public
@@ -139,15 +150,70 @@ def read_manifest(path: Path, fingerprint: str | None = None) -> dict | None:
     return manifest
 
 
+class _Entry:
+    """One build of a cache entry as opened: manifest, meta arrays, image map and its identity."""
+
+    def __init__(self, manifest: dict, meta: dict[str, np.ndarray], images: np.ndarray,
+                 identity: tuple) -> None:
+        self.manifest, self.meta, self.images, self.identity = manifest, meta, images, identity
+
+    def valid(self, fingerprint: str) -> bool:
+        m, n, s = self.manifest, self.manifest.get("n"), self.manifest.get("size")
+        return (m.get("version") == CACHE_VERSION and m.get("fingerprint") == fingerprint
+                and self.images.shape == (n, s, s) and self.images.dtype == np.uint8
+                and all(len(self.meta[k]) == n for k in ("labels", "patient_ids", "ok")))
+
+
+def _open_entry(path: Path) -> _Entry:
+    """Open the manifest, meta.npz and a read-only map of images.npy of the entry at ``path``.
+
+    Where the platform allows it, the three files are opened relative to one descriptor of the
+    directory: a rebuild that renames another directory into place meanwhile cannot mix builds.
+    Raises OSError / ValueError / KeyError for a missing or torn entry.
+    """
+    use_dir_fd = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY) if use_dir_fd else None
+
+    def opener(name: str, flags: int) -> int:
+        return os.open(name, flags, dir_fd=dfd) if dfd is not None else os.open(path / name, flags)
+
+    try:
+        with open("manifest.json", "rb", opener=opener) as f:
+            manifest = json.loads(f.read())
+        with open("meta.npz", "rb", opener=opener) as f, np.load(f, allow_pickle=False) as meta:
+            arrays = {k: meta[k] for k in ("labels", "patient_ids", "ok")}
+        with open("images.npy", "rb", opener=opener) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"{path / 'images.npy'}: .npy format {version}; expected 1.0/2.0")
+            st = os.fstat(f.fileno())
+            if int(np.prod(shape)) == 0:
+                images = np.zeros(shape, dtype=dtype)
+            else:  # the map keeps its own duplicate of the descriptor: closing f is fine
+                images = np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                   order="F" if fortran else "C")
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+    identity = (manifest.get("build_id"), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return _Entry(manifest, arrays, images, identity)
+
+
 def _remove_dead_temporaries(final: Path) -> None:
     """Temporary build directories of this key left by killed processes on this host."""
     host = socket.gethostname()
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        parts = tmp.name.rsplit("-", 3)
-        if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
+    prefix = f".{final.name}.tmp-"
+    for tmp in final.parent.glob(f"{prefix}*"):
+        # "<host>-<pid>-<hex>": the host may itself contain '-', so split from the right, twice
+        parts = tmp.name[len(prefix):].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
             continue
         try:
-            os.kill(int(parts[2]), 0)
+            os.kill(int(parts[1]), 0)
         except ProcessLookupError:
             shutil.rmtree(tmp, ignore_errors=True)
         except PermissionError:  # alive, someone else's
@@ -193,6 +259,7 @@ def build_cache(source: CXRDataset, final: Path, size: int, fingerprint: str,
         np.savez(tmp / "meta.npz", labels=labels,
                  patient_ids=np.array([str(p) for p in source.patient_ids], dtype=str), ok=ok)
         manifest = {"version": CACHE_VERSION, "n": n, "size": size, "fingerprint": fingerprint,
+                    "build_id": secrets.token_hex(8),
                     "findings": list(source.findings), "skipped": int((~ok).sum()),
                     "source": f"{type(source).__module__}.{type(source).__qualname__}"}
         for f in ("images.npy", "meta.npz"):
@@ -248,26 +315,45 @@ class CachedDataset(CXRDataset):
                               name or type(source).__name__,
                               split or str(getattr(source, "split", None) or "all"), size)
         fingerprint = source_fingerprint(source, size, fingerprint_extra)
-        manifest = None if rebuild else read_manifest(self.path, fingerprint)
-        self.built = manifest is None
-        if manifest is None:
-            manifest = build_cache(source, self.path, size, fingerprint, num_workers=num_workers,
-                                   replace=rebuild)
-        self.findings = list(manifest["findings"])
-        with np.load(self.path / "meta.npz", allow_pickle=False) as meta:
-            self.labels = meta["labels"]
-            self.patient_ids = meta["patient_ids"].astype(object)
-            self.ok = meta["ok"]
-        self._images: np.ndarray | None = None
+        need_build = rebuild or read_manifest(self.path, fingerprint) is None
+        self.built = need_build
+        for _attempt in range(3):  # another process may replace the entry between build and open
+            if need_build:
+                build_cache(source, self.path, size, fingerprint, num_workers=num_workers,
+                            replace=rebuild)
+            try:
+                entry = _open_entry(self.path)
+            except (OSError, ValueError, KeyError):
+                entry = None
+            if entry is not None and entry.valid(fingerprint):
+                break
+            need_build = self.built = True
+        else:
+            raise RuntimeError(f"{self.path}: replaced by other processes three times while being "
+                               "opened; expected it to settle (are several runs rebuilding it?)")
+        self.findings = list(entry.manifest["findings"])
+        self.labels = entry.meta["labels"]
+        self.patient_ids = entry.meta["patient_ids"].astype(object)
+        self.ok = entry.meta["ok"]
+        self._identity = entry.identity
+        self._images: np.ndarray | None = entry.images
 
     @property
     def images(self) -> np.ndarray:
-        """The uint8 (N, S, S) memory map (opened lazily, once per process)."""
+        """The uint8 (N, S, S) memory map of the build this dataset was opened on (module
+        docstring: a pickled copy re-opens it and refuses a rebuilt entry)."""
         if self._images is None:
-            self._images = np.load(self.path / "images.npy", mmap_mode="r")
+            entry = _open_entry(self.path)
+            if entry.identity != self._identity:
+                raise RuntimeError(
+                    f"{self.path} was rebuilt by another process since this CachedDataset was "
+                    f"opened (build {self._identity[0]} -> {entry.identity[0]}): its images no "
+                    "longer match the labels and patient ids held here. Create a new "
+                    "CachedDataset (DataLoader workers started by 'fork' share the original map)")
+            self._images = entry.images
         return self._images
 
-    def __getstate__(self) -> dict:  # DataLoader workers re-open the memory map themselves
+    def __getstate__(self) -> dict:  # a memory map does not pickle: the copy re-opens it
         state = dict(self.__dict__)
         state["_images"] = None
         return state

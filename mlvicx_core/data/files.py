@@ -21,7 +21,7 @@ from PIL import Image
 
 from .base import CXRDataset
 from .dicom import DICOM_SUFFIXES, dicom_shape, read_dicom
-from .imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from .imageio import IMAGE_SUFFIXES, ImageReadError, check_bit_depth, read_image
 
 RADIOGRAPH_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
@@ -100,10 +100,14 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in DICOM_SUFFIXES
 
 
-def read_radiograph(path: str | os.PathLike, **kwargs) -> np.ndarray:
+def read_radiograph(path: str | os.PathLike, *, bit_depth: int | None = None,
+                    **kwargs) -> np.ndarray:
     """float32 (H, W) in [0, 1] from a DICOM (by suffix) or a PNG/JPEG/TIFF; kwargs go to
-    :func:`~mlvicx_core.data.dicom.read_dicom` or :func:`~mlvicx_core.data.imageio.read_image`."""
-    return read_dicom(path, **kwargs) if is_dicom(path) else read_image(path, **kwargs)
+    :func:`~mlvicx_core.data.dicom.read_dicom` or :func:`~mlvicx_core.data.imageio.read_image`.
+    ``bit_depth`` applies to 16-bit PNG/TIFF files only: a DICOM states its own ``BitsStored``."""
+    if is_dicom(path):
+        return read_dicom(path, **kwargs)
+    return read_image(path, bit_depth=bit_depth, **kwargs)
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int]:
@@ -134,16 +138,21 @@ class FileDataset(CXRDataset):
     """A :class:`CXRDataset` whose sample ``i`` is the radiograph file ``paths[i]``.
 
     Subclasses set ``paths``, ``labels`` and ``patient_ids`` (same length); ``missing`` lists the
-    table entries whose file was not found (see the module docstring).
+    table entries whose file was not found (see the module docstring). ``bit_depth``: the bits
+    used by 16-bit PNG/TIFF files (e.g. 12), for files without a PNG ``sBIT`` chunk; ``None``
+    (default): the chunk, else 16 when an image's maximum needs 16 bits, else each such image
+    raises (:mod:`~mlvicx_core.data.imageio`). 8-bit files and DICOM ignore it.
     """
 
-    def __init__(self, image_size: int | None = 224, transform=None, on_error: str = "raise"):
+    def __init__(self, image_size: int | None = 224, transform=None, on_error: str = "raise",
+                 bit_depth: int | None = None):
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
+        self.bit_depth = check_bit_depth(bit_depth, f"{type(self).__name__}: ")
         self.paths: list[Path] = []
         self.missing: list[str] = []
 
     def load_image(self, index: int) -> np.ndarray:
-        return read_radiograph(self.paths[index])
+        return read_radiograph(self.paths[index], bit_depth=self.bit_depth)
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])

@@ -23,14 +23,17 @@ class ImageFolderDataset(FileDataset):
     suffixes: file suffixes to include (case-insensitive).
     recursive: also search sub-folders.
     image_size, transform, on_error: as in :class:`CXRDataset`.
+    bit_depth: bits used by 16-bit PNG/TIFF files without an sBIT chunk (e.g. 12); see
+        :class:`~mlvicx_core.data.files.FileDataset`.
     """
 
     findings: list[str] = []
 
     def __init__(self, root: str | os.PathLike, suffixes: tuple[str, ...] = RADIOGRAPH_SUFFIXES,
                  recursive: bool = True, image_size: int | None = 224, transform=None,
-                 on_error: str = "raise") -> None:
-        super().__init__(image_size=image_size, transform=transform, on_error=on_error)
+                 on_error: str = "raise", bit_depth: int | None = None) -> None:
+        super().__init__(image_size=image_size, transform=transform, on_error=on_error,
+                         bit_depth=bit_depth)
         root = Path(root)
         self.paths = list_images(root, suffixes, recursive)
         if not self.paths:

@@ -5,8 +5,15 @@
 Scaling by stored bit depth
     8-bit grey ``v / 255``; 16-bit grey ``v / (2**b - 1)`` where ``b`` is the bit depth actually
     used: the ``bit_depth`` argument if given, else the PNG ``sBIT`` chunk (significant bits) if
-    the file has one, else 16 (``v / 65535``). A stored value above ``2**b - 1`` is an error, not a
-    clip.
+    the file has one, else 16 *only if the image's maximum is at least 2**15* (its top bit is used,
+    so no smaller depth can hold it). A 16-bit file with neither ``bit_depth`` nor ``sBIT`` whose
+    values all fit in 15 bits is ambiguous (scanner values of 10-14 bits stored without ``sBIT``,
+    the common case, or a dark true 16-bit image): it raises :class:`ImageReadError` naming the
+    value range and the ``bit_depth`` to pass, instead of guessing. Guessing either way is wrong for
+    someone: dividing by 65535 turns a 12-bit film near-black, and inferring the depth per image
+    from its maximum would scale images of one dataset differently. The choice is made once per
+    dataset with ``bit_depth`` (``FileDataset``/``ImageFolderDataset`` take it too). A stored value
+    above ``2**b - 1`` is an error, not a clip.
 
 Colour channels
     RGB(A) files are reduced to one grey channel by ITU-R BT.601 luminance,
@@ -49,6 +56,17 @@ class ImageReadError(ValueError):
     """A file that cannot be turned into a valid grey radiograph; the message names it and why."""
 
 
+def check_bit_depth(bit_depth, where: str = "") -> int | None:
+    """``bit_depth`` if it is None or an integer 1..16, else ``ValueError`` (``where`` prefixes the
+    message, e.g. the dataset)."""
+    if bit_depth is None or (isinstance(bit_depth, (int, np.integer))
+                             and not isinstance(bit_depth, bool) and 1 <= bit_depth <= 16):
+        return None if bit_depth is None else int(bit_depth)
+    raise ValueError(f"{where}bit_depth={bit_depth!r}: expected None (the PNG sBIT chunk, else 16 "
+                     "when the image's maximum needs 16 bits) or an integer 1..16 (the bits used "
+                     "by 16-bit PNG/TIFF files)")
+
+
 def png_significant_bits(path: str | os.PathLike) -> int | None:
     """The grey sample depth recorded in a PNG ``sBIT`` chunk, or None (no chunk / not a PNG).
 
@@ -77,7 +95,11 @@ def _pil_open_checked(path: Path) -> Image.Image:
         with Image.open(path) as probe:
             probe.verify()  # checks chunk CRCs and the end of a PNG without the lenient flag
     im = Image.open(path)
-    im.load()
+    try:
+        im.load()
+    except BaseException:
+        im.close()  # the file handle Pillow opened would otherwise leak (ResourceWarning)
+        raise
     return im
 
 
@@ -105,11 +127,19 @@ def pil_to_grey(im: Image.Image, *, name: str = "<image>", bit_depth: int | None
         return (w[0] * rgb[..., 0] + w[1] * rgb[..., 1] + w[2] * rgb[..., 2]).astype(np.float32)
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(im).astype(np.int64)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if bit_depth is None and 0 <= hi < 1 << 15:
+            need = max(1, hi.bit_length())
+            usual = next(b for b in (8, 10, 12, 14, 16) if b >= need)
+            raise ImageReadError(
+                f"{name}: 16-bit image without an sBIT chunk, values in [{lo}, {hi}]: they fit in "
+                f"{need} bits, so the bit depth is ambiguous (a {usual}-bit scanner image, or a "
+                f"dark 16-bit one). Pass bit_depth={usual} if the scanner wrote {usual}-bit "
+                "values, or bit_depth=16 for a true 16-bit image (read_image or the dataset's bit_depth)")
         bits = 16 if bit_depth is None else int(bit_depth)
         if not 1 <= bits <= 16:
             raise ImageReadError(f"{name}: bit_depth={bits}; expected 1..16")
         top = (1 << bits) - 1
-        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
         if lo < 0 or hi > top:
             raise ImageReadError(
                 f"{name}: values span [{lo}, {hi}], outside the {bits}-bit range [0, {top}]")
@@ -124,11 +154,13 @@ def read_image(path: str | os.PathLike, *, bit_depth: int | None = None,
 
     Parameters
     ----------
-    bit_depth: bits actually used by a 16-bit file (e.g. 12); default from the PNG ``sBIT`` chunk
-        or 16. Ignored for 8-bit files.
+    bit_depth: bits actually used by a 16-bit file (e.g. 12); default from the PNG ``sBIT`` chunk,
+        else 16 when the maximum needs 16 bits, else an error (module docstring). Ignored for
+        8-bit files.
     allow_colour: convert genuinely coloured RGB files to luminance instead of raising.
     """
     path = Path(path)
+    bit_depth = check_bit_depth(bit_depth, f"{path}: ")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     try:

@@ -6,6 +6,17 @@ dataset class is not used because its constructor reseeds NumPy's global RNG and
 to [-1024, 1024]). ``Finding Labels`` is pipe-separated; ``No Finding`` means all 14 are 0. The
 text-mined labels are complete (no NaN).
 
+Expert labels (``label_set="google2019"``): ``google2019_nih-chest-xray-labels.csv(.gz)``
+(Majkowska et al., Radiology 2019; the given path, ``root/`` or the torchxrayvision copy) holds
+4,376 NIH images relabelled by radiologists for four findings, :data:`GOOGLE2019_FINDINGS`, as
+``YES``/``NO`` columns, plus ``Set Id`` (``val``/``test``, in ``metadata["set_id"]``). Its
+``Finding Labels`` column repeats NIH's text-mined labels, which the experts contradict (e.g. 258 of
+the 4,376 rows on pneumothorax), so this file given as an NIH table (the default
+``label_set="nih"``) is refused with an error rather than read as one. With the expert labels,
+``findings`` is those four, NIH boxes are renamed to them (``Pneumothorax``; ``Mass`` and
+``Nodule`` -> ``Nodule or mass``) and boxes of the other findings are dropped; ``split_lists`` do
+not apply (the patient-disjoint split of the file's rows does).
+
 Images: PNGs found recursively under ``image_dir`` by file name (the archive nests them as
 ``images_001/images/...``). Rows whose image is absent are excluded when the dataset is built
 (``missing`` policy in :mod:`mlvicx_core.data.files`), so one downloaded tarball is a valid
@@ -53,26 +64,75 @@ LABEL_COLUMNS = ["Image Index", "Finding Labels", "Patient ID"]
 METADATA_COLUMNS = {
     "Patient Age": "age", "Patient Gender": "sex", "View Position": "view",
     "Follow-up #": "follow_up", "OriginalImage[Width": "original_width",
-    "Height]": "original_height",
+    "Height]": "original_height", "Set Id": "set_id",
 }
+#: The four expert labels of the Google 2019 relabelling, in its column order.
+GOOGLE2019_FINDINGS = ["Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
+GOOGLE2019_FILE = "google2019_nih-chest-xray-labels.csv"
+LABEL_SETS = ("nih", "google2019")
+_GOOGLE_BOX_NAMES = {"Pneumothorax": "Pneumothorax", "Mass": "Nodule or mass",
+                     "Nodule": "Nodule or mass"}
 BOX_REFERENCE = (1024, 1024)  # (height, width) of the frame the NIH boxes are drawn in
 _BOX_ALIASES = {"Infiltrate": "Infiltration"}
 
 
-def parse_findings(labels: pd.Series, source: str) -> np.ndarray:
-    """``Finding Labels`` strings -> (N, 14) float32 multi-hot in :data:`NIH_FINDINGS` order."""
+def parse_findings(labels: pd.Series, source: str, rows: Sequence[int] | None = None
+                   ) -> np.ndarray:
+    """``Finding Labels`` strings -> (N, 14) float32 multi-hot in :data:`NIH_FINDINGS` order.
+
+    ``rows``: the 0-based data row of each entry in ``source`` (for error messages; default
+    0..N-1). An empty cell, an empty entry (``Mass||Nodule``) or an unknown name raises
+    ``ValueError`` naming ``source:line``.
+    """
     col = {f: k for k, f in enumerate(NIH_FINDINGS)}
+    rows = range(len(labels)) if rows is None else rows
     out = np.zeros((len(labels), len(NIH_FINDINGS)), dtype=np.float32)
-    for r, text in enumerate(labels.astype(str)):
+    for r, (row, text) in enumerate(zip(rows, labels)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{row_ref(source, row)}: 'Finding Labels' is empty; expected 'No "
+                             "Finding' or findings separated by '|' (e.g. 'Mass|Nodule')")
         for name in text.split("|"):
             name = name.strip()
+            if not name:
+                raise ValueError(f"{row_ref(source, row)}: 'Finding Labels' {text!r} has an "
+                                 "empty entry; expected findings separated by single '|'")
             if name == "No Finding":
                 continue
             if name not in col:
-                raise ValueError(f"{row_ref(source, r)}: 'Finding Labels' has {name!r}; expected "
-                                 f"'No Finding' or one of {NIH_FINDINGS}")
+                raise ValueError(f"{row_ref(source, row)}: 'Finding Labels' has {name!r}; "
+                                 f"expected 'No Finding' or one of {NIH_FINDINGS}")
             out[r, col[name]] = 1.0
     return out
+
+
+def is_google2019(table: pd.DataFrame) -> bool:
+    """Whether a label table is the Google 2019 relabelling (it has the four expert columns)."""
+    return all(c in table.columns for c in GOOGLE2019_FINDINGS)
+
+
+def parse_expert_labels(table: pd.DataFrame, source: str, rows: Sequence[int]) -> np.ndarray:
+    """The Google 2019 ``YES``/``NO`` columns -> (N, 4) float32 in :data:`GOOGLE2019_FINDINGS`
+    order; any other value raises ``ValueError`` naming ``source:line`` and the column."""
+    out = np.zeros((len(table), len(GOOGLE2019_FINDINGS)), dtype=np.float32)
+    for k, c in enumerate(GOOGLE2019_FINDINGS):
+        text = table[c].astype(str).str.strip().str.upper().to_numpy()
+        bad = ~np.isin(text, ["YES", "NO"]) | table[c].isna().to_numpy()
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{row_ref(source, rows[r])}: {c!r} is {table[c].iloc[r]!r}; "
+                             "expected 'YES' or 'NO'")
+        out[:, k] = text == "YES"
+    return out
+
+
+def check_filled(table: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Raise ``ValueError`` naming ``source:line`` and the column of the first empty cell."""
+    for c in columns:
+        empty = table[c].isna().to_numpy() | table[c].astype(str).str.strip().eq("").to_numpy()
+        if empty.any():
+            first = int(np.flatnonzero(empty)[0])
+            raise ValueError(f"{row_ref(source, first)}: {c!r} is empty ({int(empty.sum())} empty "
+                             f"cell(s) in that column); expected a value in every row")
 
 
 def read_boxes(path: str | os.PathLike) -> dict[str, list[tuple[str, float, float, float, float]]]:
@@ -121,11 +181,16 @@ class NIHChestXray14(FileDataset):
     split: ``"all"``, ``"train"``, ``"val"`` or ``"test"`` (see the module docstring).
     split_lists: folder holding ``train_val_list.txt`` and ``test_list.txt``, or the two paths.
     fractions, seed: patient-disjoint split fractions (train, val, test) and its seed.
+    label_set: ``"nih"`` (the 14 text-mined findings of a Data_Entry table) or ``"google2019"``
+        (the four expert labels of the Google 2019 relabelling; default file
+        ``root/google2019_nih-chest-xray-labels.csv(.gz)`` or the torchxrayvision copy). See the
+        module docstring.
     missing: ``"exclude"`` (default) or ``"raise"`` for table rows whose image is not on disk.
     image_size, transform, on_error: as in :class:`CXRDataset`.
 
     Attributes: ``metadata`` (pandas DataFrame, one row per sample: image, patient_id, age, sex,
-    view, follow_up, original_width, original_height), ``missing`` (image names not on disk).
+    view, follow_up, original_width, original_height; set_id with the Google 2019 file),
+    ``missing`` (image names not on disk).
     """
 
     findings = NIH_FINDINGS
@@ -144,20 +209,42 @@ class NIHChestXray14(FileDataset):
         image_size: int | None = 224,
         transform=None,
         on_error: str = "raise",
+        label_set: str = "nih",
     ) -> None:
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
+        if label_set not in LABEL_SETS:
+            raise ValueError(f"label_set={label_set!r}: expected 'nih' or 'google2019'")
+        self.label_set = label_set
+        google = label_set == "google2019"
         root = Path(root) if root is not None else default_data_root() / "nih-chestxray14"
         image_dir = (Path(image_dir) if image_dir is not None
                      else default_image_dir(root, "images"))
-        if csv is None:
+        if csv is None and google:
+            csv = first_existing(root / GOOGLE2019_FILE, root / f"{GOOGLE2019_FILE}.gz")
+            csv = csv or torchxrayvision_data_file(f"{GOOGLE2019_FILE}.gz")
+        elif csv is None:
             csv = first_existing(*(root / f"Data_Entry_2017{v}.csv{z}" for v in ("_v2020", "")
                                    for z in ("", ".gz")))
             csv = csv or torchxrayvision_data_file("Data_Entry_2017_v2020.csv.gz")
         csv = Path(csv) if csv is not None else None
         if csv is None:
-            raise FileNotFoundError("NIH label table: no csv given and torchxrayvision's bundled "
-                                    "Data_Entry_2017_v2020.csv.gz not found; pass csv=...")
-        table = read_table(csv, LABEL_COLUMNS)
+            wanted = f"{GOOGLE2019_FILE}.gz" if google else "Data_Entry_2017_v2020.csv.gz"
+            raise FileNotFoundError(f"NIH label table: no csv given and torchxrayvision's bundled "
+                                    f"{wanted} not found; pass csv=...")
+        table = read_table(csv, LABEL_COLUMNS + (GOOGLE2019_FINDINGS if google else []))
+        if not google and is_google2019(table):
+            raise ValueError(
+                f"{csv}: the Google 2019 expert relabelling of NIH ChestX-ray14 (Majkowska et al., "
+                f"Radiology 2019; {len(table)} images, expert columns {GOOGLE2019_FINDINGS}), not "
+                "an NIH Data_Entry table: read as one, its expert labels would be ignored for "
+                "NIH's text-mined 'Finding Labels'. Pass label_set='google2019' for the four "
+                "expert labels, or a Data_Entry_2017*.csv for the 14 NIH findings")
+        if google and split_lists is not None and split != "all":
+            raise ValueError(f"split_lists with label_set='google2019': the official NIH lists "
+                             f"do not apply to {csv}; leave split_lists=None (patient-disjoint "
+                             "split of its rows; its own 'Set Id' is in metadata['set_id'])")
+        check_filled(table, ["Image Index", "Patient ID"], str(csv))
+        table["_row"] = np.arange(len(table))  # data row in the file, for error messages
         table["Image Index"] = table["Image Index"].astype(str).str.strip()
         dup = table["Image Index"].duplicated()
         if dup.any():
@@ -174,7 +261,12 @@ class NIHChestXray14(FileDataset):
                                           source=str(csv), folder=image_dir)
         table, pids = table[keep].reset_index(drop=True), pids[keep]
         self.paths = [found[n] for n in table["Image Index"]]
-        self.labels = parse_findings(table["Finding Labels"], str(csv))
+        if google:
+            self.findings = list(GOOGLE2019_FINDINGS)
+            self.labels = parse_expert_labels(table, str(csv), table["_row"].to_numpy())
+        else:
+            self.labels = parse_findings(table["Finding Labels"], str(csv),
+                                         table["_row"].to_numpy())
         self.patient_ids = pids
         meta = {"image": table["Image Index"].to_numpy(), "patient_id": pids}
         for src, dst in METADATA_COLUMNS.items():
@@ -186,6 +278,9 @@ class NIHChestXray14(FileDataset):
             bbox_csv = first_existing(root / "BBox_List_2017.csv", root / "BBox_List_2017.csv.gz")
             bbox_csv = bbox_csv or torchxrayvision_data_file("BBox_List_2017.csv.gz")
         all_boxes = read_boxes(bbox_csv) if bbox_csv not in (None, False) else {}
+        if google:  # NIH's box names -> the expert label names; boxes of other findings dropped
+            all_boxes = {n: [(_GOOGLE_BOX_NAMES[f], *b) for f, *b in bs if f in _GOOGLE_BOX_NAMES]
+                         for n, bs in all_boxes.items()}
         self._boxes = [all_boxes.get(n, []) for n in table["Image Index"]]
 
     @staticmethod

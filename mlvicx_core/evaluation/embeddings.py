@@ -11,14 +11,15 @@ Three kinds of features:
 
 Extraction runs in eval mode under ``torch.no_grad()``, batched, on any device. With ``cache_dir``
 the result is stored as ``<cache_dir>/<kind>-<model hash>-<dataset hash>.npz``: the model hash covers
-every weight (:func:`~.checkpoint.state_fingerprint`), the dataset hash covers its class, length,
-image size, findings, labels, patient ids and the pixels of its first and last image, so a changed
-checkpoint or a different dataset never returns stale features.
+every weight (:func:`~.checkpoint.state_fingerprint`), the dataset hash covers every image
+(:func:`dataset_fingerprint` states exactly what it detects and what it does not).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -33,6 +34,9 @@ from .trunk import Trunk
 
 KINDS = ("trunk", "layer3+layer4", "global", "multi")
 TRUNK_KINDS = ("trunk", "layer3+layer4")
+#: Enters every dataset key; bump it when a change of the kit alters the pixels that a dataset
+#: serves from unchanged files (a reader fix), so that features cached before are not reused.
+FINGERPRINT_VERSION = 2
 
 
 class Features(NamedTuple):
@@ -58,20 +62,69 @@ def state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _item_file(dataset: Dataset, index: int) -> tuple[str, os.stat_result] | None:
+    """(absolute path, stat) of the regular file ``dataset.describe(index)`` names, else None."""
+    describe = getattr(dataset, "describe", None)
+    if describe is None:
+        return None
+    name = describe(index)
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError, TypeError):
+        return None
+    return (os.path.abspath(name), st) if stat.S_ISREG(st.st_mode) else None
+
+
 def dataset_fingerprint(dataset: Dataset) -> str:
-    """A 16-hex-digit identity of a contract dataset (see the module docstring)."""
+    """A 16-hex-digit identity of a contract dataset, covering every image.
+
+    What enters the key:
+
+    - the dataset's class (module and qualified name), ``len``, ``image_size``, ``findings``,
+      ``labels``, ``patient_ids``, its public scalar attributes (str/int/float/bool/None, e.g.
+      ``root``, ``split``, ``seed``, ``bit_depth``, ``on_error``) and :data:`FINGERPRINT_VERSION`;
+    - per image ``i``: when the dataset has a ``transform`` attribute that is None and
+      ``describe(i)`` names an existing regular file (the file-backed datasets: NIH, folders,
+      DICOM sets), that file's absolute path, size, modification time (ns) and inode, read with one
+      ``os.stat`` (no decoding); otherwise (in-memory arrays such as MedMNIST, a ``CachedDataset``,
+      synthetic images, wrappers without ``transform`` or ``describe``, any dataset with a
+      transform) the exact float32 bytes and shape of ``dataset[i]["image"]``.
+
+    Guarantee: a change to any image served by an in-memory / transformed dataset, and any rewrite
+    of a file that changes its size, mtime or inode (ordinary saves, copies, ``rsync``, which
+    replaces by rename), gives another key. Not detected: a file rewritten in place with its size
+    kept and its old mtime restored (``touch -r``, ``cp -p`` over an existing file); a change of the
+    kit's reading code (covered only by bumping :data:`FINGERPRINT_VERSION`); a transform or
+    attribute whose effect is random (the pixel hash then differs every call, so nothing is reused).
+    Cost: one ``os.stat`` per file-backed image, one sample read per other image (a pass over the
+    data without the network).
+    """
     h = hashlib.sha256()
-    h.update(type(dataset).__qualname__.encode())
-    h.update(str(len(dataset)).encode())
-    for attr in ("image_size", "findings"):
-        h.update(repr(getattr(dataset, attr, None)).encode())
+    params = {k: v for k, v in sorted(getattr(dataset, "__dict__", {}).items())
+              if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None)))}
+    head = {"version": FINGERPRINT_VERSION, "n": len(dataset),
+            "class": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
+            "image_size": repr(getattr(dataset, "image_size", None)),
+            "findings": repr(getattr(dataset, "findings", None)), "params": params}
+    h.update(json.dumps(head, sort_keys=True, default=repr).encode())
     for attr in ("labels", "patient_ids"):
         value = getattr(dataset, attr, None)
         if value is not None:
-            h.update(np.asarray(value).astype(str if attr == "patient_ids" else np.float32).tobytes())
-    if len(dataset):
-        for i in {0, len(dataset) - 1}:
-            h.update(np.asarray(dataset[i]["image"], dtype=np.float32).tobytes())
+            arr = np.asarray(value)
+            h.update(f"\0{attr}{arr.shape}\0".encode())
+            h.update(arr.astype(str if attr == "patient_ids" else np.float32).tobytes())
+    # stat keys only where the dataset states it has no transform (a wrapper without the
+    # attribute may hide its base's transform): otherwise the served pixels are hashed
+    by_file = hasattr(dataset, "transform") and dataset.transform is None
+    for i in range(len(dataset)):
+        found = _item_file(dataset, i) if by_file else None
+        if found is not None:
+            name, st = found
+            h.update(f"f\0{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        else:
+            img = np.ascontiguousarray(np.asarray(dataset[i]["image"], dtype=np.float32))
+            h.update(f"p\0{img.shape}\0".encode())
+            h.update(img.tobytes())
     return h.hexdigest()[:16]
 
 

@@ -125,11 +125,11 @@ def localisation_eval(classifier: nn.Module, dataset, finding: int, *, tap: str 
     """Pointing game and energy-inside of one finding's Grad-CAM on the dataset's positive images.
 
     Regions: ``sample["mask"][finding]`` when the dataset has masks, else ``dataset.boxes(i)`` boxes
-    of that finding; positives without a region are left out, at most ``max_images`` are scored. Also returns the uniform-heatmap chance levels: the mean share of the image
-    covered by the dilated region (pointing) and by the region (energy).
+    of that finding; positives without a region are left out, at most ``max_images`` are scored.
+    Scores, counts and chance levels as in :func:`~.localisation.localisation_scores` (tie-aware
+    pointing; constant maps, e.g. all-zero, are undefined and counted in ``n_constant``; the
+    uniform-map chance levels are computed on the images scored).
     """
-    from scipy.ndimage import distance_transform_edt
-
     name = dataset.findings[finding]
     positives = [i for i in range(len(dataset)) if dataset.labels[i, finding] == 1]
     # gather images whose region is non-empty first: Grad-CAM is only run where it can be scored
@@ -147,15 +147,11 @@ def localisation_eval(classifier: nn.Module, dataset, finding: int, *, tap: str 
             regions.append(region)
     if not images:
         return {"pointing_game": float("nan"), "energy_inside": float("nan"), "n": 0,
+                "n_energy": 0, "n_constant": 0,
                 "chance_pointing": float("nan"), "chance_energy": float("nan")}
     maps = [finding_cams(classifier, torch.stack(images[s:s + batch_size]), finding, tap)
             for s in range(0, len(images), batch_size)]
-    maps_arr, regions_arr = np.concatenate(maps), np.stack(regions)
-    out = localisation_scores(maps_arr, regions_arr, tolerance)
-    out["chance_pointing"] = float(np.mean([(distance_transform_edt(~r) <= tolerance).mean()
-                                            for r in regions_arr]))
-    out["chance_energy"] = float(regions_arr.mean())
-    return out
+    return localisation_scores(np.concatenate(maps), np.stack(regions), tolerance)
 
 
 def cam_gallery(classifier, images, findings: list[str], tap: str, path: str | Path):

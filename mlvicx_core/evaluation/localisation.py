@@ -1,10 +1,20 @@
 """Localisation scores of a heatmap against a ground-truth region (PHANTOM.md, "Pointing game").
 
-- Pointing game: a hit when the heatmap's maximum lies inside the region dilated by ``tolerance``
-  pixels (Euclidean distance to the nearest region pixel <= tolerance; ~15 px at 224 px). When the
-  maximum is attained at several pixels, the first in row-major order counts (numpy's argmax).
+- Pointing game, tie-aware: the maximal pixels of the map are those exactly equal to its maximum
+  (a Grad-CAM map upsampled from a coarse layer has plateaus: at 64 px, layer4's maximum is a
+  16 x 16 block). A map scores the share of its maximal pixels that lie inside the region dilated
+  by ``tolerance`` pixels (Euclidean distance to the nearest region pixel <= tolerance; ~15 px at
+  224 px). With one maximal pixel this is the classic 1 (hit) or 0 (miss); with a plateau it is
+  the expected hit when pointing at one of its pixels uniformly at random, so no pixel order
+  (numpy's argmax took the first in row-major order) and no plateau shape decides.
+- A constant map (maximum = minimum, e.g. the all-zero map Grad-CAM returns when the target's
+  gradient vanishes) points nowhere: its pointing score is undefined (NaN), and
+  :func:`localisation_scores` leaves it out of both means and counts it in ``n_constant``.
 - Energy inside: the share of the positive heatmap energy inside the (undilated) region,
-  sum(max(h, 0) * region) / sum(max(h, 0)); NaN when the map has no positive energy.
+  sum(max(h, 0) * region) / sum(max(h, 0)); NaN (undefined) when the map has no positive energy.
+- Chance levels, consistent with these rules and computed on the same images: a uniformly random
+  pointer scores the share of the image covered by the dilated region (``chance_pointing``), a
+  uniform map the region's share (``chance_energy``).
 
 Regions come from the generator's masks directly, or from NIH boxes via :func:`boxes_to_mask`.
 """
@@ -19,22 +29,33 @@ def _check(heatmap: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndar
     r = np.asarray(region).astype(bool)
     if h.ndim != 2 or h.shape != r.shape:
         raise ValueError(f"heatmap {h.shape} and region {r.shape}: expected one 2-D shape (H, W)")
+    if not np.isfinite(h).all():
+        raise ValueError(f"heatmap has {int((~np.isfinite(h)).sum())} NaN/inf value(s); expected "
+                         "finite values")
     return h, r
 
 
-def pointing_hit(heatmap: np.ndarray, region: np.ndarray, tolerance: float = 0.0) -> float:
-    """1.0 for a hit, 0.0 for a miss, NaN when the region is empty (nothing to point at)."""
-    h, r = _check(heatmap, region)
-    if not r.any():
-        return float("nan")
-    y, x = np.unravel_index(int(np.argmax(h)), h.shape)
-    if r[y, x]:
-        return 1.0
+def is_constant(heatmap: np.ndarray) -> bool:
+    """Whether a map has one value everywhere (it points nowhere: pointing is undefined)."""
+    h = np.asarray(heatmap)
+    return bool(h.size == 0 or h.max() == h.min())
+
+
+def _dilate(region: np.ndarray, tolerance: float) -> np.ndarray:
     if tolerance <= 0:
-        return 0.0
-    # distance of every pixel to the nearest region pixel
-    dist = distance_transform_edt(~r)
-    return float(dist[y, x] <= tolerance)
+        return region
+    return distance_transform_edt(~region) <= tolerance  # distance to the nearest region pixel
+
+
+def pointing_hit(heatmap: np.ndarray, region: np.ndarray, tolerance: float = 0.0) -> float:
+    """Share of the map's maximal pixels inside the dilated region, in [0, 1] (1 / 0 for a single
+    maximum); NaN when the region is empty (nothing to point at) or the map is constant (it points
+    nowhere). Module docstring for the rule."""
+    h, r = _check(heatmap, region)
+    if not r.any() or is_constant(h):
+        return float("nan")
+    top = h == h.max()
+    return float(_dilate(r, tolerance)[top].mean())
 
 
 def energy_inside(heatmap: np.ndarray, region: np.ndarray) -> float:
@@ -71,18 +92,34 @@ def boxes_to_mask(boxes: list[tuple[str, float, float, float, float]], size: int
 
 def localisation_scores(heatmaps: np.ndarray, regions: np.ndarray,
                         tolerance: float = 0.0) -> dict[str, float]:
-    """Mean pointing-game hit rate and mean energy inside over (N, H, W) maps and regions.
+    """Mean pointing game and energy inside over (N, H, W) maps and regions, with chance levels.
 
-    Images with an empty region are left out; ``n`` counts the images scored.
+    Images with an empty region are left out; so are constant maps (counted in ``n_constant``).
+    ``n``: images in the pointing-game mean and ``chance_pointing`` (mean share of the image in
+    the dilated region); ``n_energy``: those of them whose map has positive energy, which enter
+    ``energy_inside`` and ``chance_energy`` (mean region share). Means over no image are NaN.
     """
     heatmaps, regions = np.asarray(heatmaps), np.asarray(regions)
     if heatmaps.shape != regions.shape or heatmaps.ndim != 3:
         raise ValueError(f"heatmaps {heatmaps.shape} and regions {regions.shape}: expected (N, H, W)")
-    hits = np.array([pointing_hit(h, r, tolerance) for h, r in zip(heatmaps, regions)])
-    energy = np.array([energy_inside(h, r) for h, r in zip(heatmaps, regions)])
-    scored = ~np.isnan(hits)
-    return {
-        "pointing_game": float(np.mean(hits[scored])) if scored.any() else float("nan"),
-        "energy_inside": float(np.nanmean(energy)) if (~np.isnan(energy)).any() else float("nan"),
-        "n": int(scored.sum()),
-    }
+    hits, energy, chance_p, chance_e = [], [], [], []
+    n_constant = 0
+    for h, r in zip(heatmaps, regions):
+        h, r = _check(h, r)
+        if not r.any():
+            continue
+        if is_constant(h):
+            n_constant += 1
+            continue
+        hits.append(pointing_hit(h, r, tolerance))
+        chance_p.append(float(_dilate(r, tolerance).mean()))
+        e = energy_inside(h, r)
+        if not np.isnan(e):
+            energy.append(e)
+            chance_e.append(float(r.mean()))
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+    return {"pointing_game": mean(hits), "energy_inside": mean(energy), "n": len(hits),
+            "n_energy": len(energy), "n_constant": n_constant,
+            "chance_pointing": mean(chance_p), "chance_energy": mean(chance_e)}

@@ -69,7 +69,8 @@ def pointing_by_tap(classifiers: dict[str, Classifier], dataset, indices: np.nda
                     max_images: int = 16, tolerance: float = 0.0) -> pd.DataFrame:
     """Pointing game and energy-inside per encoder x tap x finding on ``dataset[indices]``.
 
-    Columns: encoder, tap, finding, pointing_game, energy_inside, chance_pointing, chance_energy, n.
+    Columns: encoder, tap, finding, pointing_game, energy_inside, chance_pointing, chance_energy, n,
+    n_energy, n_constant (constant maps, left out: see :mod:`~.evaluation.localisation`).
     Findings without a positive image holding a region get n = 0 and NaN scores.
     """
     view = Subset(dataset, indices)
