@@ -308,6 +308,9 @@ class DataConfig(Section):
                                 ge=8)
     num_workers: int = opt(0, "DataLoader worker processes", ge=0)
     on_error: Literal["raise", "skip"] = opt("raise", "unreadable files: stop, or skip them")
+    bit_depth: int | None = opt(None, "significant bits of 16-bit PNG/TIFF files without an sBIT "
+                                      "chunk, e.g. 12 (null: sBIT, else refuse unless 16-bit)",
+                                ge=1, le=16)
 
     def validate(self) -> None:
         if abs(sum(self.split_fractions) - 1) > 1e-6:

@@ -42,7 +42,7 @@ def _root(name, tmp_path):
                "folder": _folder}
     if name in writers:
         return writers[name](tmp_path)
-    if name == "nih":
+    if name in ("nih", "nih-google2019"):
         if SHARED is None or not (SHARED / "nih" / "images-64px").is_dir():
             pytest.skip("shared NIH images absent (set MLVICX_DATA_DIR)")
         return SHARED / "nih" / "images-64px"
@@ -57,7 +57,9 @@ def _root(name, tmp_path):
 def test_every_registry_entry_follows_the_contract(name, tmp_path):
     root = _root(name, tmp_path)
     # the Kaggle fixtures hold 2-4 images: too few patients for three splits, so "all" there
-    splits = {"folder": ["train"], "rsna": ["all"], "siim": ["all"], "vindr": ["all"]}.get(
+    # the experts read 30 of the 1,000 shared NIH images: "all" there too
+    splits = {"folder": ["train"], "rsna": ["all"], "siim": ["all"], "vindr": ["all"],
+              "nih-google2019": ["all"]}.get(
         name, ["train", "val", "test"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fixtures list images that are not on disk, on purpose

@@ -23,6 +23,7 @@ Built in:
                           pretraining data only, so ``train`` and ``all`` are every file
 ``nih``                   NIH ChestX-ray14 PNGs below ``root`` (any subset), labels from the NIH
                           table in ``root``/its ``../labels`` or the copy in torchxrayvision
+``nih-google2019``        the same images with the Google 2019 expert labels (4 findings)
 ``pneumoniamnist``,       MedMNIST ``<flag>.npz`` in ``root`` (official splits)
 ``chestmnist``
 ``rsna``, ``siim``,       the Kaggle layouts (``data/README.md``)
@@ -74,15 +75,15 @@ def _root(name: str, root: str | Path | None, needs: str) -> Path:
 def build_dataset(name: str, *, root: str | Path | None = None, split: str = "train",
                   image_size: int = 64, length: int | None = None, seed: int = 0,
                   fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                  on_error: str = "raise", labelled: bool = True, in_memory: bool = False
-                  ) -> CXRDataset:
+                  on_error: str = "raise", labelled: bool = True, in_memory: bool = False,
+                  bit_depth: int | None = None) -> CXRDataset:
     """The registered dataset ``name`` (see the module docstring); ``in_memory`` reads it once."""
     if split not in SPLIT_NAMES:
         raise DatasetError(f"split={split!r}: expected one of {SPLIT_NAMES}")
     builder, needs = _lookup(name)
     spec: dict[str, Any] = dict(split=split, image_size=int(image_size), length=length,
                                 seed=int(seed), fractions=tuple(fractions), on_error=on_error,
-                                labelled=labelled)
+                                labelled=labelled, bit_depth=bit_depth)
     spec["root"] = _root(name, root, needs) if needs else (
         Path(root).expanduser() if root is not None else None)
     try:
@@ -133,7 +134,7 @@ def dataset_from_config(data, split: str | None = None, length: int | None = -1,
                          image_size=data.load_size or data.image_size,
                          length=data.length if length == -1 else length, seed=data.seed,
                          fractions=data.split_fractions, on_error=data.on_error,
-                         labelled=labelled, in_memory=in_memory)
+                         labelled=labelled, in_memory=in_memory, bit_depth=data.bit_depth)
 
 
 #: Evaluation split sizes (train, val, test) of the synthetic data when ``eval.split_sizes`` is null.
@@ -149,7 +150,8 @@ def evaluation_splits(data, split_sizes=None, in_memory: bool = False) -> dict[s
         split_sizes = SYNTHETIC_EVAL_SIZES if data.dataset == "synthetic" else (None, None, None)
     return {s: build_dataset(data.dataset, root=data.root, split=s, image_size=data.image_size,
                              length=n, seed=data.seed, fractions=data.split_fractions,
-                             on_error=data.on_error, in_memory=in_memory)
+                             on_error=data.on_error, in_memory=in_memory,
+                             bit_depth=data.bit_depth)
             for s, n in zip(("train", "val", "test"), split_sizes)}
 
 
@@ -168,28 +170,39 @@ def _synthetic(*, split, image_size, length, seed, labelled, **_):
                         seed=seed, split=None if split == "all" else split, labelled=labelled)
 
 
-def _folder(*, root, split, image_size, on_error, **_):
+def _folder(*, root, split, image_size, on_error, bit_depth=None, **_):
     from .folder import ImageFolderDataset
 
     if split in ("val", "test"):
         raise DatasetError(f"data.dataset='folder' is unlabelled pretraining data: it has no "
                            f"{split!r} split to evaluate on")
-    return ImageFolderDataset(root, image_size=image_size, on_error=on_error)
+    return ImageFolderDataset(root, image_size=image_size, on_error=on_error, bit_depth=bit_depth)
 
 
-def _nih(*, root, split, image_size, seed, fractions, on_error, **_):
+def _nih_labels(label_set: str) -> Builder:
+    def build(*, root, split, image_size, seed, fractions, on_error, **_):
+        return _nih(root=root, split=split, image_size=image_size, seed=seed, fractions=fractions,
+                    on_error=on_error, label_set=label_set)
+
+    return build
+
+
+def _nih(*, root, split, image_size, seed, fractions, on_error, label_set="nih", **_):
     from .nih import NIHChestXray14
 
     tables = {}
     labels = root.parent / "labels"  # the layout of ../shared/data/nih: images-64px/ + labels/
-    for key, name in (("csv", "Data_Entry_2017_v2020.csv"), ("bbox_csv", "BBox_List_2017.csv")):
+    table = ("Data_Entry_2017_v2020.csv" if label_set == "nih"
+             else "google2019_nih-chest-xray-labels.csv")
+    for key, name in (("csv", table), ("bbox_csv", "BBox_List_2017.csv")):
         for cand in (root / name, root / f"{name}.gz", labels / name, labels / f"{name}.gz"):
             if cand.is_file():
                 tables[key] = cand
                 break
-    lists = root if (root / "train_val_list.txt").is_file() else None
+    lists = (root if (root / "train_val_list.txt").is_file() and label_set == "nih" else None)
     return NIHChestXray14(root, image_dir=root, split=split, split_lists=lists, seed=seed,
-                          fractions=fractions, image_size=image_size, on_error=on_error, **tables)
+                          fractions=fractions, image_size=image_size, on_error=on_error,
+                          label_set=label_set, **tables)
 
 
 def _medmnist(flag: str) -> Builder:
@@ -222,6 +235,9 @@ register_dataset("folder", _folder, "a folder of radiographs (PNG, JPEG, TIFF, D
                  "recursively")
 register_dataset("nih", _nih, "NIH ChestX-ray14 PNGs (any subset), optionally with "
                  "Data_Entry_2017*.csv and train_val_list.txt / test_list.txt")
+register_dataset("nih-google2019", _nih_labels("google2019"), "NIH ChestX-ray14 PNGs with the "
+                 "Google 2019 expert labels (google2019_nih-chest-xray-labels.csv, or the copy in "
+                 "torchxrayvision): 4 findings, only the images the experts read")
 register_dataset("pneumoniamnist", _medmnist("pneumoniamnist"), "pneumoniamnist.npz (MedMNIST)")
 register_dataset("chestmnist", _medmnist("chestmnist"), "chestmnist.npz (MedMNIST)")
 register_dataset("rsna", _kaggle(".rsna:RSNAPneumonia"), "stage_2_train_labels.csv and "

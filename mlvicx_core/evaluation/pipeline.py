@@ -15,7 +15,7 @@ Rows have one schema, :data:`ROW_COLUMNS`::
 ``task`` is ``probe``, ``knn``, ``finetune``, ``segmentation``, ``gradcam`` or ``umap``; ``k`` is the
 kNN's chosen k (empty elsewhere); ``finding`` is a finding name or ``mean``; ``metric`` is ``auroc``,
 ``dice``, ``pointing_game``, ``energy_inside``, ``chance_pointing``, ``chance_energy``,
-``pointing_undefined`` or ``figure``. A task that fails for one encoder leaves a row with the reason in
+``n_constant`` (Grad-CAM maps left out because constant) or ``figure``. A task that fails for one encoder leaves a row with the reason in
 ``note`` and the others still run; with ``out_dir`` the results are rewritten after every task, so
 finished work is never lost.
 """
@@ -229,16 +229,18 @@ class Evaluation:
         for j, f in enumerate(self.findings):
             r = localisation_eval(clf, loc, j, tap=c.gradcam_tap, tolerance=c.tolerance,
                                   max_images=c.gradcam_images)
-            if not r["n"]:
+            note = f"tap {c.gradcam_tap}"
+            if r["n_constant"]:
+                note += (f"; {r['n_constant']} constant map(s) left out (Grad-CAM undefined "
+                         "there, e.g. all zero)")
+            if not r["n"] and not r["n_constant"]:
+                note = "no positive image with a region"
+            for metric in ("pointing_game", "energy_inside", "chance_pointing", "chance_energy",
+                           "n_constant"):
                 rows.append(self.base(task="gradcam", fraction=max(c.fractions), finding=f,
-                                      metric="pointing_game", n=0,
-                                      note="no positive image with a region"))
-                continue
-            for metric, value in r.items():
-                if metric != "n" and isinstance(value, (int, float)):
-                    rows.append(self.base(task="gradcam", fraction=max(c.fractions), finding=f,
-                                          metric=metric, value=value, n=r["n"],
-                                          note=f"tap {c.gradcam_tap}"))
+                                      metric=metric, value=r[metric],
+                                      n=r["n_energy"] if "energy" in metric else r["n"],
+                                      note=note))
         if self.out_dir is not None:
             path = self.gradcam_gallery(clf)
             rows.append(self.base(task="gradcam", metric="figure", note=str(path)))
