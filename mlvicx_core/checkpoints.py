@@ -231,12 +231,14 @@ def load_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     return model
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               state: dict | None = None):
     """Rebuild the MLVICX network stored in ``path`` (training checkpoint or model file), in eval
-    mode; every problem is a :class:`CheckpointError` (or ``FileNotFoundError``) naming the file."""
+    mode; every problem is a :class:`CheckpointError` (or ``FileNotFoundError``) naming the file.
+    ``state``: the file's contents when the caller has read them already."""
     from .model import MLVICX
 
-    state = load_checkpoint(path, map_location)
+    state = state if state is not None else load_checkpoint(path, map_location)
     if "model" not in state:
         raise CheckpointError(f"{path}: expected a 'model' entry; found keys {sorted(state)}")
     model = MLVICX(model_config_from(state, str(path)))

@@ -24,9 +24,8 @@ try:  # POSIX; elsewhere one run folder is not protected against a second proces
 except ImportError:  # pragma: no cover
     fcntl = None
 
-from ..checkpoints import CheckpointManager, load_weights
+from ..checkpoints import CheckpointManager, load_model
 from ..config import Config, ConfigError, config_hash
-from ..model import MLVICX
 
 
 class RunBusyError(ConfigError):
@@ -127,7 +126,10 @@ def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
     ckpt, state = CheckpointManager(run_dir / "checkpoints").load_latest()
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint (expected checkpoints/step-*.pt)")
-    model = load_weights(MLVICX(config.model), state["model"], str(ckpt))
+    model = load_model(ckpt, state=state)
+    if model.config != config.model.replace(pretrained=None):  # load_model never downloads
+        raise ConfigError(f"{ckpt} holds a network configured differently from model.* of this "
+                          "run's configuration")
     model.to(device).eval()
     trunk = run_dir / "trunk.pt"
     return RunResult(run_dir=run_dir, model=model, step=int(state["step"]), checkpoint=ckpt,
