@@ -220,7 +220,7 @@ def figure_gradcam(out: Path, path: Path, order: list[str]) -> list[str]:
 def _setup(meta: dict, runs: pd.DataFrame) -> str:
     st = meta["settings"]
     c = st["config"]
-    ev, tr, opt = c["eval"], c["train"], c["optim"]
+    ev, opt = c["eval"], c["optim"]
     proj = "-".join(map(str, c["model"]["projector"]))
     lines = [
         (f"- Encoders: {', '.join(st['encoders'])}; all built from the `{st['preset']}` preset "

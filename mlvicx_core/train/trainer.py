@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -274,7 +273,7 @@ def finish(run: Run) -> RunResult:
 
 def _say(run: Run, text: str) -> None:
     if run.env.is_main and run.config.train.progress:
-        print(text, file=sys.stderr, flush=True)
+        print(text, flush=True)
 
 
 def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callable | None = None,
