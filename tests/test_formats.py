@@ -240,13 +240,19 @@ def test_pneumoniamnist_shared_file():
     np.testing.assert_allclose(s["image"][0].numpy(), ref["test_images"][5] / 255.0, atol=1e-7)
 
 
-def test_chestmnist_fixture_and_missing_file(tmp_path):
+def _chestmnist(root: Path) -> dict[str, np.ndarray]:
+    """A ``chestmnist.npz`` in MedMNIST's layout (5 / 2 / 3 images, 14 labels); its arrays."""
     rng = np.random.default_rng(0)
     arrays = {}
     for split, n in (("train", 5), ("val", 2), ("test", 3)):
         arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 14), dtype=np.uint8)
-    np.savez(tmp_path / "chestmnist.npz", **arrays)
+    np.savez(root / "chestmnist.npz", **arrays)
+    return arrays
+
+
+def test_chestmnist_fixture_and_missing_file(tmp_path):
+    arrays = _chestmnist(tmp_path)
     ds = MedMNISTChest("chestmnist", root=tmp_path, split="val", image_size=56)
     assert ds.findings == NIH_FINDINGS and len(ds) == 2
     np.testing.assert_array_equal(ds[1]["labels"].numpy(), arrays["val_labels"][1])

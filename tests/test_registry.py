@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_formats import _rsna, _siim, _vindr
+from test_formats import _chestmnist, _rsna, _siim, _vindr
 
 from mlvicx_core.data.base import check_contract
 from mlvicx_core.data.paths import shared_data_dir
@@ -20,16 +20,6 @@ from mlvicx_core.config import load_config
 SHARED = shared_data_dir()
 
 
-def _chestmnist(root):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 5), ("val", 2), ("test", 3)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 14), dtype=np.uint8)
-    np.savez(root / "chestmnist.npz", **arrays)
-    return root
-
-
 def _folder(root):
     for i in range(3):
         Image.fromarray(np.full((20, 20), 40 * i, np.uint8)).save(root / f"img{i}.png")
@@ -38,10 +28,12 @@ def _folder(root):
 
 def _root(name, tmp_path):
     """A root for every registered entry: written fixtures, or the shared real files."""
-    writers = {"rsna": _rsna, "siim": _siim, "vindr": _vindr, "chestmnist": _chestmnist,
-               "folder": _folder}
+    writers = {"rsna": _rsna, "siim": _siim, "vindr": _vindr, "folder": _folder}
     if name in writers:
         return writers[name](tmp_path)
+    if name == "chestmnist":
+        _chestmnist(tmp_path)
+        return tmp_path
     if name in ("nih", "nih-google2019"):
         if SHARED is None or not (SHARED / "nih" / "images-64px").is_dir():
             pytest.skip("shared NIH images absent (set MLVICX_DATA_DIR)")

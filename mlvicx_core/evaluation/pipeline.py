@@ -128,6 +128,21 @@ class Evaluation:
                               "no finding has both classes in the test split: undefined"))
         return rows
 
+    def per_fraction(self, task: str, score: Callable) -> list[dict]:
+        """AUROC rows of ``task`` at every label fraction: ``score(fraction, indices)`` returns
+        ``(test labels, test scores, note, k)`` for the training subset ``indices``."""
+        if not self.findings:
+            return [self.base(task=task, note="skipped: the dataset has no labels")]
+        rows = []
+        for f, sub, note in self.fraction_subsets():
+            if sub is None:
+                rows.append(self.base(task=task, fraction=f, finding="mean", metric="auroc",
+                                      note=note))
+                continue
+            labels, scores, note, k = score(f, sub)
+            rows += self.auroc_rows(task, f, labels, scores, note, k=k)
+        return rows
+
     # -- tasks ----------------------------------------------------------------------------------
     def probe(self) -> list[dict]:
         from threadpoolctl import threadpool_limits
@@ -135,61 +150,46 @@ class Evaluation:
         from .probe import fit_linear_probe
 
         tr, va, te = self.feats["train"], self.feats["val"], self.feats["test"]
-        if not self.findings:
-            return [self.base(task="probe", note="skipped: the dataset has no labels")]
-        rows = []
-        for f, sub, note in self.fraction_subsets():
-            if sub is None:
-                rows.append(self.base(task="probe", fraction=f, finding="mean", metric="auroc",
-                                      note=note))
-                continue
+
+        def score(f, sub):
             # One BLAS thread: on a shared CPU, OpenBLAS's spinning threads made a 1,600 x 512
             # logistic regression 20-300x slower (0.5 s vs 9-150 s measured).
             with threadpool_limits(limits=1, user_api="blas"):
                 probe = fit_linear_probe(tr.x[sub], tr.labels[sub], va.x, va.labels,
                                          Cs=self.cfg.probe_cs, max_iter=self.cfg.probe_max_iter)
-            rows += self.auroc_rows("probe", f, te.labels, probe.scores(te.x),
-                                    f"C={probe.C:g}; {len(sub)} training images")
             if f == max(self.cfg.fractions):
                 self.full_probe = probe
-        return rows
+            return te.labels, probe.scores(te.x), f"C={probe.C:g}; {len(sub)} training images", None
+
+        return self.per_fraction("probe", score)
 
     def knn(self) -> list[dict]:
         from .knn import knn_scores, select_k
 
         tr, va, te = self.feats["train"], self.feats["val"], self.feats["test"]
-        if not self.findings:
-            return [self.base(task="knn", note="skipped: the dataset has no labels")]
-        rows = []
-        for f, sub, note in self.fraction_subsets():
-            if sub is None:
-                rows.append(self.base(task="knn", fraction=f, finding="mean", metric="auroc",
-                                      note=note))
-                continue
+
+        def score(f, sub):
             k, _ = select_k(tr.x[sub], tr.labels[sub], va.x, va.labels, ks=self.cfg.knn_ks)
-            rows += self.auroc_rows("knn", f, te.labels,
-                                    knn_scores(tr.x[sub], tr.labels[sub], te.x, k),
-                                    f"{len(sub)} training images", k=k)
-        return rows
+            return (te.labels, knn_scores(tr.x[sub], tr.labels[sub], te.x, k),
+                    f"{len(sub)} training images", k)
+
+        return self.per_fraction("knn", score)
 
     def finetune(self) -> list[dict]:
         from .finetune import finetune, predict
         from .trunk import Trunk
 
         c, tr = self.cfg, self.splits["train"]
-        rows = []
-        for f, sub, note in self.fraction_subsets():
-            if sub is None:
-                rows.append(self.base(task="finetune", fraction=f, finding="mean",
-                                      metric="auroc", note=note))
-                continue
+
+        def score(f, sub):
             res = finetune(Trunk(self.model, keep_gates=c.keep_gates), len(self.findings),
                            Subset(tr, sub), self.splits["val"], epochs=c.finetune_epochs,
                            lr=c.finetune_lr, batch_size=min(c.batch_size, 32), device=c.device,
                            seed=c.seed)
             scores, labels = predict(res.model, self.splits["test"], c.batch_size, c.device)
-            rows += self.auroc_rows("finetune", f, labels, scores, f"{len(sub)} training images")
-        return rows
+            return labels, scores, f"{len(sub)} training images", None
+
+        return self.per_fraction("finetune", score)
 
     def segmentation(self) -> list[dict]:
         from .segmentation import predict_dice, train_segmentation
