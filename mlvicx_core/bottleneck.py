@@ -11,34 +11,38 @@ W1, W2 and the 7x7 conv have no bias; W1/W2 are 1x1 convs shared by the average 
 
 Implementation
 --------------
-:class:`ContextBottleneck` runs the whole gate as one autograd function (:class:`ContextGateFunction`)
-with a hand-written backward. Written as plain autograd ops, the gate saves ``X'`` (a second full
-(B, C, H, W) tensor besides ``X``) and its backward builds about ten fresh full-size tensors: the
-``amax`` backward alone compares, counts and rescales a full mask for each of the two maxima. Here:
+:class:`ContextBottleneck` runs the whole gate as one autograd function
+(:class:`ContextGateFunction`) with a hand-written backward. Written as plain autograd ops, the gate
+makes two full-size (B, C, H, W) tensors in the forward (``X'`` and ``X''``, and saves ``X'``) and
+fourteen in the backward: each ``amax`` backward compares, counts and rescales a full mask, and
+every product's gradient is a fresh tensor. On CPU a fresh large tensor costs more in page faults
+than the arithmetic on it. Here the forward makes one (``X'``, turned *in place* into ``X''``) and
+the backward one (a buffer holding ``g * X``, then, once that is reduced, ``dL/dX``):
 
-- the forward computes ``X'`` once and turns it *in place* into ``X''``; it saves ``X``, the small
-  gates ``M_c`` (B, C) and ``M_s`` (B, 1, H, W), the pooled statistics, and the positions of the two
-  maxima (``torch.max`` with indices), not ``X'``;
-- the backward makes two full-size tensors (``g * X`` and the input gradient); the three reductions
-  it needs (over channels and over pixels) are batched matrix-vector products, and each max routes
-  its gradient to the saved position with a scatter over (B, C) or (B, H, W) entries, not a
-  full-size mask;
-- the small parts (the two-layer channel MLP, the 2 -> 1 conv) are differentiated with the same
-  aten backward kernels autograd uses (``sigmoid_backward``, ``threshold_backward``,
-  ``convolution_backward``).
+- saved for the backward: ``X`` (which the trunk keeps anyway), the small gates ``M_c`` (B, C) and
+  ``M_s`` (B, 1, H, W), the pooled statistics, and the positions of the two maxima (``torch.max``
+  with indices), not ``X'``;
+- the reductions over channels and over pixels are batched matrix-vector products, and each max
+  routes its gradient to the saved position with a scatter over (B, C) or (B, H, W) entries;
+- the small parts (the channel MLP, the 2 -> 1 conv) use the aten backward kernels autograd uses
+  (``sigmoid_backward``, ``threshold_backward``, ``convolution_backward`` for the conv's weight);
+  the conv's input gradient is the forward conv with the flipped kernel (on CPU, oneDNN's forward
+  kernel is about 10x faster for this 1 -> 2 channel shape than its backward-input kernel).
 
 The forward is op for op the plain definition (the same values bit for bit); gradients agree with
 the plain autograd definition to float rounding (the sums are taken in a different order).
 
 Ties in a max: the whole gradient goes to the *first* maximal element (lowest channel index for
 ``max_c``; first in row-major (h, w) order for the spatial max pool), the element ``torch.max``
-returns. Autograd's ``amax`` would split it evenly between tied maxima. The two differ only for
-exactly tied maxima, and in the network those are, in practice, zeros: the gate's input is the
-output of a ReLU, so a pixel or a channel whose entries are all zero ties at 0, and the ReLU's
-backward then zeroes the gradient there whichever element received it (tests/test_bottleneck.py
-checks that the parameter gradients match the ``amax`` definition in that case). Set
-``ContextBottleneck.fused = False`` to run the plain composite definition (``amax``, even split;
-needed only for double backward, which the fused function does not support).
+returns. Autograd's ``amax`` splits it evenly between tied maxima instead. The two differ only for
+exactly tied maxima. The common ones are zeros: the gate reads a ReLU's output, so a pixel or a
+channel that is zero throughout ties at 0, and the ReLU's backward zeroes the gradient there
+whichever element received it, so every parameter gradient is the same under both rules (a test
+checks this). Ties at a positive value need exactly equal activations, e.g. a constant image region
+(a flat border) can hold a stem channel's maximum at many pixels; there the same total gradient
+lands on one pixel instead of being spread, another valid subgradient of the max. Set
+``ContextBottleneck.fused = False`` for the plain composite definition (``amax``, even split; also
+the way to get double backward, which the fused function does not support).
 """
 from __future__ import annotations
 
@@ -127,8 +131,9 @@ def _gate_forward(x, w1, w2, w_conv, padding: int, with_indices: bool):
 class ContextGateFunction(torch.autograd.Function):
     """``X'' = M_s * (M_c * X)`` for ``X`` (B, C, H, W) as one autograd node.
 
-    Inputs: ``x`` (B, C, H, W), ``w1`` (C/2, C, 1, 1), ``w2`` (C, C/2, 1, 1), ``w_conv`` (1, 2, k, k),
-    ``padding`` (k // 2). Output: (B, C, H, W), the plain definition's value bit for bit.
+    Inputs: ``x`` (B, C, H, W), ``w1`` (C/2, C, 1, 1), ``w2`` (C, C/2, 1, 1),
+    ``w_conv`` (1, 2, k, k), ``padding`` (k // 2). Output: (B, C, H, W), the plain definition's
+    value bit for bit.
     """
 
     @staticmethod
