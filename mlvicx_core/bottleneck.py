@@ -42,7 +42,14 @@ checks this). Ties at a positive value need exactly equal activations, e.g. a co
 (a flat border) can hold a stem channel's maximum at many pixels; there the same total gradient
 lands on one pixel instead of being spread, another valid subgradient of the max. Set
 ``ContextBottleneck.fused = False`` for the plain composite definition (``amax``, even split; also
-the way to get double backward, which the fused function does not support).
+the way to get double backward, which the fused function does not support). Under ``torch.compile``
+the module always traces the plain definition (inductor fuses it better than it does the fused
+function), so compiled models keep ``amax``'s tie rule.
+
+Devices: the code is device-agnostic. On CUDA the scatter that sums the ``max_c`` term into the
+(B, C) channel-gate gradient accumulates with atomics, so without
+``torch.use_deterministic_algorithms(True)`` that gradient can differ between runs at float
+rounding (the other two scatters write each element at most once).
 """
 from __future__ import annotations
 
@@ -80,6 +87,13 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(self.conv(stats))
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)   # torch.compiler.is_compiling: torch >= 2.3
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return False
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -233,7 +247,10 @@ class ContextBottleneck(nn.Module):
         self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused:
+        # Under torch.compile the plain definition is the better input: inductor fuses its
+        # elementwise work and reductions itself (benchmarks/results/cpu_options.md: the compiled
+        # plain gate beats the compiled fused function), so the fused function is for eager mode.
+        if not self.fused or _is_compiling():
             x = self.channel(x) * x
             return self.spatial(x) * x
         args = (x, self.channel.mlp[0].weight, self.channel.mlp[2].weight,

@@ -238,3 +238,16 @@ def test_bf16_autocast_matches_the_plain_gate_under_autocast():
     for a, b, p in zip(grads, ref_grads, [x, *weights(gate)]):
         assert a.dtype == p.dtype
         assert close(a.float(), b.float(), 3e-2)
+
+
+def test_compiled_models_trace_the_plain_definition(monkeypatch):
+    """Under torch.compile the module hands inductor the plain definition (it fuses that better)."""
+    import mlvicx_core.bottleneck as bottleneck
+
+    gate = ContextBottleneck(8)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    assert type(gate(x).grad_fn).__name__ == "ContextGateFunctionBackward"
+    monkeypatch.setattr(bottleneck, "_is_compiling", lambda: True)
+    out = gate(x)
+    assert type(out.grad_fn).__name__ != "ContextGateFunctionBackward"
+    assert torch.equal(out, plain_gate(x, *weights(gate), ties="split"))
