@@ -8,23 +8,30 @@ Sections (each can run alone; results are merged into ``benchmarks/results/cpu_o
 
 ``steps``
     In one process, one step of each variant per round, the order rotating, medians (wall and CPU
-    time): ``new`` (the kit's defaults: fused context bottleneck, automatic covariance form, one math
-    thread), ``old-kernels`` (the plain gate and the D x D covariance, the code before),
+    time): ``new`` (the kit's defaults: fused context bottleneck, automatic covariance form, one
+    math thread), ``no-gates`` (the same network without context bottlenecks), ``old-kernels`` (the plain gate and the D x D covariance, the code before),
     ``channels_last`` (model and images in channels_last), ``bf16-autocast`` (forward under CPU bf16
     autocast; the loss stays float32), ``2-threads``. Plus, in the same process, the loss's and the
     five gates' own forward + backward time at the step's shapes (new and old kernels), as shares of
     the step.
+``kernels``
+    Only ``new`` vs ``old-kernels``, more alternated rounds (``--reps``): the step-level ratio of
+    the kernel work, which the five-variant rounds above measure less precisely on a busy machine.
 ``compile``
-    ``torch.compile`` (inductor, CPU) of the context bottleneck alone (the plain definition compiled,
-    vs the eager fused and eager plain gate, at the stem shapes), and of the whole model for the
-    training step's forward + backward: first-step time (compilation included) and steady-state
-    ratio to eager, alternated in one process.
+    ``torch.compile`` (inductor, CPU) of the context bottleneck alone at the stem shape (the module
+    compiled, which traces the plain definition, and the fused autograd function compiled, vs the
+    eager fused and eager plain gate), and of the whole model for the training step's forward +
+    backward: first-step time (compilation included; it depends on whether inductor's on-disk
+    cache is empty, which is recorded) and steady-state ratio to eager, alternated in one process.
 ``jemalloc``
     Whole processes, alternated: the same step script under glibc malloc and under Debian's
     ``libjemalloc2`` preloaded with ``MALLOC_CONF=oversize_threshold:0,dirty_decay_ms:-1,
     muzzy_decay_ms:-1`` (keep freed pages instead of returning them to the kernel, so fresh large
     tensors stop page-faulting). Per process: median step wall time, user and system CPU time,
     peak resident memory.
+``memory``
+    Peak resident memory (``ru_maxrss``) of a whole training process (warm-up + one step, glibc),
+    new vs old kernels, alternated.
 
     python benchmarks/cpu_options.py                        # all sections (~20 min on 2 cores)
     python benchmarks/cpu_options.py --section steps --preset teaching
@@ -155,12 +162,39 @@ def component_times(model, views, reps: int) -> dict:
     return {"loss_s": {k: v["wall_s"] for k, v in loss.items()}, "gates_s": gates}
 
 
+def in_step_gate_shares(res: dict, comp: dict) -> dict:
+    """The gates' share of the step: (step - the same step without gates) / step. The no-gates step
+    runs the new loss, so the old-kernels step is first reduced by the loss's own old - new time."""
+    loss_extra = comp["loss_s"]["old"] - comp["loss_s"]["new"]
+    out = {}
+    for key, suffix in (("wall_s", ""), ("cpu_s", "_cpu")):
+        new, old, none = (res[k][key] for k in ("new", "old-kernels", "no-gates"))
+        out["gates_in_step_share_new" + suffix] = (new - none) / new
+        out["gates_in_step_share_old" + suffix] = (old - loss_extra - none) / old
+    return out
+
+
+def section_kernels(preset: str, reps: int) -> dict:
+    """New vs old kernels only, many alternated rounds: the step-level ratio of the kernel work."""
+    model, views = build(preset)
+    res = paired({"new": make_step(model, views, "new"), "old": make_step(model, views, "old")},
+                 reps)
+    return {"steps": res, "reps": reps,
+            "new_over_old_wall": res["new"]["wall_s"] / res["old"]["wall_s"],
+            "new_over_old_cpu": res["new"]["cpu_s"] / res["old"]["cpu_s"]}
+
+
 def section_steps(preset: str, reps: int) -> dict:
     model, views = build(preset)
     cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     cl_views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    # the same network without its gates (other weights copied): new - no-gates = the gates'
+    # in-step cost, allocation effects included
+    no_cb = MLVICX(get_preset(preset, image_size=SETTINGS[preset][0], context_bottleneck=False))
+    no_cb.load_state_dict(model.state_dict(), strict=False)
     runs = {
         "new": make_step(model, views, "new"),
+        "no-gates": make_step(no_cb.train(), views, "new"),
         "old-kernels": make_step(model, views, "old"),
         "channels_last": make_step(cl_model, cl_views, "new"),
         "bf16-autocast": make_step(model, views, "new", autocast=True),
@@ -169,8 +203,9 @@ def section_steps(preset: str, reps: int) -> dict:
     res = paired(runs, reps)
     comp = component_times(model, views, max(3, reps))
     new, old = res["new"]["wall_s"], res["old-kernels"]["wall_s"]
-    shares = {
-        "loss_share_new": comp["loss_s"]["new"] / new, "loss_share_old": comp["loss_s"]["old"] / old,
+    shares = {**in_step_gate_shares(res, comp),
+        "loss_share_new": comp["loss_s"]["new"] / new,
+        "loss_share_old": comp["loss_s"]["old"] / old,
         "gates_share_new": comp["gates_s"]["new"] / new,
         "gates_share_old": comp["gates_s"]["old"] / old,
     }
@@ -182,11 +217,24 @@ def section_steps(preset: str, reps: int) -> dict:
 
 
 # -- torch.compile -------------------------------------------------------------------------------
+def _inductor_cache_state() -> str:
+    """First-step compile time depends on inductor's on-disk cache: record whether it was empty."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        path = Path(cache_dir())
+    except Exception:  # private API: moved in some torch versions
+        return "unknown"
+    if not path.exists() or not any(path.iterdir()):
+        return f"empty ({path}): cold compile"
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return f"populated ({path}, {size / 2**20:.0f} MB): partly warm compile"
+
+
 def section_compile(preset: str, reps: int) -> dict:
     import torch._dynamo
     from mlvicx_core.bottleneck import ContextBottleneck, ContextGateFunction
 
-    out: dict = {}
+    out: dict = {"inductor_cache": _inductor_cache_state()}
     # (a) the gate alone, at the stem tap shape of this setting
     model, views = build(preset)
     shape = tap_shapes(model, views)["stem"]
@@ -246,11 +294,11 @@ def section_compile(preset: str, reps: int) -> dict:
 
 
 # -- jemalloc: whole processes --------------------------------------------------------------------
-def child_step(preset: str, steps: int) -> None:
+def child_step(preset: str, steps: int, kernels: str = "new") -> None:
     t_start = time.perf_counter()
     torch.set_num_threads(1)
     model, views = build(preset)
-    step = make_step(model, views, "new")
+    step = make_step(model, views, kernels)
     step()                                           # warm-up
     walls = []
     for _ in range(steps):
@@ -295,6 +343,21 @@ def section_jemalloc(preset: str, rounds: int, steps: int) -> dict:
             "runs": runs, "median": summary, "jemalloc_over_glibc": ratios}
 
 
+def section_memory(preset: str, rounds: int) -> dict:
+    """Peak resident memory of a whole process (warm-up + one step), new vs old kernels, glibc."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    env["OMP_NUM_THREADS"] = "1"
+    peaks: dict = {"new": [], "old": []}
+    for r in range(rounds):
+        for kernels in (["new", "old"] if r % 2 == 0 else ["old", "new"]):
+            out = subprocess.run([sys.executable, __file__, "--child-step", preset, "1", kernels],
+                                 env=env, check=True, capture_output=True, text=True)
+            peaks[kernels].append(json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mb"])
+            print(f"memory {preset} {kernels}: {peaks[kernels][-1]:.0f} MB", flush=True)
+    med = {k: statistics.median(v) for k, v in peaks.items()}
+    return {"maxrss_mb": peaks, "median_mb": med, "new_over_old": med["new"] / med["old"]}
+
+
 # -- report ----------------------------------------------------------------------------------------
 def markdown(res: dict) -> str:
     m = res.get("meta", {})
@@ -309,23 +372,45 @@ def markdown(res: dict) -> str:
         if sec:
             lines += [f"## {preset} preset, {size} px, batch {batch} per view: step variants "
                       f"(median of {sec['reps']} alternated rounds)", "",
-                      "| variant | wall s/step | CPU s/step | wall / new | CPU / new |",
-                      "|---|---:|---:|---:|---:|"]
+                      "| variant | wall s/step | (min - max) | CPU s/step | wall / new | CPU / new |",
+                      "|---|---:|---:|---:|---:|---:|"]
             for k, v in sec["steps"].items():
                 rw = 1.0 if k == "new" else sec["ratios_wall_vs_new"][k]
                 rc = 1.0 if k == "new" else sec["ratios_cpu_vs_new"][k]
-                lines.append(f"| {k} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} | {rw:.3f} | {rc:.3f} |")
+                lines.append(f"| {k} | {v['wall_s']:.2f} | {min(v['walls']):.2f} - "
+                             f"{max(v['walls']):.2f} | {v['cpu_s']:.2f} | {rw:.3f} | {rc:.3f} |")
+            lines += ["", f"Load average {sec.get('load_before')} before, "
+                      f"{sec.get('load_after')} after (2 cores). The rounds spread widely on a "
+                      "busy machine; the CPU-time ratios are the steadier ones, and the "
+                      "many-round new / old comparison below is the precise kernel ratio."]
             s = sec["shares"]
             lines += ["", f"new kernels / old kernels (whole step): "
                       f"{sec['ratios_wall_vs_new']['new_over_old_kernels']:.3f}. "
                       f"Loss share of the step: {100 * s['loss_share_old']:.1f} % old -> "
                       f"{100 * s['loss_share_new']:.1f} % new; context bottlenecks (5 gates x 2 "
                       f"views, forward + backward): {100 * s['gates_share_old']:.1f} % -> "
-                      f"{100 * s['gates_share_new']:.1f} %.", ""]
+                      f"{100 * s['gates_share_new']:.1f} % (timed alone)"
+                      + (f"; in the step (step - step without gates): "
+                         f"{100 * s['gates_in_step_share_old']:.1f} % -> "
+                         f"{100 * s['gates_in_step_share_new']:.1f} % wall, "
+                         f"{100 * s['gates_in_step_share_old_cpu']:.1f} % -> "
+                         f"{100 * s['gates_in_step_share_new_cpu']:.1f} % CPU"
+                         if "gates_in_step_share_new" in s else "") + ".", ""]
+        kab = res.get("kernels", {}).get(preset)
+        if kab:
+            lines += [f"## {preset}: new / old kernels, {kab['reps']} alternated rounds", "",
+                      f"new / old = {kab['new_over_old_wall']:.3f} wall, "
+                      f"{kab['new_over_old_cpu']:.3f} CPU (medians: new "
+                      f"{kab['steps']['new']['wall_s']:.2f} s wall, "
+                      f"{kab['steps']['new']['cpu_s']:.2f} s CPU; old "
+                      f"{kab['steps']['old']['wall_s']:.2f} s wall, "
+                      f"{kab['steps']['old']['cpu_s']:.2f} s CPU per step).", ""]
         c = res.get("compile", {}).get(preset)
         if c:
             gt = c["gate"]
             lines += [f"## {preset}: torch.compile (inductor, CPU)", "",
+                      f"Inductor cache before the run: {c.get('inductor_cache', 'not recorded')}.",
+                      "",
                       f"Gate alone at {tuple(gt['shape'])}, forward + backward, ratio to the eager "
                       "plain gate:", "", "| variant | ms | / eager plain | first call s |",
                       "|---|---:|---:|---:|"]
@@ -337,7 +422,9 @@ def markdown(res: dict) -> str:
             lines += ["", f"Whole model (`torch.compile(model.forward)`, the step's forward + "
                       f"backward; loss and SGD eager): first step {md['first_step_s']:.0f} s "
                       f"(compilation), then compiled / eager = {md['compiled_over_eager']:.3f} "
-                      f"({md['median_s']['compiled']:.2f} vs {md['median_s']['eager']:.2f} s/step); "
+                      f"wall, {md.get('compiled_over_eager_cpu', float('nan')):.3f} CPU "
+                      f"({md['median_s']['compiled']:.2f} vs {md['median_s']['eager']:.2f} "
+                      f"s/step); "
                       + (f"compilation pays for itself after ~{md['break_even_steps']:.0f} steps."
                          if md.get("break_even_steps") else "compilation never pays (compiled is "
                          "not faster).") + (f" Gates in the compiled model: {md['gates']}."
@@ -349,33 +436,44 @@ def markdown(res: dict) -> str:
                       f"first step {md['first_step_s']:.0f} s, compiled / eager = "
                       f"{md['compiled_over_eager']:.3f} wall, "
                       f"{md['compiled_over_eager_cpu']:.3f} CPU.", ""]
+        mem = res.get("memory", {}).get(preset)
+        if mem:
+            lines += [f"## {preset}: peak memory of a training process (warm-up + 1 step, glibc)",
+                      "", f"old kernels {mem['median_mb']['old']:.0f} MB, new kernels "
+                      f"{mem['median_mb']['new']:.0f} MB: new / old = {mem['new_over_old']:.3f} "
+                      f"(median of {len(mem['maxrss_mb']['new'])} processes each).", ""]
         j = res.get("jemalloc", {}).get(preset)
         if j and "median" in j:
-            lines += [f"## {preset}: jemalloc vs glibc malloc (whole processes, "
-                      f"{j['rounds']} alternated rounds, {j['steps_per_process']} timed steps each)",
+            lines += [f"## {preset}: jemalloc vs glibc malloc (whole processes, {j['rounds']} "
+                      f"alternated rounds, {j['steps_per_process']} timed steps each)",
                       "", f"`LD_PRELOAD={JEMALLOC} MALLOC_CONF={j['malloc_conf']}`", "",
                       "| measure | glibc | jemalloc | jemalloc / glibc |", "|---|---:|---:|---:|"]
             for k, v in j["jemalloc_over_glibc"].items():
                 lines.append(f"| {k} | {j['median']['glibc'][k]:.2f} | "
                              f"{j['median']['jemalloc'][k]:.2f} | {v:.3f} |")
+            cpu = {n: statistics.median(r["user_s"] + r["sys_s"] for r in j["runs"][n])
+                   for n in ("glibc", "jemalloc")}
+            lines.append(f"| user + sys (whole process) | {cpu['glibc']:.2f} | "
+                         f"{cpu['jemalloc']:.2f} | {cpu['jemalloc'] / cpu['glibc']:.3f} |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--section", action="append", choices=("steps", "compile", "jemalloc"))
+    ap.add_argument("--section", action="append",
+                    choices=("steps", "kernels", "compile", "jemalloc", "memory"))
     ap.add_argument("--preset", action="append", choices=tuple(SETTINGS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="jemalloc: processes per allocator")
     ap.add_argument("--steps", type=int, default=3, help="jemalloc: timed steps per process")
-    ap.add_argument("--child-step", nargs=2, metavar=("PRESET", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-step", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_step:
-        child_step(args.child_step[0], int(args.child_step[1]))
+        child_step(args.child_step[0], int(args.child_step[1]), *args.child_step[2:])
         return
     torch.set_num_threads(1)
-    sections = args.section or ["steps", "compile", "jemalloc"]
+    sections = args.section or ["steps", "kernels", "compile", "jemalloc", "memory"]
     presets = args.preset or list(SETTINGS)
     res = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     res["meta"] = {"torch": torch.__version__, "cpu_capability":
@@ -389,6 +487,10 @@ def main() -> None:
                 out = section_steps(preset, args.reps)
             elif section == "compile":
                 out = section_compile(preset, args.reps)
+            elif section == "kernels":
+                out = section_kernels(preset, args.reps)
+            elif section == "memory":
+                out = section_memory(preset, args.rounds)
             else:
                 out = section_jemalloc(preset, args.rounds, args.steps)
             out["load_before"], out["load_after"] = load, round(os.getloadavg()[0], 2)
