@@ -215,7 +215,7 @@ class ContextGateFunction(torch.autograd.Function):
                         + d_hm.t() @ mx.flatten(1).to(d_hm.dtype)).view_as(w1)
             d_x = None
             if need_x:
-                # dL/dX = M_c (g M_s + d_mean_c / C + max_c scatter) + d_avg / P + max-pool scatter
+                # dL/dX = M_c (g M_s + d_mean_c + max_c scatter) + d_avg / P + max-pool scatter
                 d_x = torch.addcmul(d_mean_c, g, m_s.to(dt), out=buf)  # g X is no longer needed
                 dxf = _flat(d_x)                                      # a view (layout above)
                 dxf.scatter_add_(1, idx_c, d_max_c)
