@@ -39,19 +39,61 @@ def variance(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Te
     return F.relu(gamma - std).mean()
 
 
-def covariance(z: torch.Tensor) -> torch.Tensor:
+COVARIANCE_FORMS = ("auto", "dxd", "gram")
+
+
+def choose_covariance_form(n: int, d: int) -> str:
+    """The cheaper exact form for N samples of D dimensions: ``"gram"`` if N < D, else ``"dxd"``.
+
+    ``"dxd"`` costs N D^2 multiply-adds and two D x D tensors (forward and backward); ``"gram"``
+    costs N^2 D and two N x N tensors. At VICReg sizes (N = 16..128 per view, D = 4096) the Gram
+    matrix is 32x to 256x smaller.
+    """
+    return "gram" if n < d else "dxd"
+
+
+def _offdiag_sq_dxd(zc: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
+    """``sum_{i != j} C_ij^2`` from the D x D covariance ``C = zc^T zc / (N - 1)``."""
+    cov = (zc.T @ zc) / (zc.shape[0] - 1)
+    return cov.pow(2).sum() - diag.pow(2).sum()
+
+
+def _offdiag_sq_gram(zc: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
+    """``sum_{i != j} C_ij^2`` from the N x N Gram matrix ``G = zc zc^T``.
+
+    ``||C||_F^2 = tr(C^T C) = tr(zc^T zc zc^T zc) / (N - 1)^2 = tr(G G) / (N - 1)^2 = ||G||_F^2 /
+    (N - 1)^2`` (cyclic trace; G is symmetric), so the full sum of squares needs no D x D matrix.
+    """
+    gram = (zc @ zc.T) / (zc.shape[0] - 1)
+    return gram.pow(2).sum() - diag.pow(2).sum()
+
+
+def covariance(z: torch.Tensor, form: str = "auto") -> torch.Tensor:
     """Sum of squared off-diagonal covariances over D: ``c = 1/D sum_{i != j} C_ij^2``.
 
-    ``C = (z - mean)^T (z - mean) / (N - 1)``. The off-diagonal sum is taken as the full sum of
-    squares minus the squared diagonal (the per-dimension variances, computed directly), so no
-    masked D x D copy is built.
+    ``C = (z - mean)^T (z - mean) / (N - 1)`` (D x D). The off-diagonal sum is the full sum of
+    squares minus the squared diagonal (the per-dimension variances ``C_jj``, computed directly),
+    and the full sum of squares has two exact forms:
+
+    - ``"dxd"``:  ``sum_ij C_ij^2``, from the D x D matrix C;
+    - ``"gram"``: ``||Z_c Z_c^T||_F^2 / (N - 1)^2``, from the N x N Gram matrix of the centred
+      ``Z_c`` (the same value: ``||Z_c^T Z_c||_F = ||Z_c Z_c^T||_F``);
+
+    so ``c = (||Z_c Z_c^T||_F^2 / (N - 1)^2 - sum_j C_jj^2) / D``. ``form="auto"`` (default) takes
+    the cheaper one, :func:`choose_covariance_form` (Gram when N < D). Under DistributedDataParallel
+    ``z`` is the gathered global batch, so N, and the choice, are global. Both forms agree to float
+    rounding.
     """
+    if form not in COVARIANCE_FORMS:
+        raise ValueError(f"form={form!r}: expected one of {COVARIANCE_FORMS}")
     z = _float32(z)
     n, d = z.shape
     zc = z - z.mean(dim=0)
-    cov = (zc.T @ zc) / (n - 1)
     diag = zc.pow(2).sum(dim=0) / (n - 1)
-    return (cov.pow(2).sum() - diag.pow(2).sum()) / d
+    if form == "auto":
+        form = choose_covariance_form(n, d)
+    offdiag = _offdiag_sq_gram(zc, diag) if form == "gram" else _offdiag_sq_dxd(zc, diag)
+    return offdiag / d
 
 
 def _check_pair(z_a: torch.Tensor, z_b: torch.Tensor) -> None:
@@ -91,6 +133,7 @@ def vicreg_loss(
     eps: float = 1e-4,
     check_finite: bool = True,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    covariance_form: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """VICReg: ``l = sim_coeff * s + std_coeff * (v(z_a) + v(z_b)) / 2 + cov_coeff * (c(z_a) + c(z_b))``.
 
@@ -107,6 +150,9 @@ def vicreg_loss(
     ``gather`` (DistributedDataParallel): a function that concatenates a rank's (n, D) embeddings
     with every other rank's, with gradient, into the global (N, D) batch. As in official VICReg the
     invariance term stays local and the variance and covariance terms see the global batch.
+
+    ``covariance_form``: ``"auto"`` (default), ``"dxd"`` or ``"gram"``, see :func:`covariance`; the
+    automatic choice is made from the gathered (global) N.
     """
     _check_pair(z_a, z_b)
     with _no_autocast(z_a.device.type):
@@ -116,7 +162,7 @@ def vicreg_loss(
         if gather is not None:
             z_a, z_b = gather(z_a), gather(z_b)
         v = (variance(z_a, gamma, eps) + variance(z_b, gamma, eps)) / 2
-        c = covariance(z_a) + covariance(z_b)
+        c = covariance(z_a, covariance_form) + covariance(z_b, covariance_form)
         terms = {"invariance": s, "variance": v, "covariance": c}
         if check_finite:
             _check_finite(terms)

@@ -5,6 +5,23 @@ import pytest
 import torch
 
 from mlvicx_core import covariance, invariance, mlvicx_loss, variance, vicreg_loss
+from mlvicx_core import loss as loss_module
+from mlvicx_core.loss import choose_covariance_form
+
+
+def reference_covariance(z):
+    """``1/D sum_{i != j} C_ij^2`` in float64 from explicit loops over dimension pairs (a tensor, so
+    it can be differentiated; the sums run in plain loop order)."""
+    z = z.double()
+    n, d = z.shape
+    zc = z - z.mean(0)
+    total = zc.sum() * 0.0  # zero, part of the graph (D = 1 has no pair)
+    for i in range(d):
+        for j in range(d):
+            if i != j:
+                cij = (zc[:, i] * zc[:, j]).sum() / (n - 1)
+                total = total + cij**2
+    return total / d
 
 
 def reference_vicreg(za, zb, sim=25.0, std=25.0, cov=1.0, gamma=1.0, eps=1e-4):
@@ -22,14 +39,7 @@ def reference_vicreg(za, zb, sim=25.0, std=25.0, cov=1.0, gamma=1.0, eps=1e-4):
         return total / d
 
     def c(z):
-        zc = z - z.mean(0)
-        total = 0.0
-        for i in range(d):
-            for j in range(d):
-                if i != j:
-                    cij = (zc[:, i] * zc[:, j]).sum() / (n - 1)
-                    total += float(cij) ** 2
-        return total / d
+        return float(reference_covariance(z))
 
     terms = {"invariance": float(s), "variance": (v(za) + v(zb)) / 2, "covariance": c(za) + c(zb)}
     terms["loss"] = sim * terms["invariance"] + std * terms["variance"] + cov * terms["covariance"]
@@ -172,3 +182,92 @@ def test_non_finite_term_is_named():
     z = torch.tensor([[1e20, 0.0], [-1e20, 1.0], [0.0, 2.0]])
     with pytest.raises(FloatingPointError, match="covariance"):
         vicreg_loss(z, z.clone())
+
+
+# -- the two exact forms of the covariance term ---------------------------------------------------
+# "dxd" squares the D x D covariance; "gram" uses ||Z_c Z_c^T||_F^2 / (N - 1)^2 (N x N). Same value
+# in exact arithmetic; in float they are different sums. Tolerances: float64 1e-12 relative; float32
+# 1e-5 relative (measured: <= 1.2e-6 over these shapes and up to N=128, D=4096; the off-diagonal sum
+# is a difference of two sums of N*D or D^2 terms, so it carries a few ulps of the full sum).
+FORM_SHAPES = [(5, 12), (12, 12), (30, 6), (2, 7), (9, 1)]  # N < D, N == D, N > D, N = 2, D = 1
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def _input(n, d, dtype):
+    g = torch.Generator().manual_seed(100 * n + d)
+    f64 = torch.float64
+    mix = torch.eye(d, dtype=f64) + 0.3 * torch.randn(d, d, generator=g, dtype=f64)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) @ mix + 2.0).to(dtype)
+
+
+def _rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("n,d", FORM_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_covariance_forms_equal_the_loop_reference(n, d, dtype):
+    z = _input(n, d, dtype)
+    z64 = z.double().clone().requires_grad_(True)
+    ref = reference_covariance(z64)
+    (ref_grad,) = torch.autograd.grad(ref, z64)
+    results = {}
+    for form in ("dxd", "gram", "auto"):
+        zz = z.clone().requires_grad_(True)
+        value = covariance(zz, form)
+        (grad,) = torch.autograd.grad(value, zz)
+        assert value.dtype == dtype and grad.dtype == dtype
+        if d > 1:
+            assert _rel(value, ref) <= TOL[dtype], form
+            assert _rel(grad, ref_grad) <= TOL[dtype], form
+        else:  # one dimension: no off-diagonal pair; zero up to the rounding of C_00^2 - C_00^2
+            scale = float(z.double().var(0) ** 2)
+            assert abs(float(value.detach())) <= TOL[dtype] * scale
+            assert float(grad.abs().max()) <= TOL[dtype] * scale
+        results[form] = (value, grad)
+    if d > 1:  # and the two forms against each other, values and gradients
+        assert _rel(results["gram"][0], results["dxd"][0]) <= TOL[dtype]
+        assert _rel(results["gram"][1], results["dxd"][1]) <= TOL[dtype]
+
+
+def test_gram_form_gradcheck():
+    z = _input(4, 9, torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: covariance(t, "gram"), (z,))
+
+
+def test_cheaper_form_is_chosen_from_n_and_d():
+    assert choose_covariance_form(16, 4096) == "gram"
+    assert choose_covariance_form(128, 4096) == "gram"
+    assert choose_covariance_form(64, 64) == "dxd"     # equal cost: today's form
+    assert choose_covariance_form(256, 64) == "dxd"
+
+
+def test_auto_form_uses_the_gathered_batch(monkeypatch):
+    """Under DDP the choice is made after the gather: 4 local samples of D = 6 use the Gram form
+    alone, but gathered to N = 8 the D x D form."""
+    calls = []
+    for name in ("_offdiag_sq_dxd", "_offdiag_sq_gram"):
+        real = getattr(loss_module, name)
+        monkeypatch.setattr(loss_module, name,
+                            lambda zc, diag, _r=real, _n=name: calls.append((_n, zc.shape[0]))
+                            or _r(zc, diag))
+    g = torch.Generator().manual_seed(6)
+    za, zb, oa, ob = (torch.randn(4, 6, generator=g) for _ in range(4))
+    others = {id(za): oa, id(zb): ob}
+    vicreg_loss(za, zb)
+    assert calls == [("_offdiag_sq_gram", 4)] * 2
+    calls.clear()
+    vicreg_loss(za, zb, gather=lambda z: torch.cat([z, others[id(z)]]))
+    assert calls == [("_offdiag_sq_dxd", 8)] * 2
+
+
+def test_vicreg_loss_is_the_same_in_either_form():
+    g = torch.Generator().manual_seed(8)
+    za, zb = torch.randn(16, 64, generator=g), torch.randn(16, 64, generator=g)
+    dxd = vicreg_loss(za, zb, covariance_form="dxd")
+    gram = vicreg_loss(za, zb, covariance_form="gram")
+    for key in dxd:
+        assert gram[key].item() == pytest.approx(dxd[key].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="form='nope'"):
+        vicreg_loss(za, zb, covariance_form="nope")
