@@ -182,3 +182,19 @@ def test_a_real_write_failure_names_the_file_and_its_errno(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001.pt"]  # no temporary
     assert load_checkpoint(tmp_path / "step-00000001.pt")["step"] == 1
 
+
+def test_metrics_line_torn_by_a_crash_is_dropped_on_resume(tmp_path):
+    """kill -9 while a metrics record is written leaves half a line; every rerun stopped with a
+    JSONDecodeError traceback on it before."""
+    import json
+
+    from mlvicx_core.train.metrics import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl:3: not a complete metrics record"):
+        writer = MetricsWriter(tmp_path, tensorboard=False, resume_step=2)
+    writer.write({"step": 3, "loss": 1.0})
+    writer.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary left
