@@ -224,8 +224,10 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def ref(tmp_path_factory) -> Reference:
-    return Reference(tmp_path_factory.mktemp("reference"))
+def ref(tmp_path_factory):
+    reference = Reference(tmp_path_factory.mktemp("reference"))
+    yield reference
+    _remove_checkpoints(reference.root)
 
 
 def _copy_run(ref: Reference, out: Path, checkpoints=(2, 3, 4)) -> Path:
