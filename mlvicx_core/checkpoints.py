@@ -80,31 +80,56 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
+class _Recorder:
+    """The file object ``torch.save`` writes to, remembering the ``OSError`` of a failed write:
+    torch turns it into ``RuntimeError("[enforce fail at inline_container.cc] ... unexpected pos")``
+    and the errno (a full disk, a quota, a file-size limit) would be lost."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` via a temporary file + fsync + ``os.replace``.
 
-    A failed write (disk full, permissions) removes its temporary file and raises an ``OSError``
-    that names ``path``.
+    A failed write (disk full, quota, permissions) removes its temporary file and raises an
+    ``OSError`` that names ``path``, with the errno of the failed write where the system gave one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    recorder = None
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            recorder = _Recorder(f)
+            torch.save(obj, recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno is not None:
-            raise OSError(err.errno, f"could not write {path}: {os.strerror(err.errno)}") from err
-        if isinstance(err, RuntimeError):  # torch reports a full disk as "enforce fail ..."
-            full = "No space left" in str(err) or "inline_container" in str(err)
-            code = errno.ENOSPC if full else errno.EIO
-            raise OSError(code, f"could not write {path}: "
-                                f"{'no space left on the device' if full else err}") from err
+        cause = recorder.error if recorder is not None and recorder.error is not None else err
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, f"could not write {path}: {os.strerror(cause.errno)}"
+                          ) from err
+        if isinstance(err, RuntimeError):  # torch's own writer failed ("enforce fail ...")
+            full = "No space left" in str(err)
+            detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          f"could not write {path}: "
+                          f"{os.strerror(errno.ENOSPC) if full else detail}") from err
         raise
     # Persist the rename itself (the directory entry); not supported on every platform.
     try:

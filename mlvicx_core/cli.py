@@ -12,7 +12,8 @@
 Every command that reads a configuration takes ``--preset`` and ``--set section.key=value`` (the keys
 of ``mlvicx_core.config``); a few common keys also have a flag. Adding a subcommand: write
 ``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to :data:`SUBCOMMANDS`.
-Configuration, data and checkpoint errors exit with status 2 and a message naming the key or file.
+Configuration, data and checkpoint errors exit with status 2 and a message naming the key or file;
+a run stopped by non-finite values or a failed write (a full disk) exits with status 1.
 """
 from __future__ import annotations
 
@@ -242,7 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(err: BaseException) -> str:
+    """``str(err)``, except for an error re-raised from a DataLoader worker: torch rebuilds those as
+    ``"Caught X in DataLoader worker process N.\nOriginal Traceback ..."`` (the whole chained
+    traceback in the message); the original message is the traceback's last line."""
+    text = str(err)
+    name = type(err).__qualname__
+    if text.startswith(f"Caught {name} ") and "\nOriginal Traceback" in text:
+        original = text.rpartition(f"{name}: ")[2].strip()
+        if original:
+            return original
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
+    import errno
+
     from .checkpoints import CheckpointError
     from .config import ConfigError
     from .data.imageio import ImageReadError
@@ -250,17 +266,24 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    where = f"mlvicx {args.command}"
     try:
         return args.run(args)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
-        print(f"mlvicx {args.command}: error: {err}", file=sys.stderr)
+        print(f"{where}: error: {error_message(err)}", file=sys.stderr)
         return 2
     except ImageReadError as err:
-        print(f"mlvicx {args.command}: error: {err}\n(to skip unreadable files instead, add "
+        print(f"{where}: error: {error_message(err)}\n(to skip unreadable files instead, add "
               "--set data.on_error=skip)", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # NonFiniteLossError
-        print(f"mlvicx {args.command}: training stopped: {err}", file=sys.stderr)
+        print(f"{where}: training stopped: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full, read-only or vanished disk: checkpoints name the file
+        hint = ("\n(free some space and run the same command again: pretraining resumes from "
+                "the newest checkpoint)" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                else "")
+        print(f"{where}: error: {error_message(err)}{hint}", file=sys.stderr)
         return 1
 
 

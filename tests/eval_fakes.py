@@ -80,3 +80,29 @@ def make_blobs(image_size: int = 32, n: int = 40, seed: int = 0, masks: bool = T
                         fractions, seed)
 
 
+
+
+class UnlabelledBlobs(BlobCXR):
+    """The blob images without findings (an unlabelled dataset that still has splits)."""
+
+    findings = ()
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(masks=False, **kwargs)
+        self.labels = np.zeros((len(self.labels), 0), dtype=np.float32)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.noise[index].copy()
+
+    def boxes(self, index: int):
+        return []
+
+
+def make_unlabelled(image_size: int = 32, n: int = 40, seed: int = 0, split: str = "all",
+                    fractions=(0.7, 0.1, 0.2), length=None, **_) -> UnlabelledBlobs:
+    """A registry builder (``eval_fakes:make_unlabelled``): :class:`UnlabelledBlobs` split by
+    patient."""
+    from mlvicx_core.data.registry import split_subset
+
+    return split_subset(UnlabelledBlobs(n=length or n, image_size=image_size, seed=0), split,
+                        fractions, seed)

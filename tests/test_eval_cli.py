@@ -2,9 +2,11 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from eval_fakes import BlobCXR, tiny_model
+from PIL import Image
 
 from mlvicx_core.checkpoints import save_model
 from mlvicx_core.cli import main
@@ -145,3 +147,94 @@ def test_a_failing_task_keeps_the_others(tmp_path):
     assert (frame.task == "probe").any()
     umap = frame[frame.task == "umap"]
     assert len(umap) == 1 and umap.note.iloc[0].startswith("failed: ValueError: features (2, 512)")
+
+
+def _evaluate(tmp_path, *argv) -> int:
+    return main(["evaluate", "--image-size", "32", "--set", "eval.n_boot=20",
+                 "--fractions", "1.0", *argv, "--out", str(tmp_path / "eval")])
+
+
+def test_evaluate_command_keeps_finished_tasks_when_one_fails(tmp_path, monkeypatch, capsys):
+    """A 2-image test split: UMAP cannot run; probe and kNN results are written, UMAP gets a
+    note (issue 12, item 11: nothing was written before)."""
+    monkeypatch.syspath_prepend(TESTS)
+    with pytest.warns(UserWarning, match="random / umap failed, continuing"):
+        code = _evaluate(tmp_path, "--baseline", "random", "--dataset", "eval_fakes:make_blobs",
+                         "--set", "data.length=40", "--set", "eval.split_sizes=null",
+                         "--set", "data.split_fractions=[0.85,0.1,0.05]",
+                         "--tasks", "probe", "knn", "umap")
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.index("random / probe done") < out.index("random / knn done") < \
+        out.index("random / umap done")
+    frame = pd.read_csv(tmp_path / "eval" / "results.csv")
+    assert {"probe", "knn"} <= set(frame.task) and (frame[frame.task == "probe"].n == 2).all()
+    umap = frame[frame.task == "umap"]
+    assert list(umap.note) == ["failed: ValueError: features (2, 512): expected (N, D) with N >= 3"]
+    assert "- failed: ValueError: features (2, 512)" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_evaluate_checks_colour_columns_before_any_work(tmp_path, capsys):
+    """NIH metadata columns are `sex` and `view` (the documented names); a wrong name is refused
+    before any checkpoint is read (item 12: the documented command failed after all the work)."""
+    from test_nih import _fixture
+
+    _fixture(tmp_path)  # tmp_path/images/... and tmp_path/Data_Entry_2017.csv
+    missing = tmp_path / "no-such-checkpoint.pt"
+    argv = ["evaluate", "--dataset", "nih", "--data-root", str(tmp_path), "--image-size", "32",
+            "--checkpoint", f"m={missing}", "--tasks", "probe", "umap", "--out",
+            str(tmp_path / "eval")]
+    assert main([*argv, "--set", "eval.colour_by=[Patient Gender,View Position]"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.colour_by=['Patient Gender', 'View Position']: ['Patient Gender', " \
+           "'View Position'] unknown" in err
+    assert "'sex'" in err and "'view'" in err and str(missing) not in err
+    # the documented names pass the check: the next thing is reading the checkpoint
+    assert main([*argv, "--set", "eval.colour_by=[sex,view]"]) == 2
+    assert f"checkpoint {missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "results.csv").exists()
+
+
+def test_evaluate_command_on_unlabelled_data_says_so(tmp_path, monkeypatch, capsys):
+    """Item 17: a probe on unlabelled data "succeeded" with one undefined row and no note."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((40, 40), 20 * i, np.uint8)).save(images / f"{i}.png")
+    assert _evaluate(tmp_path, "--baseline", "random", "--dataset", "folder", "--data-root",
+                     str(images), "--tasks", "probe") == 2
+    assert capsys.readouterr().err == ("mlvicx evaluate: error: data.dataset='folder' is "
+                                       "unlabelled pretraining data: it has no 'val' split to "
+                                       "evaluate on\n")
+    monkeypatch.syspath_prepend(TESTS)
+    assert _evaluate(tmp_path, "--baseline", "random", "--dataset", "eval_fakes:make_unlabelled",
+                     "--set", "data.length=40", "--set", "eval.split_sizes=null",
+                     "--tasks", "probe", "knn") == 0
+    frame = pd.read_csv(tmp_path / "eval" / "results.csv")
+    assert list(zip(frame.task, frame.note)) == [("probe", "skipped: the dataset has no labels"),
+                                                 ("knn", "skipped: the dataset has no labels")]
+    assert "- skipped: the dataset has no labels (random / probe, random / knn)" in \
+        (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_evaluate_report_lists_each_note_once_and_one_knn_table(tmp_path, monkeypatch, capsys):
+    """Item 17: results.md repeated notes (one line per row) and split the kNN tables by k."""
+    monkeypatch.syspath_prepend(TESTS)
+    save_model(tiny_model(seed=1), tmp_path / "m.pt")
+    assert _evaluate(tmp_path, "--checkpoint", f"m={tmp_path / 'm.pt'}", "--baseline", "random",
+                     "--dataset", "eval_fakes:make_blobs", "--set", "data.length=60",
+                     "--set", "eval.split_sizes=null", "--fractions", "0.5", "1.0",
+                     "--set", "eval.knn_ks=[1,3,5,10]", "--set", "eval.gradcam_images=4",
+                     "--tasks", "probe", "knn", "gradcam") == 0, capsys.readouterr().err
+    frame = pd.read_csv(tmp_path / "eval" / "results.csv")
+    ks = frame[frame.task == "knn"].groupby(["encoder", "fraction"]).k.first()
+    assert ks.nunique() > 1  # several chosen k: the old report made one table per k
+    md = (tmp_path / "eval" / "results.md").read_text()
+    assert md.count("## knn: auroc") == 1 and "| encoder | fraction | k |" in md
+    for enc, frac in ks.index:
+        assert f"| {enc} | {frac:g} | {int(ks[enc, frac])} |" in md
+    notes = [line for line in md.split("## Notes", 1)[1].splitlines() if line.startswith("- ")]
+    assert len(notes) == len(set(notes)) and len(notes) < len(frame.dropna(subset=["note"]))
+    for line in notes:
+        places = line.rsplit(" (", 1)[1].rstrip(")").split(" and ")[0].split(", ")
+        assert len(places) == len(set(places)), line

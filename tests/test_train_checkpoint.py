@@ -147,3 +147,54 @@ def test_exported_trunk_loads_in_torchvision_resnet18(tmp_path):
     res = torchvision.models.resnet18().load_state_dict(with_gates, strict=False)
     assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"]
     assert res.unexpected_keys and all(k.startswith("gates.") for k in res.unexpected_keys)
+
+
+def test_a_real_write_failure_names_the_file_and_its_errno(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE; no root needed, unlike a small full file system) makes the
+    kernel refuse a write part-way, as a full disk does. torch reports that only as "[enforce fail
+    at inline_container.cc] ... unexpected pos"; the error names the file and the real errno."""
+    import errno
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    pytest.importorskip("resource")
+    code = textwrap.dedent("""
+        import resource, signal, sys, torch
+        from mlvicx_core.checkpoints import CheckpointManager
+        mgr = CheckpointManager(sys.argv[1], keep_last=3)
+        mgr.save({"step": 1, "model": {"w": torch.zeros(10)}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            mgr.save({"step": 2, "model": {"w": torch.zeros(1 << 20)}})  # 4 MiB
+        except OSError as err:
+            print(err.errno, err)
+    """)
+    repo = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": repo})
+    assert proc.stdout.strip() == (f"{errno.EFBIG} [Errno {errno.EFBIG}] could not write "
+                                   f"{tmp_path / 'step-00000002.pt'}: File too large"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001.pt"]  # no temporary
+    assert load_checkpoint(tmp_path / "step-00000001.pt")["step"] == 1
+
+
+def test_metrics_line_torn_by_a_crash_is_dropped_on_resume(tmp_path):
+    """kill -9 while a metrics record is written leaves half a line; every rerun stopped with a
+    JSONDecodeError traceback on it before."""
+    import json
+
+    from mlvicx_core.train.metrics import MetricsWriter
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl:3: not a complete metrics record"):
+        writer = MetricsWriter(tmp_path, tensorboard=False, resume_step=2)
+    writer.write({"step": 3, "loss": 1.0})
+    writer.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary left

@@ -108,16 +108,40 @@ def test_overrides_are_typed():
     ("data.split_fractions=[0.5,0.5,0.5]", r"data\.split_fractions=.*summing to 1"),
     ("eval.tasks=[probe,clip]", r"eval\.tasks=\['probe', 'clip'\]: expected a list of 'probe'"),
     ("model.lam=0.5", r"unknown config key 'model\.lam'"),
-    ("model.image_size=64", r"unknown config key 'model\.image_size'"),
+    ("model.lam=-1", r"unknown config key 'model\.lam'"),  # the loss weights are loss.*
+    ("model.sim_coeff=-25", r"unknown config key 'model\.sim_coeff'"),
+    ("model.image_size=64", r"unknown config key 'model\.image_size'"),  # it is data.image_size
+    ("model.image_size=7", r"unknown config key 'model\.image_size'"),
+    ("model.image_size=32", r"unknown config key 'model\.image_size'"),
+    ("optim.base_lr=-1e-3", r"optim\.base_lr='-1e-3': expected every value > 0"),
+    ("optim.base_lr=1e400", r"optim\.base_lr='1e400': expected a finite number"),
+    ("train.max_steps=1e3", r"train\.max_steps='1e3': expected an integer or null"),
 ])
 def test_bad_values_name_the_key_and_the_expectation(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(load_config("teaching"), [override])
 
 
-def test_yaml_1_1_floats_are_numbers():
+def test_yaml_1_1_floats_are_numbers(tmp_path, capsys):
     cfg = apply_overrides(load_config("teaching"), ["optim.base_lr=1e-3", "optim.weight_decay=1.0e6"])
     assert cfg.optim.base_lr == 1e-3 and cfg.optim.weight_decay == 1e6
+    assert apply_overrides(cfg, ["optim.base_lr=1E6"]).optim.base_lr == 1e6
+    # in a YAML file and on the command line too (item 10: refused as "expected ... (float)")
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: teaching\noptim: {base_lr: 1e-3, weight_decay: 1.0e6}\n")
+    assert load_config(str(path)).optim.base_lr == 1e-3
+    assert main(["pretrain", "--preset", str(path), "--set", "optim.final_lr_ratio=1e-4",
+                 "--dry-run"]) == 0
+    optim = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])["optim"]
+    assert (optim["base_lr"], optim["weight_decay"], optim["final_lr_ratio"]) == (1e-3, 1e6, 1e-4)
+
+
+def test_synthetic_data_below_64_px_names_the_key(capsys):
+    """The synthetic radiographs are rendered at 64-512 px (item 9: a traceback before)."""
+    assert main(["pretrain", "--set", "data.image_size=32", "--set", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlvicx pretrain: error: data.image_size=32: the synthetic radiographs "
+                          "are rendered at 64-512 px") and "data.load_size=64" in err
 
 
 def test_config_hash_tracks_only_what_changes_the_weights():

@@ -56,7 +56,9 @@ def markdown_table(frame: pd.DataFrame, title: str = "Evaluation results") -> st
         for r in notes.itertuples():
             where = f"{r.encoder} / {r.task}" + (f" / {r.finding}" if isinstance(r.finding, str)
                                                  and r.metric != "figure" else "")
-            seen.setdefault(str(r.note), []).append(where)
+            places = seen.setdefault(str(r.note), [])
+            if where not in places:  # one row per metric: the same place once
+                places.append(where)
         for note, where in seen.items():
             shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
             parts.append(f"- {note} ({shown})")

@@ -16,11 +16,10 @@ import pandas as pd
 def umap_embed(x: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
                metric: str = "cosine") -> np.ndarray:
     """(N, D) features -> (N, 2) UMAP coordinates (float32)."""
-    import umap  # imported here: numba compilation makes the import slow
-
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) < 3:
         raise ValueError(f"features {x.shape}: expected (N, D) with N >= 3")
+    import umap  # imported here (after the check): numba compilation makes the import slow
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1),
                         min_dist=min_dist, metric=metric, random_state=seed, n_jobs=1)
     return reducer.fit_transform(x).astype(np.float32)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,33 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            keep_to = resume_step if resume_step is not None else -1
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= keep_to]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            self._truncate(resume_step if resume_step is not None else -1)
         # line-buffered, kept open for the whole run: the file is readable while training
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+
+    def _truncate(self, keep_to: int) -> None:
+        """Keep the records up to step ``keep_to``; a line a killed process left half-written is
+        dropped with a warning. Rewritten via a temporary file and ``os.replace``, so a crash here
+        loses nothing."""
+        kept = []
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                warnings.warn(f"{self.path}:{n}: not a complete metrics record (left by a crash?); "
+                              "dropped", stacklevel=3)
+                continue
+            if step <= keep_to:
+                kept.append(line)
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
