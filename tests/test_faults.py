@@ -199,6 +199,7 @@ class Reference:
         assert proc.returncode == 0, proc.stderr[-3000:]
         (self.run,) = (root / "runs").iterdir()
         self.stderr = proc.stderr
+        self.stdout = proc.stdout
         self.ckpts = self.run / "checkpoints"
         self.final = _load(self.ckpts / f"step-{STEPS:08d}.pt")
         self.records = _records(self.run)
@@ -251,7 +252,7 @@ def _remove_checkpoints(folder: Path) -> None:
 
 # -- 1. kill -9 during a checkpoint write ---------------------------------------------------------
 def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(ref, tmp_path):
-    assert f"starting a new run in {ref.run} ({STEPS} steps)" in ref.stderr
+    assert f"starting a new run in {ref.run} ({STEPS} steps)" in ref.stdout
     fired = tmp_path / "fired"
     env = _env(ref.site, spec="hang:.step-00000003.pt.tmp:1000000", fired=str(fired))
     argv = _pretrain(ref.data, tmp_path / "runs", "train.run_name=killed")
@@ -266,7 +267,7 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(ref, tmp_
 
     proc = _run(argv, _env(ref.site), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resuming {ckpts.parent} from step 2 (step-00000002.pt) to step {STEPS}" in proc.stderr
+    assert f"resuming {ckpts.parent} from step 2 (step-00000002.pt) to step {STEPS}" in proc.stdout
     assert not tmp.exists()  # the dead writer's temporary was removed (before the next write)
     assert _names(ckpts) == ["step-00000002.pt", "step-00000003.pt", "step-00000004.pt"]
     ref.assert_same(ckpts.parent)
@@ -314,7 +315,7 @@ def test_corrupt_latest_checkpoints_fall_back_to_the_newest_readable_one(ref, tm
                  "step-00000003.pt is not a readable checkpoint",
                  f"falling back to {ckpts / 'step-00000002.pt'}"):
         assert name in warning, warning
-    assert f"resuming {run} from step 2 (step-00000002.pt)" in proc.stderr
+    assert f"resuming {run} from step 2 (step-00000002.pt)" in proc.stdout
     ref.assert_same(run)
     _remove_checkpoints(tmp_path)
 
@@ -390,7 +391,7 @@ def test_a_full_disk_names_the_file_leaves_no_temporary_and_a_rerun_resumes(ref,
 
     proc = _run(argv, _env(ref.site), tmp_path)  # space freed
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resuming {ckpts.parent} from step 2 (step-00000002.pt)" in proc.stderr
+    assert f"resuming {ckpts.parent} from step 2 (step-00000002.pt)" in proc.stdout
     ref.assert_same(ckpts.parent)
     _remove_checkpoints(tmp_path)
 
@@ -431,7 +432,7 @@ def test_raising_max_steps_continues_a_finished_run(ref, tmp_path):
     proc = _run(_pretrain(ref.data, tmp_path / "runs", steps=STEPS + 1), _env(ref.site), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming {run} from step {STEPS} (step-{STEPS:08d}.pt) to step {STEPS + 1}" in \
-        proc.stderr
+        proc.stdout
     assert f"finished {STEPS + 1} steps. Results in {run}" in proc.stdout
     assert _names(tmp_path / "runs") == [run.name]  # no new folder
     ref.assert_same(run, steps=STEPS + 1)  # metrics continue: steps 1..5, each once
@@ -463,5 +464,6 @@ def test_a_bad_image_stops_naming_the_file_or_is_skipped(ref, tmp_path):
             "(to skip unreadable files instead, add --set data.on_error=skip)"]
     warnings = [x for x in _lines(_err(tmp_path, "skip")) if "UserWarning" in x]
     assert warnings and all(f"skipping {bad}" in x for x in warnings)
+    assert all(x.count(str(bad)) == 1 for x in warnings)  # the file is named once
     assert [r["step"] for r in _records(out / "skip")] == [1, 2]
     _remove_checkpoints(tmp_path)

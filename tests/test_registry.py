@@ -90,7 +90,8 @@ def test_unknown_and_misconfigured_entries_are_named(tmp_path):
         build_dataset("nih")
     with pytest.raises(DatasetError, match=f"data.root='{tmp_path / 'nope'}' does not exist"):
         build_dataset("nih", root=tmp_path / "nope")
-    with pytest.raises(DatasetError, match=r"data.image_size=32: the synthetic radiographs are "
+    with pytest.raises(DatasetError, match=r"stored image size 32 \(data.load_size, else "
+                                           r"data.image_size\): the synthetic radiographs are "
                                            r"rendered at 64-512 px"):
         build_dataset("synthetic", image_size=32)
     with pytest.raises(DatasetError, match="no 'test' split"):

@@ -96,7 +96,9 @@ class CXRDataset(Dataset):
             except (OSError, ValueError) as err:
                 if self.on_error == "raise":
                     raise
-                warnings.warn(f"skipping {self.describe(i)}: {err}", stacklevel=2)
+                where = self.describe(i)
+                text = str(err) if where in str(err) else f"{where}: {err}"
+                warnings.warn(f"skipping {text}", stacklevel=2)
                 self.skipped.append(self.describe(i))
         raise RuntimeError(f"{type(self).__name__}: no readable image left")
 

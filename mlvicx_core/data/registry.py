@@ -163,9 +163,10 @@ def _synthetic(*, split, image_size, length, seed, labelled, **_):
     try:
         check_size(image_size)
     except ValueError as err:
-        raise DatasetError(f"data.image_size={image_size}: the synthetic radiographs are rendered "
-                           f"at 64-512 px ({err}); use data.load_size=64 and a smaller "
-                           "data.image_size for smaller views") from None
+        raise DatasetError(f"stored image size {image_size} (data.load_size, else "
+                           f"data.image_size): the synthetic radiographs are rendered at 64-512 px "
+                           f"({err}); for smaller views keep data.load_size >= 64 and lower "
+                           "data.image_size") from None
     return SyntheticCXR(length=2048 if length is None else length, image_size=image_size,
                         seed=seed, split=None if split == "all" else split, labelled=labelled)
 

@@ -272,7 +272,9 @@ def finish(run: Run) -> RunResult:
 
 
 def _say(run: Run, text: str) -> None:
-    if run.env.is_main and run.config.train.progress:
+    """One line on stdout from rank 0, whatever ``train.progress`` says: whether a run starts or
+    resumes (and where) is never silent."""
+    if run.env.is_main:
         print(text, flush=True)
 
 
