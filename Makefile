@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: env test demo bench notebooks clean-env
+.PHONY: env test browser demo bench notebooks html clean-env
 
 env: $(STAMP)
 
@@ -17,10 +17,29 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# Two pytest workers, one math thread each: on a 2-core machine more threads only contend.
-# --dist loadfile keeps every test file (and every notebook, for nbval) on one worker.
-test: env
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
+# Two steps, both always run; the target fails when either fails or collects no test (exit 5).
+# 1. every test that starts no Jupyter kernel, on two pytest workers with one math thread each (on
+#    a 2-core machine more threads only contend); --dist loadfile keeps a test file on one worker;
+# 2. every test marked `kernel` (nbval's notebooks, papermill, the browser test: conftest.py) in one
+#    serial process, so no two kernels ever start at the same moment.
+test: env browser
+	@OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not kernel"; a=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m kernel; b=$$?; \
+	echo "make test: tests without kernels exited $$a, kernel tests exited $$b"; \
+	test $$a -eq 0 && test $$b -eq 0
+
+# Debian's Chromium, its driver and MathJax 2 for the browser test (tests/test_browser.py), where
+# missing: installed with apt-get when this runs as root; otherwise those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	    && test -f /usr/share/javascript/mathjax/MathJax.js; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium, chromium-driver and libjs-mathjax (apt-get) for the browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver libjs-mathjax >/dev/null; } \
+	    || echo "apt-get failed: the browser test will skip"; \
+	else echo "chromium / chromium-driver / libjs-mathjax missing and not installable here" \
+	  "(needs root and apt-get): the browser test will skip"; fi
 
 # The main job: a short MLVICX pretraining (teaching preset) on the embedded synthetic data.
 demo: env
@@ -34,6 +53,13 @@ bench: env
 # Re-execute the committed notebooks at their default parameters (outputs shown on code hosts).
 notebooks: env
 	$(PY) notebooks/build.py
+
+# The committed notebooks as HTML pages that render their formulas offline: build/html/ holds the
+# pages and a copy of Debian's MathJax (libjs-mathjax, installed with apt-get where missing).
+html: env
+	@test -f /usr/share/javascript/mathjax/MathJax.js || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjs-mathjax >/dev/null; }
+	$(PY) notebooks/export_html.py build/html
 
 clean-env:
 	rm -rf $(VENV)

@@ -2,8 +2,9 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -28,7 +29,7 @@
 
 # %% tags=["parameters"]
 dataset = "synthetic"          # "synthetic" (no files needed) or "nih" (a folder of NIH PNGs)
-data_root = None               # for dataset="nih": folder holding the PNGs
+data_root = None               # for the "nih" dataset: the folder holding the PNGs
 preset = "teaching"            # "teaching" (CPU minutes) or "paper" (the paper's recipe)
 image_size = 64                # model input side in pixels (the paper: 224)
 data_length = 384              # synthetic radiographs in the pretraining set
@@ -40,6 +41,7 @@ overrides = {}                 # any config key, e.g. {"loss.lam": 0.5, "aug.cro
 out_dir = "../runs/notebooks"  # run folders (git-ignored)
 
 # %%
+import torch
 from IPython.display import display
 
 from mlvicx_core.data.registry import dataset_from_config
@@ -49,6 +51,10 @@ from mlvicx_core.model import MLVICX
 from mlvicx_core.train import train_or_load
 from mlvicx_core.train.trainer import default_augment
 from mlvicx_core.viz.training import plot_collapse, plot_loss_terms, show_views
+
+# one math thread: the order of a float sum depends on the thread count, so this is what makes
+# a run give the same weights, figures and numbers on every machine (the committed ones included)
+torch.set_num_threads(1)
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
@@ -68,8 +74,6 @@ print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch
 # (exact position, contrast, sharpness) it learns to ignore. This is the only "supervision".
 
 # %%
-import torch
-
 pretrain_images = dataset_from_config(config.data)
 images = torch.stack([pretrain_images[i]["image"] for i in range(6)])
 view_a, view_b = default_augment(config)(images, generator=torch.Generator().manual_seed(seed))
@@ -88,8 +92,7 @@ fig = show_views(images, view_a, view_b)
 #
 # After pretraining only the trunk is kept; the projectors exist for the loss.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 model = MLVICX(config.model)
 parts = {"trunk": model.backbone, "context bottlenecks": model.gates,
          "global projector": model.projector, "multi-level branch": [model.fusion, model.ml_projector]}

@@ -2,8 +2,9 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -45,11 +46,17 @@ out_dir = "../runs/notebooks"
 # %%
 from pathlib import Path
 
+import torch
+
 from mlvicx_core.evaluation.umap_view import colour_table, umap_panels
 from mlvicx_core.experiments import held_out, pretrain_config
 from mlvicx_core.train import train_or_load
 from mlvicx_core.viz.figures import plot_umap_grid
 from mlvicx_core.viz.widgets import umap_selector
+
+# one math thread: the order of a float sum depends on the thread count, so this is what makes
+# a run give the same weights, figures and numbers on every machine (the committed ones included)
+torch.set_num_threads(1)
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
@@ -71,7 +78,7 @@ print(f"{len(images)} images, findings: {', '.join(images.findings)}")
 # %% [markdown]
 # ## Side by side
 #
-# Rows: encoders; columns: embedding kind. Colour: the chosen finding (1 = present).
+# Rows: encoders; columns: embedding kind. Colour: the chosen finding (absent or present).
 
 # %%
 fig = plot_umap_grid(panels, table[colour_by], colour_by)
@@ -80,8 +87,12 @@ fig = plot_umap_grid(panels, table[colour_by], colour_by)
 # ## Explore
 #
 # The selector re-colours the same maps by any finding (or, for NIH, any metadata column: sex,
-# age, view position). It needs a live Jupyter kernel; in a static rendering you see the text
-# representation of the widget, and the figure above stands in for it.
+# age, view position). The notebook stores the widget as it was after the run: JupyterLab shows
+# that control and its figure once the notebook is trusted (command palette: *Trust Notebook*);
+# re-colouring needs a live kernel (run the notebook).
+# After you run it, JupyterLab keeps the control on save only with *Save Jupyter widget state in
+# notebooks* on (Settings Editor, Jupyter Widgets); otherwise the reopened cell reads "model not
+# found" until it is run again.
 
 # %%
 umap_selector(panels, table, colour_by=colour_by)

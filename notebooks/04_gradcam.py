@@ -2,8 +2,9 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -55,6 +56,7 @@ from IPython.display import display
 
 from mlvicx_core.evaluation.tap_localisation import (
     cams_per_tap,
+    heatmaps_by_finding,
     pointing_by_tap,
     positive_examples,
     probe_classifier,
@@ -63,7 +65,11 @@ from mlvicx_core.experiments import eval_splits, pretrain_config
 from mlvicx_core.train import train_or_load
 from mlvicx_core.train.trainer import default_augment
 from mlvicx_core.viz.figures import plot_cam_grid, plot_pointing
-from mlvicx_core.viz.widgets import browser_figure, image_browser
+from mlvicx_core.viz.widgets import browser_caption, browser_figure, image_browser
+
+# one math thread: the order of a float sum depends on the thread count, so this is what makes
+# a run give the same weights, figures and numbers on every machine (the committed ones included)
+torch.set_num_threads(1)
 
 common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_size": image_size,
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
@@ -88,15 +94,13 @@ print(f"test images: {len(test)}; findings shown: {findings}")
 # the true lesion; white cross: the heatmap's maximum (the pointing-game guess).
 
 # %%
-for finding in findings:
-    k = test.findings.index(finding)
-    pics, regions, _ = positive_examples(test, everything, k, n_show)
-    if pics is None:
+heatmaps = heatmaps_by_finding(classifiers, test, everything, findings, n_show)
+for finding, maps in heatmaps.items():
+    if maps is None:
         print(f"{finding}: no positive test image with a lesion region")
         continue
-    for name, clf in classifiers.items():
-        cams = cams_per_tap(clf, pics, k)
-        fig = plot_cam_grid(pics[:, 0].numpy(), cams, regions, f"{name}: {finding}")
+    for name, cams in maps["cams"].items():
+        fig = plot_cam_grid(maps["images"][:, 0].numpy(), cams, maps["regions"], f"{name}: {finding}")
 
 # %% [markdown]
 # ## Pointing game, per tap
@@ -108,6 +112,8 @@ for finding in findings:
 # %%
 scores = pointing_by_tap(classifiers, test, everything, max_images=max_images,
                          tolerance=tolerance)
+
+# %% tags=["nbval-check-output"]
 display(scores.pivot_table(index=["finding", "tap"], columns="encoder",
                            values="pointing_game").round(2))
 fig = plot_pointing(scores)
@@ -116,8 +122,11 @@ fig = plot_pointing(scores)
 # ## Browse
 #
 # A slider over positive test images: the image (lesion outlined), the two augmented views the
-# encoder was trained to match, and the MLVICX Grad-CAM at every tap. It needs a live kernel; the
-# static figure below shows the first two positions.
+# encoder was trained to match, and the MLVICX Grad-CAM at every tap. The static figures below show
+# the first two positions. The stored widget shows the control as it was after the run once the
+# notebook is trusted (command palette: *Trust Notebook*); moving the slider needs a live kernel.
+# After you run it, JupyterLab keeps the control on save only with *Save Jupyter widget state in
+# notebooks* on (Settings Editor, Jupyter Widgets).
 
 # %%
 k = test.findings.index(findings[0])
@@ -127,10 +136,10 @@ view_a, view_b = default_augment(configs["MLVICX"])(pics,
 cams = cams_per_tap(classifiers["MLVICX"], pics, k)
 arrays = (pics[:, 0].numpy(), view_a[:, 0].numpy(), view_b[:, 0].numpy())
 for i in range(min(2, len(pics))):
-    fig = browser_figure(i, *arrays, cams, regions)
+    fig = browser_figure(i, *arrays, cams, regions, title=browser_caption(i, len(pics), findings[0]))
 
 # %%
-image_browser(*arrays, cams, regions)
+image_browser(*arrays, cams, regions, finding=findings[0])
 
 # %% [markdown]
 # **Reading it.** A heatmap that tracks the lesion at some tap and not at others tells you where in

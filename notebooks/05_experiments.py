@@ -2,8 +2,9 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
@@ -38,7 +39,7 @@ epochs = 2
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
-lams = [0.5]                           # extra lambda values (lambda = 1 is the default point)
+lams = [0.5]                           # extra lambda values (the default point has lambda 1)
 level_sets = [["layer3", "layer4"]]    # extra tap subsets for the multi-level branch
 bottleneck_off = True                  # add the point without context bottlenecks
 eval_length = 400

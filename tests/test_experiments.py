@@ -142,19 +142,20 @@ def _toy_notebook(path: Path) -> Path:
     return path
 
 
+@pytest.mark.kernel
 def test_run_sweep_executes_reuses_and_redoes(tmp_path):
     nb = _toy_notebook(tmp_path / "toy.ipynb")
     grid = {"one": {"x": 1}, "two two": {"x": 2}}
-    csvs = run_sweep(nb, grid, tmp_path / "sweep")
+    csvs = run_sweep(nb, grid, tmp_path / "sweep", progress=False)
     assert set(csvs) == {"one", "two two"} and csvs["two two"].parent.name == "two_two"
     table = collect_results(csvs)
     assert list(table["value"]) == pytest.approx([0.6, 0.7])
     assert json.loads((tmp_path / "sweep" / "one" / "params.json").read_text())["x"] == 1
     assert (tmp_path / "sweep" / "one" / "run.ipynb").is_file()
     stamp = csvs["one"].stat().st_mtime_ns
-    run_sweep(nb, {"one": {"x": 1}}, tmp_path / "sweep")  # same parameters: reused
+    run_sweep(nb, {"one": {"x": 1}}, tmp_path / "sweep", progress=False)  # same parameters: reused
     assert csvs["one"].stat().st_mtime_ns == stamp
-    csvs = run_sweep(nb, {"one": {"x": 4}}, tmp_path / "sweep")  # changed: executed again
+    csvs = run_sweep(nb, {"one": {"x": 4}}, tmp_path / "sweep", progress=False)  # changed: again
     assert collect_results(csvs)["value"].item() == pytest.approx(0.9)
     with pytest.raises(FileNotFoundError, match="missing.ipynb"):
         run_sweep(tmp_path / "missing.ipynb", grid, tmp_path / "sweep")
@@ -204,12 +205,20 @@ def test_widgets_build_without_frontend():
     rng = np.random.default_rng(0)
     imgs = rng.random((3, 16, 16)).astype(np.float32)
     cams = {"layer3": rng.random((3, 16, 16)).astype(np.float32)}
-    box = image_browser(imgs, imgs, imgs, cams, imgs > 0.5)
-    slider = box.children[0]
+    box = image_browser(imgs, imgs, imgs, cams, imgs > 0.5, finding="effusion")
+    slider, caption = box.children[:2]
     assert isinstance(slider, ipywidgets.IntSlider) and (slider.min, slider.max) == (0, 2)
+    assert slider.description == "effusion image"
+    assert caption.value == "image 1 of 3 test images positive for effusion"
     slider.value = 2  # redraws without a frontend
-    fig = browser_figure(1, imgs, imgs, imgs, cams)
-    assert [ax.get_title() for ax in fig.axes] == ["image", "view 1", "view 2", "Grad-CAM layer3"]
+    assert caption.value == "image 3 of 3 test images positive for effusion"
+    fig = browser_figure(1, imgs, imgs, imgs, cams, title="image 2 of 3")
+    # four panels, then the heat maps' colour bar; titles readable on a projector
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "view 1", "view 2",
+                                                       "Grad-CAM layer3"]
+    assert len(fig.axes) == 5 and "Grad-CAM" in fig.axes[4].get_ylabel()
+    assert min(ax.title.get_fontsize() for ax in fig.axes[:4]) >= 11
+    assert fig._suptitle.get_text() == "image 2 of 3"
     with pytest.raises(IndexError, match="image 3"):
         browser_figure(3, imgs, imgs, imgs, cams)
     table = pd.DataFrame({"nodule": [0, 1, np.nan], "sex": ["F", "M", "F"]})
@@ -219,6 +228,34 @@ def test_widgets_build_without_frontend():
     sel.children[0].value = "nodule"
     with pytest.raises(ValueError, match="colour_by='age'"):
         umap_selector(panels, table, colour_by="age")
+
+
+def test_figures_read_on_a_projector_and_do_not_exaggerate():
+    from mlvicx_core.evaluation.umap_view import category_labels
+    from mlvicx_core.viz.figures import plot_cam_grid, plot_pointing, plot_sweep, plot_umap_grid
+
+    assert list(category_labels([0.0, 1.0, np.nan])[:2]) == ["absent", "present"]
+    assert pd.isna(category_labels([0.0, 1.0, np.nan])[2])
+    assert list(category_labels(["F", "M"])) == ["F", "M"]
+    rng = np.random.default_rng(0)
+    fig = plot_umap_grid({("A", "trunk"): rng.random((4, 2))}, pd.Series([0, 1, 1, np.nan]),
+                         "nodule")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["absent", "present", "unknown"]
+    sweep = pd.DataFrame({"point": ["a", "b"], "task": ["probe"] * 2, "fraction": [1.0, 1.0],
+                          "value": [0.6, 0.62], "ci_low": [0.55, 0.57], "ci_high": [0.65, 0.67]})
+    ax = plot_sweep(sweep).axes[0]
+    assert ax.get_xlim() == (0.0, 1.0)  # bars from 0: their lengths are the AUROCs
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["chance"]
+    pointing = pd.DataFrame({"encoder": ["A", "B"], "tap": ["stem", "stem"],
+                             "finding": ["nodule"] * 2, "pointing_game": [0.2, 0.4],
+                             "chance_pointing": [0.1, 0.1], "n": [5, 5]})
+    ax = plot_pointing(pointing).axes[0]
+    assert ax.get_ylim() == (0.0, 1.0) and ax.title.get_fontsize() >= 11
+    imgs = rng.random((2, 16, 16)).astype(np.float32)
+    fig = plot_cam_grid(imgs, {"stem": imgs, "layer4": imgs}, imgs > 0.5, "A: nodule")
+    assert len(fig.axes) == 2 * 3 + 1 and "Grad-CAM" in fig.axes[-1].get_ylabel()
+    assert min(ax.title.get_fontsize() for ax in fig.axes[:3]) >= 11
 
 
 def test_fraction_curves_plot_the_csv_values(tmp_path):

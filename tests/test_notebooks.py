@@ -1,10 +1,17 @@
 """The notebooks executed with papermill at small, non-default parameters.
 
+Each test executes the notebook's source (``notebooks/NN_name.py`` converted as ``build.py`` does),
+so these tests check the code a rebuild would run, whether or not the committed ``.ipynb`` files
+were rebuilt yet; nbval and ``test_notebook_files.py`` check the committed files.
+
 nbval (``--nbval-lax``) runs the committed notebooks at their defaults; these tests run them with
 other parameters (tiny pretraining, few images, a temporary output folder) and check what they wrote
 against the parameters. All executions share one output folder, so the pretraining runs are trained
-once and reused by the later notebooks (as in a classroom). ``--dist loadfile`` keeps this file on
-one worker. One test runs notebook 03 on the real NIH images (skipped when they are absent).
+once and reused by the later notebooks (as in a classroom). Every test here starts kernels
+(``kernel`` marker: ``make test`` runs them in its serial step); kernels run over IPC
+(:mod:`mlvicx_core.experiments.notebook_run`). No executed notebook may write to stderr. One test
+re-runs notebook 03 in a fresh folder under another thread setting and requires the same numbers;
+one runs notebook 03 on the real NIH images (skipped when they are absent).
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import pytest
 
 papermill = pytest.importorskip("papermill")
 
+pytestmark = pytest.mark.kernel
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -26,20 +35,45 @@ NOTEBOOKS = ROOT / "notebooks"
 SMALL = {"data_length": 64, "epochs": 1, "batch_size": 16, "eval_length": 120}
 
 
-def execute(name: str, out: Path, **params) -> nbformat.NotebookNode:
-    """Execute ``notebooks/<name>.ipynb`` with papermill (cwd notebooks/) and return the result."""
+def source(name: str, folder: Path) -> Path:
+    """``notebooks/<name>.py`` as an unexecuted ``<folder>/<name>.ipynb`` (as build.py writes it)."""
+    import jupytext
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.ipynb"
+    if not path.is_file():
+        nb = jupytext.read(NOTEBOOKS / f"{name}.py")
+        nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                     "name": "python3"}
+        nbformat.write(nb, path)
+    return path
+
+
+def execute(name: str, out: Path, env: dict[str, str] | None = None, stderr_ok: bool = False,
+            **params) -> nbformat.NotebookNode:
+    """Execute the source of notebook ``name`` with papermill (cwd notebooks/) and return the
+    result; ``env``: environment variables for the kernel. Fails when a cell wrote to stderr
+    (unless ``stderr_ok``: real data may warn, e.g. about images missing from a subset)."""
+    from mlvicx_core.experiments.notebook_run import execute_notebook
+
+    src = source(name, out / "sources")
     dst = out / f"{name}.executed.ipynb"
-    env_path = os.environ.get("PYTHONPATH", "")
+    saved = dict(os.environ)
     # the kernel must import this checkout's mlvicx_core, whatever the caller's PYTHONPATH
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_path) if p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), saved.get("PYTHONPATH", "")) if p)
+    os.environ.update(env or {})
     try:
         # a per-cell limit: a lost kernel message must fail the test, not block the suite
-        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(dst), parameters=params,
-                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
-                                   execution_timeout=600)
+        execute_notebook(src, dst, params, cwd=NOTEBOOKS, timeout=600)
     finally:
-        os.environ["PYTHONPATH"] = env_path
-    return nbformat.read(dst, as_version=4)
+        os.environ.clear()
+        os.environ.update(saved)
+    nb = nbformat.read(dst, as_version=4)
+    stderr = [o["text"] for c in nb.cells for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert stderr_ok or not stderr, f"{name} wrote to stderr: {stderr}"
+    return nb
 
 
 def text_outputs(nb) -> str:
@@ -120,6 +154,25 @@ def test_03_probe_small(shared):
     assert list(n) == [round(SMALL["eval_length"] * 0.2)]
 
 
+def test_03_same_numbers_in_a_fresh_folder_and_another_thread_setting(shared, tmp_path):
+    """A fresh execution (nothing cached, OMP_NUM_THREADS=2 instead of the suite's 1) trains the
+    same weights and writes the same numbers: notebooks fix torch's thread count themselves."""
+    first = shared / "probe" / "results.csv"
+    if not first.is_file():  # this test alone: make the reference execution first
+        test_03_probe_small(shared)
+    fresh = tmp_path / "fresh"
+    execute("03_linear_probe", tmp_path, env={"OMP_NUM_THREADS": "2"}, out_dir=str(fresh),
+            results_dir=str(fresh / "probe"), fractions=[0.5, 1.0], n_boot=50, **SMALL)
+    pd.testing.assert_frame_equal(pd.read_csv(fresh / "probe" / "results.csv"), pd.read_csv(first))
+    # equal weights give equal fingerprints: the fresh feature cache has the same file names
+    # (shared/ also holds 02's global and multi-level features, hence a subset)
+    names = {p.name for p in (fresh / "features").glob("*.npz")}
+    assert names and names <= {p.name for p in (shared / "features").glob("*.npz")}
+    for name in names:
+        a, b = np.load(fresh / "features" / name), np.load(shared / "features" / name)
+        np.testing.assert_array_equal(a["x"], b["x"])
+
+
 def test_04_gradcam_small(shared):
     nb = execute("04_gradcam", shared, out_dir=str(shared), show_findings=["effusion"],
                  n_show=1, max_images=3, **SMALL)
@@ -135,7 +188,8 @@ def test_04_gradcam_small(shared):
 
 def test_05_sweep_small(shared):
     execute("05_experiments", shared, out_dir=str(shared), lams=[0.5], level_sets=[],
-            bottleneck_off=False, fractions=[1.0], n_boot=50, **SMALL)
+            bottleneck_off=False, fractions=[1.0], n_boot=50,
+            probe_notebook=str(source("03_linear_probe", shared / "sources")), **SMALL)
     sweep = shared / "sweep"
     points = sorted(p.name for p in sweep.iterdir() if (p / "results.csv").is_file())
     assert points == ["mlvicx", "mlvicx_lam_0.5", "vicreg"]
@@ -151,7 +205,8 @@ def test_05_sweep_small(shared):
     # a second execution reuses every point: no results file is rewritten
     stamps = {p: (sweep / p / "results.csv").stat().st_mtime_ns for p in points}
     execute("05_experiments", shared, out_dir=str(shared), lams=[0.5], level_sets=[],
-            bottleneck_off=False, fractions=[1.0], n_boot=50, **SMALL)
+            bottleneck_off=False, fractions=[1.0], n_boot=50,
+            probe_notebook=str(source("03_linear_probe", shared / "sources")), **SMALL)
     assert stamps == {p: (sweep / p / "results.csv").stat().st_mtime_ns for p in points}
 
 
@@ -167,7 +222,8 @@ def nih_images() -> Path | None:
 def test_03_probe_on_nih(tmp_path):
     folder = nih_images()
     results = tmp_path / "probe-nih"
-    execute("03_linear_probe", tmp_path, dataset="nih", data_root=str(folder), out_dir=str(tmp_path),
+    execute("03_linear_probe", tmp_path, stderr_ok=True, dataset="nih", data_root=str(folder),
+            out_dir=str(tmp_path),
             results_dir=str(results), max_steps=3, batch_size=16, encoders=["random", "mlvicx"],
             fractions=[1.0], n_boot=50)
     df = check_results(results / "results.csv", {"random", "mlvicx"}, {1.0})

@@ -277,11 +277,15 @@ class Evaluation:
 def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str = "",
              out_dir: str | Path | None = None, localisation=None,
              log: Callable[[str], None] | None = None,
-             on_encoder: Callable[[Evaluation], None] | None = None) -> list[dict]:
+             on_encoder: Callable[[Evaluation], None] | None = None,
+             progress: bool = False) -> list[dict]:
     """All ``config.tasks`` for every encoder; returns the rows (and, with ``out_dir``, keeps
     ``results.csv`` / ``results.md`` up to date after every task). ``localisation``: the images
     Grad-CAM is scored on (default: the test split). ``on_encoder(evaluation)`` is called after
-    each encoder's tasks (its features, its full-label probe and ``classifier()`` are there)."""
+    each encoder's tasks (its features, its full-label probe and ``classifier()`` are there).
+    ``progress``: a bar over encoder x task, named after the pair that runs (the notebooks)."""
+    from tqdm.auto import tqdm
+
     from .report import write_results
 
     check_settings(config, splits)
@@ -290,8 +294,11 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
         out.mkdir(parents=True, exist_ok=True)
     order = [t for t in TASKS if t in config.tasks]  # probe before gradcam
     rows: list[dict] = []
+    bar = tqdm(total=len(encoders) * len(order), desc="evaluate", unit="task",
+               disable=not progress)
     for name, model in encoders.items():
         if isinstance(model, str):
+            bar.update(len(order))
             rows.append(row(dataset=dataset, encoder=name, seed=config.seed, task="all",
                             note=f"skipped: {model}"))
             if out is not None:
@@ -299,6 +306,7 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
             continue
         ev = Evaluation(name, model, splits, config, dataset, out, localisation)
         for task in order:
+            bar.set_description(f"evaluate {name}: {task}")
             try:
                 rows += getattr(ev, task)()
             except Exception as err:  # one task failing must not lose the others
@@ -309,8 +317,11 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
                 log(f"{dataset or 'data'} / {name} / {task} done")
             if out is not None:
                 write_results(rows, out)
+            bar.update(1)
         if on_encoder is not None:
             on_encoder(ev)
+    bar.set_description("evaluate")
+    bar.close()
     return rows
 
 

@@ -64,22 +64,64 @@ def cams_per_tap(classifier: Classifier, images: torch.Tensor, finding: int,
     return {tap: finding_cams(classifier, images, finding, tap) for tap in taps}
 
 
+def _bar(total: int, desc: str, unit: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress)
+
+
+def heatmaps_by_finding(classifiers: dict[str, Classifier], dataset, indices: np.ndarray,
+                        findings: Sequence[str], n: int, taps: Sequence[str] = LEVELS,
+                        progress: bool = True) -> dict[str, dict]:
+    """Grad-CAM at every tap for up to ``n`` positive images of each finding, per encoder.
+
+    Returns ``{finding: {"images": (N, 1, S, S), "regions": (N, S, S), "cams": {encoder:
+    {tap: (N, S, S)}}}}``; a finding without a positive image holding a region maps to ``None``.
+    ``progress``: one bar over finding x encoder, named after the pair being explained.
+    """
+    out: dict[str, dict] = {}
+    bar = _bar(len(findings) * len(classifiers), "Grad-CAM heatmaps", "map set", progress)
+    for finding in findings:
+        k = dataset.findings.index(finding)
+        pics, regions, _ = positive_examples(dataset, indices, k, n)
+        if pics is None:
+            out[finding] = None
+            bar.update(len(classifiers))
+            continue
+        cams = {}
+        for name, clf in classifiers.items():
+            bar.set_description(f"Grad-CAM {name}: {finding}")
+            cams[name] = cams_per_tap(clf, pics, k, taps)
+            bar.update(1)
+        out[finding] = {"images": pics, "regions": regions, "cams": cams}
+    bar.set_description("Grad-CAM heatmaps")
+    bar.close()
+    return out
+
+
 def pointing_by_tap(classifiers: dict[str, Classifier], dataset, indices: np.ndarray,
                     taps: Sequence[str] = LEVELS, findings: Sequence[int] | None = None,
-                    max_images: int = 16, tolerance: float = 0.0) -> pd.DataFrame:
+                    max_images: int = 16, tolerance: float = 0.0,
+                    progress: bool = True) -> pd.DataFrame:
     """Pointing game and energy-inside per encoder x tap x finding on ``dataset[indices]``.
 
     Columns: encoder, tap, finding, pointing_game, energy_inside, chance_pointing, chance_energy, n,
     n_energy, n_constant (constant maps, left out: see :mod:`~.evaluation.localisation`).
-    Findings without a positive image holding a region get n = 0 and NaN scores.
+    Findings without a positive image holding a region get n = 0 and NaN scores. ``progress``: one
+    bar over encoder x finding x tap, named after the combination being scored.
     """
     view = Subset(dataset, indices)
     findings = range(len(dataset.findings)) if findings is None else findings
     rows = []
+    bar = _bar(len(classifiers) * len(findings) * len(taps), "pointing game", "map", progress)
     for enc, clf in classifiers.items():
         for k in findings:
             for tap in taps:
+                bar.set_description(f"pointing game {enc}: {dataset.findings[k]} {tap}")
                 res = localisation_eval(clf, view, k, tap=tap, tolerance=tolerance,
                                         max_images=max_images)
                 rows.append({"encoder": enc, "tap": tap, "finding": dataset.findings[k], **res})
+                bar.update(1)
+    bar.set_description("pointing game")
+    bar.close()
     return pd.DataFrame(rows)

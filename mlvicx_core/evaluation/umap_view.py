@@ -25,6 +25,15 @@ def umap_embed(x: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: fl
     return reducer.fit_transform(x).astype(np.float32)
 
 
+def category_labels(values) -> pd.Series:
+    """Legend labels of a colouring: a 0/1 finding reads ``absent`` / ``present``, anything else
+    (sex, view position) its own value as text; unknown (NaN) stays NaN."""
+    values = pd.Series(np.asarray(values)).reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(values) and set(values.dropna().unique()) <= {0, 1}:
+        return values.map({0: "absent", 1: "present"})
+    return values.map(lambda v: v if pd.isna(v) else str(v))
+
+
 def _draw(ax, coords: np.ndarray, values, title: str) -> None:
     values = pd.Series(np.asarray(values)).reset_index(drop=True)
     numeric = pd.api.types.is_numeric_dtype(values) and values.nunique(dropna=True) > 2
@@ -32,9 +41,9 @@ def _draw(ax, coords: np.ndarray, values, title: str) -> None:
         sc = ax.scatter(coords[:, 0], coords[:, 1], c=values, s=8, cmap="viridis")
         ax.figure.colorbar(sc, ax=ax, label=title)
     else:
-        # categories (also 0/1 findings): one colour each, unknown (NaN) in grey
-        cats = values.astype("string").fillna("unknown")
-        for cat in sorted(cats.unique()):
+        # categories (0/1 findings as absent/present): one colour each, unknown (NaN) in grey
+        cats = category_labels(values).fillna("unknown")
+        for cat in sorted(cats.unique(), key=lambda c: (c == "unknown", c != "absent", c)):
             sel = (cats == cat).to_numpy()
             ax.scatter(coords[sel, 0], coords[sel, 1], s=8, label=str(cat),
                        c="lightgrey" if cat == "unknown" else None)
@@ -118,21 +127,29 @@ def interactive_scatter(coords: np.ndarray, table: pd.DataFrame, colour_by: str 
 
 
 def umap_panels(models: dict, dataset, kinds=("trunk", "global", "multi"), seed: int = 0,
-                cache_dir=None) -> dict[tuple[str, str], np.ndarray | None]:
+                cache_dir=None, progress: bool = True) -> dict[tuple[str, str], np.ndarray | None]:
     """``{(encoder, kind): (N, 2) coordinates or None}``: UMAP of every encoder's ``kind``
     embeddings (:data:`~mlvicx_core.evaluation.embeddings.KINDS`) of the same images, seeded; a kind
-    the encoder does not have (``multi`` for VICReg) gives ``None`` (notebook 02)."""
+    the encoder does not have (``multi`` for VICReg) gives ``None`` (notebook 02). ``progress``: a
+    bar over the panels, named after the one being embedded and mapped."""
+    from tqdm.auto import tqdm
+
     from .embeddings import KINDS, extract_features
 
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"kinds {bad}: expected some of {KINDS}")
     panels: dict[tuple[str, str], np.ndarray | None] = {}
-    for name, model in models.items():
-        for kind in kinds:
-            if kind == "multi" and not model.config.multilevel:
-                panels[(name, kind)] = None
-                continue
+    todo = [(name, model, kind) for name, model in models.items() for kind in kinds]
+    bar = tqdm(total=len(todo), desc="embed + UMAP", unit="panel", disable=not progress)
+    for name, model, kind in todo:
+        bar.set_description(f"embed + UMAP {name}: {kind}")
+        if kind == "multi" and not model.config.multilevel:
+            panels[(name, kind)] = None
+        else:
             feats = extract_features(model, dataset, kind, cache_dir=cache_dir)
             panels[(name, kind)] = umap_embed(feats.x, seed=seed)
+        bar.update(1)
+    bar.set_description("embed + UMAP")
+    bar.close()
     return panels

@@ -143,24 +143,31 @@ def point_folder(name: str) -> str:
 
 def run_sweep(notebook: str | Path, grid: dict[str, dict[str, Any]], out_dir: str | Path,
               common: dict[str, Any] | None = None, kernel_name: str = "python3",
-              ) -> dict[str, Path]:
+              progress: bool = True) -> dict[str, Path]:
     """Execute ``notebook`` with papermill once per grid point; returns ``{point: results.csv}``.
 
     Each execution gets ``common`` plus the point's parameters plus ``results_dir`` (where the
     notebook must write ``results.csv``); the executed copy is saved next to it as ``run.ipynb``.
     A point is not executed again when its folder holds ``results.csv`` from the same parameters
-    (``params.json``); with other parameters it is executed again.
+    (``params.json``); with other parameters it is executed again. ``progress``: a bar over the
+    points, named after the point that runs. Kernels run over IPC
+    (:func:`~mlvicx_core.experiments.notebook_run.execute_notebook`).
     """
     import json
 
-    import papermill
+    from tqdm.auto import tqdm
+
+    from .notebook_run import execute_notebook
 
     notebook = Path(notebook).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} not found")
     out = Path(out_dir)
     done: dict[str, Path] = {}
+    bar = tqdm(total=len(grid), desc=f"sweep ({len(grid)} points)", unit="point",
+               disable=not progress)
     for name, point in grid.items():
+        bar.set_description(f"sweep point {name}")
         folder = (out / point_folder(name)).resolve()
         csv, stamp = folder / "results.csv", folder / "params.json"
         params = {**(common or {}), **point, "results_dir": str(folder)}
@@ -168,13 +175,15 @@ def run_sweep(notebook: str | Path, grid: dict[str, dict[str, Any]], out_dir: st
         if not (csv.is_file() and same):
             folder.mkdir(parents=True, exist_ok=True)
             csv.unlink(missing_ok=True)
-            papermill.execute_notebook(str(notebook), str(folder / "run.ipynb"), parameters=params,
-                                       cwd=str(notebook.parent), kernel_name=kernel_name,
-                                       progress_bar=False)
+            execute_notebook(notebook, folder / "run.ipynb", params, cwd=notebook.parent,
+                             kernel_name=kernel_name)
             if not csv.is_file():
                 raise RuntimeError(f"{notebook.name} ran for point {name!r} but wrote no {csv}")
             stamp.write_text(json.dumps(params, indent=1))
         done[name] = csv
+        bar.update(1)
+    bar.set_description(f"sweep ({len(grid)} points)")
+    bar.close()
     return done
 
 
@@ -189,6 +198,7 @@ def collect_results(csvs: dict[str, Path], tasks: Sequence[str] = ("probe", "knn
     if not frames:
         raise ValueError("no results to collect")
     table = pd.concat(frames, ignore_index=True)
+    table["k"] = table["k"].astype("Int64")  # kNN's chosen k as a whole number, empty for the probe
     return table[["point", "encoder", "task", "k", "fraction", "value", "ci_low", "ci_high", "n"]]
 
 

@@ -15,10 +15,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation.umap_view import category_labels
+
+#: smallest font on a figure meant for a projector (panel titles, tick labels, legends)
+FONT = 11
+#: the colour map of every Grad-CAM overlay (:func:`~mlvicx_core.evaluation.gradcam.overlay`)
+CAM_CMAP = "jet"
+
+
 def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def cam_colourbar(fig, axes, label: str = "Grad-CAM") -> None:
+    """One colour bar for Grad-CAM overlays drawn with :data:`CAM_CMAP` on ``axes`` (each map is
+    scaled to [0, 1], 1 at its peak)."""
+    import matplotlib as mpl
+
+    sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap=CAM_CMAP)
+    bar = fig.colorbar(sm, ax=axes, fraction=0.025, pad=0.02, ticks=[0, 0.5, 1])
+    bar.ax.set_yticklabels(["0", "0.5", "1 peak"])
+    bar.set_label(label, fontsize=FONT)
+    bar.ax.tick_params(labelsize=FONT - 1)
 
 
 def _scatter(ax, coords: np.ndarray, values: pd.Series, title: str) -> None:
@@ -28,14 +48,16 @@ def _scatter(ax, coords: np.ndarray, values: pd.Series, title: str) -> None:
         sc = ax.scatter(coords[:, 0], coords[:, 1], c=values, s=6, cmap="viridis")
         ax.figure.colorbar(sc, ax=ax, shrink=0.7)
     else:
-        for k, v in enumerate(sorted(values.dropna().unique(), key=str)):
-            sel = (values == v).to_numpy()
+        labels = category_labels(values)
+        order = sorted(labels.dropna().unique(), key=lambda v: (v != "absent", str(v)))
+        for k, v in enumerate(order):
+            sel = (labels == v).to_numpy()
             ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color=f"C{k}", label=str(v))
-        if values.isna().any():
-            sel = values.isna().to_numpy()
+        if labels.isna().any():
+            sel = labels.isna().to_numpy()
             ax.scatter(coords[sel, 0], coords[sel, 1], s=6, color="lightgrey", label="unknown")
-        ax.legend(fontsize=7, markerscale=2, loc="best")
-    ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=FONT - 1, markerscale=2, loc="best")
+    ax.set_title(title, fontsize=FONT + 1)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -57,7 +79,7 @@ def plot_umap_grid(panels: dict[tuple[str, str], np.ndarray | None], values: pd.
                 ax.set_axis_off()
                 continue
             _scatter(ax, coords, values, f"{r}: {c}")
-    fig.suptitle(f"UMAP coloured by {colour_by}")
+    fig.suptitle(f"UMAP coloured by {colour_by}", fontsize=FONT + 2)
     return fig
 
 
@@ -76,12 +98,16 @@ def plot_fraction_curves(results_csv: str | Path, finding: str = "mean"):
             x = e["fraction"].to_numpy() * (1 + 0.04 * (k - 1))  # small offset: CIs stay readable
             ax.errorbar(x, e["value"], yerr=[e["value"] - e["ci_low"], e["ci_high"] - e["value"]],
                         marker="o", capsize=3, label=enc)
-        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
         ax.set_xscale("log")
-        ax.set_xlabel("label fraction (of training patients)")
-        ax.set_title(task)
-        ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel(f"AUROC ({finding})")
+        ax.set_xlabel("label fraction (of training patients)", fontsize=FONT)
+        ax.set_title(task, fontsize=FONT + 1)
+        ax.tick_params(labelsize=FONT - 1)
+        ax.legend(fontsize=FONT - 1)
+    # a fixed top at 1 and a bottom at or below chance: the scale does not magnify small gaps
+    low = float(np.nanmin(df["ci_low"])) if len(df) else 0.5
+    axes[0, 0].set_ylim(min(0.45, low - 0.02), 1.0)
+    axes[0, 0].set_ylabel(f"AUROC ({finding})", fontsize=FONT)
     return fig
 
 
@@ -96,8 +122,8 @@ def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.n
     plt = _plt()
     taps = list(cams)
     n = len(images)
-    fig, axes = plt.subplots(n, len(taps) + 1, figsize=(1.9 * (len(taps) + 1), 1.9 * n),
-                             squeeze=False)
+    fig, axes = plt.subplots(n, len(taps) + 1, figsize=(2.3 * (len(taps) + 1) + 0.8, 2.3 * n + 0.6),
+                             squeeze=False, constrained_layout=True)
     for i in range(n):
         panels = [("image", images[i])] + [(t, overlay(images[i], cams[t][i])) for t in taps]
         for j, (name, pic) in enumerate(panels):
@@ -112,9 +138,9 @@ def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.n
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(name, fontsize=9)
-    fig.suptitle(title)
-    fig.tight_layout()
+                ax.set_title(name, fontsize=FONT + 1)
+    cam_colourbar(fig, axes)
+    fig.suptitle(title, fontsize=FONT + 2)
     return fig
 
 
@@ -125,7 +151,7 @@ def plot_pointing(table: pd.DataFrame):
     findings = list(dict.fromkeys(table["finding"]))
     encoders = list(dict.fromkeys(table["encoder"]))
     taps = list(dict.fromkeys(table["tap"]))
-    fig, axes = plt.subplots(1, len(findings), figsize=(3.4 * len(findings), 3.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(findings), figsize=(3.6 * len(findings), 3.6), squeeze=False,
                              sharey=True, constrained_layout=True)
     width = 0.8 / max(len(encoders), 1)
     for ax, f in zip(axes[0], findings):
@@ -133,17 +159,24 @@ def plot_pointing(table: pd.DataFrame):
         for k, enc in enumerate(encoders):
             e = d[d["encoder"] == enc].set_index("tap").reindex(taps)
             ax.bar(np.arange(len(taps)) + k * width, e["pointing_game"], width, label=enc)
-        ax.axhline(float(d["chance_pointing"].mean()), color="k", ls="--", lw=0.8)
+        ax.axhline(float(d["chance_pointing"].mean()), color="k", ls="--", lw=0.8,
+                   label="chance (uniform map)")
         ax.set_xticks(np.arange(len(taps)) + width * (len(encoders) - 1) / 2)
-        ax.set_xticklabels(taps, rotation=45, fontsize=8)
-        ax.set_title(f"{f} (n={int(d['n'].max())})", fontsize=9)
-    axes[0, 0].set_ylabel("pointing-game hit rate")
-    axes[0, 0].legend(fontsize=8)
+        ax.set_xticklabels(taps, rotation=45, fontsize=FONT)
+        ax.tick_params(axis="y", labelsize=FONT - 1)
+        ax.set_title(f"{f} (n={int(d['n'].max())})", fontsize=FONT + 1)
+    axes[0, 0].set_ylim(0, 1)
+    axes[0, 0].set_ylabel("pointing-game hit rate", fontsize=FONT)
+    axes[0, 0].legend(fontsize=FONT - 1)
     return fig
 
 
 def plot_sweep(table: pd.DataFrame, fraction: float | None = None):
-    """Horizontal bars with 95 % CIs: the mean AUROC of every sweep point (one task, one fraction)."""
+    """Horizontal bars with 95 % CIs: the mean AUROC of every sweep point (one task, one fraction).
+
+    The axis runs from 0 to 1 with chance (0.5) marked, so a bar's length is its AUROC and small
+    differences between points look as small as they are.
+    """
     plt = _plt()
     d = table if fraction is None else table[np.isclose(table["fraction"], fraction)]
     d = d.reset_index(drop=True)
@@ -153,9 +186,10 @@ def plot_sweep(table: pd.DataFrame, fraction: float | None = None):
             capsize=3, color=[f"C{k}" for k in range(len(d))])
     ax.set_yticks(y)
     ax.set_yticklabels([f"{p} ({t}, {f:g})" for p, t, f in
-                        zip(d["point"], d["task"], d["fraction"])], fontsize=8)
-    ax.axvline(0.5, color="grey", ls=":")
-    ax.set_xlabel("mean AUROC (95 % bootstrap CI)")
-    lo = float(np.nanmin(d["ci_low"])) if len(d) else 0.4
-    ax.set_xlim(min(0.4, lo - 0.02), 1.0)
+                        zip(d["point"], d["task"], d["fraction"])], fontsize=FONT)
+    ax.axvline(0.5, color="grey", ls=":", label="chance")
+    ax.set_xlabel("mean AUROC (95 % bootstrap CI)", fontsize=FONT)
+    ax.tick_params(axis="x", labelsize=FONT - 1)
+    ax.set_xlim(0.0, 1.0)
+    ax.legend(fontsize=FONT - 1, loc="lower right")
     return fig

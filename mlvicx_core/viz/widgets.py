@@ -27,45 +27,66 @@ def _widgets():
 
 
 def browser_figure(i: int, images: np.ndarray, view_a: np.ndarray, view_b: np.ndarray,
-                   cams: dict[str, np.ndarray], regions: np.ndarray | None = None):
-    """One row: image ``i`` (with its lesion outlined), its two views, its Grad-CAM at every tap.
+                   cams: dict[str, np.ndarray], regions: np.ndarray | None = None,
+                   title: str | None = None):
+    """One row: image ``i`` (with its lesion outlined), its two views, its Grad-CAM at every tap
+    (one colour bar), under ``title`` when given.
 
     ``images``, ``view_a``, ``view_b``: (N, H, W) in [0, 1]; ``cams[tap]``: (N, H, W) in [0, 1].
     """
     import matplotlib.pyplot as plt
 
     from ..evaluation.gradcam import overlay
+    from .figures import FONT, cam_colourbar
 
     if not 0 <= i < len(images):
         raise IndexError(f"image {i}: expected 0 <= i < {len(images)}")
     panels = [("image", images[i], True), ("view 1", view_a[i], False),
               ("view 2", view_b[i], False)]
     panels += [(f"Grad-CAM {t}", overlay(images[i], m[i]), True) for t, m in cams.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 0.8, 2.8),
+                             squeeze=False, constrained_layout=True)
     for ax, (name, pic, outline) in zip(axes[0], panels):
         ax.imshow(np.clip(pic, 0, 1), cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=1,
-                      interpolation="nearest")
+                  interpolation="nearest")
         if outline and regions is not None and regions[i].any():
             ax.contour(regions[i], levels=[0.5], colors="w", linewidths=0.8)
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=FONT)
         ax.set_axis_off()
-    fig.tight_layout()
+    if cams:
+        cam_colourbar(fig, axes)
+    if title:
+        fig.suptitle(title, fontsize=FONT + 1)
     return fig
 
 
+def browser_caption(i: int, n: int, finding: str | None = None) -> str:
+    """``"image 3 of 8 test images positive for effusion"`` (``i`` counts from 0)."""
+    what = f" test images positive for {finding}" if finding else ""
+    return f"image {i + 1} of {n}{what}"
+
+
 def image_browser(images: np.ndarray, view_a: np.ndarray, view_b: np.ndarray,
-                  cams: dict[str, np.ndarray], regions: np.ndarray | None = None):
-    """A slider over the images; each position shows :func:`browser_figure` of that image."""
+                  cams: dict[str, np.ndarray], regions: np.ndarray | None = None,
+                  finding: str | None = None):
+    """A slider over the images; each position shows :func:`browser_figure` of that image under
+    a caption that says which finding and how many images (``box.children``: slider, caption,
+    figure)."""
     import matplotlib.pyplot as plt
 
     w = _widgets()
-    slider = w.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
+    label = f"{finding} image" if finding else "image"
+    slider = w.IntSlider(value=0, min=0, max=len(images) - 1, description=label,
+                         style={"description_width": "initial"})
+    caption = w.Label()
     out = w.Output()
 
     def redraw(i: int) -> None:
+        caption.value = browser_caption(i, len(images), finding)
         out.clear_output(wait=True)
         with out:
-            fig = browser_figure(i, images, view_a, view_b, cams, regions)
+            fig = browser_figure(i, images, view_a, view_b, cams, regions,
+                                 title=browser_caption(i, len(images), finding))
             # display this figure only: plt.show() would also flush other open figures into the
             # widget's output area
             _display(fig)
@@ -73,7 +94,7 @@ def image_browser(images: np.ndarray, view_a: np.ndarray, view_b: np.ndarray,
 
     slider.observe(lambda change: redraw(change["new"]), names="value")
     redraw(0)
-    return w.VBox([slider, out])
+    return w.VBox([slider, caption, out])
 
 
 def umap_selector(panels: dict[tuple[str, str], np.ndarray | None], table: pd.DataFrame,
