@@ -143,13 +143,15 @@ SYNTHETIC_EVAL_SIZES = (1600, 200, 400)
 
 def evaluation_splits(data, split_sizes=None, in_memory: bool = False) -> dict[str, CXRDataset]:
     """The labelled ``train`` / ``val`` / ``test`` splits every evaluation of ``data`` (a
-    :class:`~mlvicx_core.config.DataConfig`) uses, at ``data.image_size``. ``split_sizes`` (the
+    :class:`~mlvicx_core.config.DataConfig`) uses, whole images at ``data.load_size`` when set (the
+    stored size the views are cut from, which the online probe also reads), else at
+    ``data.image_size``. ``split_sizes`` (the
     ``eval.split_sizes`` key): images per split; null means all, and for the synthetic data
     :data:`SYNTHETIC_EVAL_SIZES`."""
     if split_sizes is None:
         split_sizes = SYNTHETIC_EVAL_SIZES if data.dataset == "synthetic" else (None, None, None)
-    return {s: build_dataset(data.dataset, root=data.root, split=s, image_size=data.image_size,
-                             length=n, seed=data.seed, fractions=data.split_fractions,
+    size = data.load_size or data.image_size
+    return {s: build_dataset(data.dataset, root=data.root, split=s, image_size=size, length=n, seed=data.seed, fractions=data.split_fractions,
                              on_error=data.on_error, in_memory=in_memory,
                              bit_depth=data.bit_depth)
             for s, n in zip(("train", "val", "test"), split_sizes)}
