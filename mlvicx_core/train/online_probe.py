@@ -9,8 +9,13 @@ read-outs are computed in closed form, per finding, and scored by AUROC on the `
 - **linear**: ridge regression on standardised features,
   ``W = X^T (X X^T + alpha n I)^{-1} (Y - mean Y)`` with ``X`` the (n, D) standardised ``fit``
   features (the dual form: an n x n solve, n = fit images), ``alpha = 1``; scores ``X_score W``;
-- **knn**: cosine k-nearest neighbours (k = 20) in the ``fit`` half; the score is the share of
-  positive neighbours.
+- **knn**: cosine k-nearest neighbours (k = 20, at most the ``fit`` images) in the ``fit`` half;
+  the score is the share of positive neighbours.
+
+Unknown labels (NaN): the linear read-out puts them at the finding's mean over the known ``fit``
+labels (zero after centring); the kNN share counts only neighbours with a known label (a score image
+whose k neighbours are all unknown gets the finding's share over the known ``fit`` labels); the
+AUROC leaves unknown ``score`` labels out, finding by finding.
 
 No iterative solver, no hyper-parameter search: at the teaching defaults a read-out costs a forward
 pass over the set plus two small solves (the share of the run's time is measured by the demo and
@@ -37,7 +42,9 @@ def ridge_scores(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray,
     mean, std = x_fit.mean(0), x_fit.std(0)
     std = np.where(std > 1e-8, std, 1.0)
     a, b = (x_fit - mean) / std, (x_score - mean) / std
-    y = np.nan_to_num(np.asarray(y_fit, dtype=np.float64) - np.nanmean(y_fit, axis=0), nan=0.0)
+    y = np.asarray(y_fit, dtype=np.float64)
+    known = ~np.isnan(y)
+    y = np.where(known, y - np.where(known, y, 0.0).sum(0) / np.maximum(known.sum(0), 1), 0.0)
     n = len(a)
     dual = np.linalg.solve(a @ a.T + alpha * n * np.eye(n), y)  # (n, K)
     return b @ (a.T @ dual)
@@ -52,7 +59,10 @@ def knn_vote(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray, k: int =
     sim = unit(x_score) @ unit(x_fit).T
     nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
     y = np.asarray(y_fit, dtype=np.float64)
-    return np.nanmean(y[nearest], axis=1)
+    known = ~np.isnan(y)
+    votes, counts = np.where(known, y, 0.0)[nearest].sum(1), known[nearest].sum(1)
+    prevalence = np.where(known, y, 0.0).sum(0) / np.maximum(known.sum(0), 1)
+    return np.where(counts > 0, votes / np.maximum(counts, 1), prevalence)
 
 
 class OnlineProbe:
@@ -64,6 +74,16 @@ class OnlineProbe:
         if images.ndim != 4 or len(images) != len(labels) or labels.ndim != 2:
             raise ValueError(f"images {tuple(images.shape)}, labels {labels.shape}: expected "
                              "(N, 1, S, S) and (N, K)")
+        if len(patient_ids) != len(images):
+            raise ValueError(f"{len(patient_ids)} patient ids for {len(images)} images: expected "
+                             "one per image")
+        findings = list(findings)
+        if len(findings) != labels.shape[1]:
+            raise ValueError(f"{len(findings)} findings {findings} for {labels.shape[1]} "
+                             "label columns: expected one name per column")
+        bad = labels[~np.isnan(labels) & (labels != 0) & (labels != 1)]
+        if bad.size:
+            raise ValueError(f"labels: expected 0, 1 or NaN (unknown), got {float(bad[0])!r}")
         halves = patient_split(patient_ids, (0.5, 0.0, 0.5), seed)
         self.fit, self.score = halves["train"], halves["test"]
         self.images, self.labels = images, labels
