@@ -259,23 +259,3 @@ def test_export_trunk_command(tmp_path, capsys):
 
 def test_subcommands_are_registered():
     assert {"pretrain", "demo", "evaluate", "results", "export-trunk"} <= set(SUBCOMMANDS)
-
-
-def test_demo_end_to_end(tmp_path, capsys):
-    sets = ["data.length=16", "train.batch_size=8", "train.max_steps=2",
-            "train.tensorboard=false", "train.progress=false", "model.projector=[32,32]",
-            "model.ml_projector=[32,32]", "model.fusion_size=8", "model.fusion_channels=16",
-            "model.pool_size=2", "train.diag_every=1", "train.eval_every=1",
-            "train.probe_images=16", "eval.split_sizes=[24,8,16]", "eval.n_boot=20"]
-    argv = ["demo", "--out", str(tmp_path / "demo")]
-    for s in sets:
-        argv += ["--set", s]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    run = tmp_path / "demo" / "teaching"
-    assert "trained 2 steps" in out and f"Results are in {run}" in out
-    assert "random init" in out and "pretrained" in out and "over random init" in out
-    assert (run / "training.png").stat().st_size > 10_000 and (run / "trunk.pt").is_file()
-    assert (run / "probe.png").is_file() and (run / "probe" / "results.csv").is_file()
-    assert main(argv) == 0
-    assert "reused the finished run" in capsys.readouterr().out
