@@ -104,9 +104,9 @@ def markdown(res: dict) -> str:
              "step_images_per_s": "steady-state images/s (higher is faster)"}
     for k in MEASURES:
         lines.append(f"| {names[k]} | {m['glibc'][k]:.2f} | {m['jemalloc'][k]:.2f} | {r[k]:.3f} |")
-    lines += ["", "Process wall seconds per round: " + "; ".join(
-        f"{n} " + ", ".join(f"{x['wall_s']:.1f}" for x in res["runs"][n]) for n in res["runs"]) + ".",
-        ""]
+    walls = "; ".join(f"{n} " + ", ".join(f"{x['wall_s']:.1f}" for x in runs)
+                      for n, runs in res["runs"].items())
+    lines += ["", f"Process wall seconds per round: {walls}.", ""]
     return "\n".join(lines)
 
 
@@ -123,7 +123,8 @@ def main() -> None:
         return
     jemalloc = find_jemalloc()
     if jemalloc is None:
-        sys.exit("libjemalloc.so.2 not found: `make install-jemalloc` (Debian package libjemalloc2)")
+        sys.exit("libjemalloc.so.2 not found: `make install-jemalloc` (Debian package "
+                 "libjemalloc2)")
     import torch
 
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}

@@ -159,7 +159,7 @@ def run_one(preset: str, size: int, batch: int, variant: str, repeats: int,
     return out
 
 
-# -- the profiler split ------------------------------------------------------------------------------
+# -- the profiler split ----------------------------------------------------------------------------
 def _component_modules(model: MLVICX) -> list[tuple[torch.nn.Module, str]]:
     """(module, component) pairs; the innermost range an op runs in names its component."""
     pairs: list[tuple[torch.nn.Module, str]] = [(model, "trunk")]  # normalisation, pooling
@@ -251,7 +251,7 @@ def profile_step(model: MLVICX, state, view_a, view_b) -> dict:
             "device": str(state.device), "allocator": allocator()}
 
 
-# -- the parent ---------------------------------------------------------------------------------------
+# -- the parent ------------------------------------------------------------------------------------
 def child(args_list: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, *args_list], check=True, capture_output=True,
                          text=True)
@@ -360,7 +360,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"# One training step: `benchmarks/step_time.py` on {', '.join(devices)}", "",
         f"{results['machine']}, torch {results['torch']}, CPU capability "
-        f"`{results['cpu_capability']}`, {results['cores']} cores; math threads used (`torch.get_num_threads()` in each child): "
+        f"`{results['cpu_capability']}`, {results['cores']} cores; math threads used "
+        "(`torch.get_num_threads()` in each child): "
         f"{', '.join(map(str, threads))}. Medians of the timed steps after one warm-up, each "
         "variant in its own process. The machine is shared: ratios measured in one run are the "
         "result, seconds are context (under load wall time inflates, CPU time much less).", "",
@@ -390,7 +391,8 @@ def markdown(results: dict) -> str:
                                                   for p in profiled.values()) + " |")
         lines += ["", "Forward ops by the module they ran in, backward ops by the forward op that "
                   "created them; `other`: gradient accumulation, clipping, finiteness checks. The "
-                  "profiler's per-op overhead inflates small ops, so the shares are indicative.", ""]
+                  "profiler's per-op overhead inflates small ops, so the shares are indicative.",
+                  ""]
     else:
         lines += ["not profiled in this run", ""]
     lines += ["## Seconds and memory (context)", "",
