@@ -1,7 +1,9 @@
 """The training step's precision choices: which autocast each device gets from ``train.amp`` /
 ``train.amp_cpu`` (decided without a GPU: the CUDA answers come from a mocked
 ``torch.cuda.is_bf16_supported``), a bf16 step on CPU against the float32 step, and the loss's
-dtype inside autocast."""
+dtype inside autocast; and the other CUDA-specific choices (channels_last, pinned memory,
+SyncBatchNorm under DDP) taken from the config for a CUDA device without one (a stand-in for
+DistributedDataParallel records what it was given)."""
 import warnings
 
 import pytest
@@ -9,10 +11,13 @@ import torch
 from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
 from mlvicx_core.config import (NON_RESULT_KEYS, ConfigError, LossConfig, apply_overrides,
-                                 config_hash, describe_keys)
+                                 config_hash, describe_keys, load_config)
 from mlvicx_core.loss import mlvicx_loss
 from mlvicx_core.model import MLVICX
-from mlvicx_core.train.step import autocast_dtype, autocast_for, build_step, loss_terms, train_step
+from mlvicx_core.train import distributed
+from mlvicx_core.train.step import (autocast_dtype, autocast_for, build_step, device_choices,
+                                    loss_terms, train_step)
+from mlvicx_core.train.trainer import setup
 
 BF16 = torch.bfloat16
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
@@ -84,7 +89,7 @@ def test_build_step_resolves_the_config_into_the_state(tmp_path):
         assert state.amp_dtype is expected
 
 
-# -- a bf16 step on CPU ------------------------------------------------------------------------------
+# -- a bf16 step on CPU ----------------------------------------------------------------------------
 def _one_step(tmp_path, amp_cpu: bool):
     cfg = tiny_config(tmp_path, **{"train.amp_cpu": amp_cpu, "train.batch_size": 16})
     torch.manual_seed(0)
@@ -142,3 +147,79 @@ def test_loss_of_bf16_embeddings_is_float32_and_equals_the_float64_loss():
     terms["loss"].backward()
     assert all(p.grad.dtype is torch.float32 for p in model.parameters() if p.grad is not None)
 
+
+
+# -- the CUDA-specific choices, decided without a GPU ----------------------------------------------
+class FakeDDP(torch.nn.Module):
+    """Stands in for DistributedDataParallel (which needs a process group): records its inputs."""
+
+    def __init__(self, module, device_ids=None):
+        super().__init__()
+        self.module, self.device_ids = module, device_ids
+
+
+def _batchnorms(module):
+    return [type(m).__name__ for m in module.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("device, preset, overrides, expected", [
+    # (autocast dtype, channels_last, pin_memory, SyncBatchNorm under DDP)
+    (CUDA, "paper", [], (BF16, True, True, True)),
+    (CUDA, "paper", ["train.sync_batchnorm=false", "train.amp=false"], (None, True, True, False)),
+    (CUDA, "teaching", [], (BF16, False, True, True)),          # teaching turns channels_last off
+    (CPU, "paper", [], (None, True, False, False)),
+    (CPU, "paper", ["train.amp_cpu=true"], (BF16, True, False, False)),
+    (CPU, "teaching", [], (None, False, False, False)),
+    (MPS, "paper", ["train.amp_cpu=true"], (None, True, False, False)),
+])
+def test_device_choices_follow_the_config_and_the_device_type(monkeypatch, device, preset,
+                                                             overrides, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    train = apply_overrides(load_config(preset), overrides).train
+    c = device_choices(train, device)
+    channels_last = c.memory_format is torch.channels_last
+    assert (c.amp_dtype, channels_last, c.pin_memory, c.sync_batchnorm) == expected
+    assert channels_last or c.memory_format is torch.contiguous_format
+
+
+@pytest.mark.parametrize("device, sync, expected_bn, expected_ids", [
+    (CUDA, True, "SyncBatchNorm", [0]),
+    (torch.device("cuda", 3), True, "SyncBatchNorm", [3]),
+    (CUDA, False, "BatchNorm2d", [0]),
+    (CPU, True, "BatchNorm2d", None),        # gloo: SyncBatchNorm would fail, so never on CPU
+])
+def test_wrap_ddp_converts_batchnorm_only_on_cuda(monkeypatch, device, sync, expected_bn,
+                                                  expected_ids):
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    model = MLVICX(TINY_MODEL)
+    n2d = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    wrapped = distributed.wrap_ddp(model, device, sync)
+    assert isinstance(wrapped, FakeDDP) and wrapped.device_ids == expected_ids
+    kinds = _batchnorms(wrapped.module)
+    assert kinds.count(expected_bn) >= n2d > 0
+
+
+def test_build_step_on_a_cuda_device_under_ddp_without_a_gpu(monkeypatch, tmp_path):
+    """build_step decides everything from the config and the device without touching the GPU:
+    bf16 autocast, channels_last, SyncBatchNorm inside DDP with this rank's GPU."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    cfg = tiny_config(tmp_path, **{"train.channels_last": True})
+    env = distributed.DistEnv(rank=1, world_size=2, local_rank=1)
+    state = build_step(cfg, MLVICX(cfg.model), torch.device("cuda", 1), steps_per_epoch=4,
+                       env=env)
+    assert state.amp_dtype is BF16 and state.memory_format is torch.channels_last
+    assert isinstance(state.net, FakeDDP) and state.net.device_ids == [1]
+    assert "BatchNorm2d" not in _batchnorms(state.net) and "SyncBatchNorm" in _batchnorms(state.net)
+    assert state.gather is distributed.gather_with_grad      # the global batch for var/cov
+
+
+def test_setup_on_cpu_applies_the_choices(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.channels_last": True})
+    run = setup(cfg, dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "r",
+                probe=False)
+    assert run.loader.pin_memory is False
+    assert run.state.amp_dtype is None and run.state.memory_format is torch.channels_last
+    conv = run.state.model.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()

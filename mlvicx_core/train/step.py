@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, LossConfig
+from ..config import Config, LoopConfig, LossConfig
 from ..loss import mlvicx_loss
 from ..model import Embeddings
 from . import distributed
@@ -43,6 +43,30 @@ def autocast_dtype(device: torch.device, amp: bool, amp_cpu: bool = False) -> to
     if device.type == "cpu" and amp_cpu:
         return torch.bfloat16
     return None
+
+
+@dataclass(frozen=True)
+class DeviceChoices:
+    """What a run does differently on its device, decided from ``train.*`` in one place (and so
+    testable without the device): the forward's autocast dtype, the memory format of the model and
+    the views, pinned host memory in the DataLoader, BatchNorm -> SyncBatchNorm under DDP."""
+
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    pin_memory: bool
+    sync_batchnorm: bool
+
+
+def device_choices(train: LoopConfig, device: torch.device) -> DeviceChoices:
+    """``train.amp`` / ``amp_cpu`` (:func:`autocast_dtype`), ``train.channels_last`` (any device),
+    pinned memory on CUDA only (it speeds host-to-GPU copies and costs page-locked memory
+    elsewhere), ``train.sync_batchnorm`` on CUDA only (SyncBatchNorm needs NCCL; under gloo on CPU
+    the statistics stay per rank)."""
+    cuda = device.type == "cuda"
+    return DeviceChoices(
+        amp_dtype=autocast_dtype(device, train.amp, train.amp_cpu),
+        memory_format=torch.channels_last if train.channels_last else torch.contiguous_format,
+        pin_memory=cuda, sync_batchnorm=cuda and train.sync_batchnorm)
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype | None):
@@ -121,16 +145,15 @@ def build_step(config: Config, model: nn.Module, device: torch.device, steps_per
     total = cfg.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, round(oc.warmup_epochs * steps_per_epoch), total,
                                 oc.final_lr_ratio)
+    choices = device_choices(cfg, device)
     net: nn.Module = TwoViews(model)
     if env.is_distributed:
-        net = distributed.wrap_ddp(net, device, cfg.sync_batchnorm)
+        net = distributed.wrap_ddp(net, device, choices.sync_batchnorm)
     if cfg.compile:
         net = torch.compile(net)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     return StepState(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
-                     loss=config.loss, device=device,
-                     amp_dtype=autocast_dtype(device, cfg.amp, cfg.amp_cpu),
-                     memory_format=memory_format, grad_clip=oc.grad_clip,
+                     loss=config.loss, device=device, amp_dtype=choices.amp_dtype,
+                     memory_format=choices.memory_format, grad_clip=oc.grad_clip,
                      gather=distributed.gather_with_grad if env.is_distributed else None)
 
 
