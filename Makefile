@@ -4,7 +4,18 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: env test browser demo bench notebooks html clean-env
+.PHONY: env test browser demo bench notebooks html clean-env install-jemalloc
+
+# jemalloc (Debian's libjemalloc2) under the long CPU jobs (demo, bench, notebooks), where it is
+# installed: with freed pages kept instead of returned to the kernel, the large tensors a step
+# allocates afresh stop page-faulting (benchmarks/results/allocator.md). Not under `test` (the
+# tests check results, not speed, and run with the system's malloc). `make demo JEMALLOC=` opts out.
+JEMALLOC      ?= $(shell for f in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
+                   $$(ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $$NF}'); \
+                   do test -f "$$f" && { echo "$$f"; break; }; done)
+JEMALLOC_CONF ?= oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1
+WITH_JEMALLOC  = $(if $(JEMALLOC),LD_PRELOAD="$(JEMALLOC)$${LD_PRELOAD:+ $$LD_PRELOAD}" \
+                   MALLOC_CONF=$(JEMALLOC_CONF))
 
 env: $(STAMP)
 
@@ -43,16 +54,27 @@ browser:
 
 # The main job: a short MLVICX pretraining (teaching preset) on the embedded synthetic data.
 demo: env
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m mlvicx_core.cli demo
+	OMP_WAIT_POLICY=PASSIVE $(WITH_JEMALLOC) $(PY) -m mlvicx_core.cli demo
 
 bench: env
-	$(PY) benchmarks/step_time.py
-	$(PY) benchmarks/pretrain_throughput.py
-	$(PY) benchmarks/data_throughput.py
+	$(WITH_JEMALLOC) $(PY) benchmarks/step_time.py
+	$(WITH_JEMALLOC) $(PY) benchmarks/pretrain_throughput.py
+	$(WITH_JEMALLOC) $(PY) benchmarks/data_throughput.py
 
 # Re-execute the committed notebooks at their default parameters (outputs shown on code hosts).
 notebooks: env
-	$(PY) notebooks/build.py
+	$(WITH_JEMALLOC) $(PY) notebooks/build.py
+
+# Debian's libjemalloc2 (apt-get, as root) for the targets above; a no-op where it is present.
+install-jemalloc:
+	@if [ -n "$(JEMALLOC)" ]; then echo "jemalloc present: $(JEMALLOC)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing libjemalloc2 (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 \
+	    >/dev/null; \
+	else echo "install-jemalloc needs root and apt-get; install your system's jemalloc package" \
+	  "(Debian/Ubuntu: libjemalloc2) and make finds it (or pass JEMALLOC=/path/libjemalloc.so.2)"; \
+	  exit 1; fi
 
 # The committed notebooks as HTML pages that render their formulas offline: build/html/ holds the
 # pages and a copy of Debian's MathJax (libjs-mathjax, installed with apt-get where missing).

@@ -31,6 +31,7 @@ from mlvicx_core.data.registry import dataset_from_config
 from mlvicx_core.data.subset import Subset
 from mlvicx_core.devices import select_device
 from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.step import autocast_dtype
 from mlvicx_core.train.trainer import default_augment, pretrain
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -82,7 +83,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
         platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "amp_bf16": bool(config.train.amp and device.type == "cuda"),
+        "amp_bf16": autocast_dtype(device, config.train.amp, config.train.amp_cpu) is not None,
         "batch_size": config.train.batch_size, "image_size": config.data.image_size,
         "optimizer": config.optim.name, "dataset": config.data.dataset,
         "steps": args.steps, "warmup_steps_dropped": args.warmup,

@@ -346,6 +346,8 @@ class LoopConfig(Section):
     device: str = opt("auto", "auto, cpu, cuda, cuda:<n> or mps")
     threads: int = opt(0, "CPU math threads (0 = leave torch's setting)", ge=0)
     amp: bool = opt(True, "bfloat16 autocast on CUDA (the loss stays float32)")
+    amp_cpu: bool = opt(False, "bfloat16 autocast on CPU too (needs train.amp; the loss stays "
+                               "float32; faster where the CPU has bf16 units, results differ)")
     channels_last: bool = opt(True, "channels-last memory format")
     compile: bool = opt(False, "torch.compile the two-view forward")
     sync_batchnorm: bool = opt(True, "SyncBatchNorm under DDP on CUDA")
@@ -366,6 +368,9 @@ class LoopConfig(Section):
             dev.startswith("cuda:") and dev[5:].isdigit())
         if not ok:
             raise self.error("device", "expected auto, cpu, cuda, cuda:<n> or mps")
+        if self.amp_cpu and not self.amp:
+            raise self.error("amp_cpu", "needs train.amp=true (train.amp switches bf16 autocast "
+                                        "on; train.amp_cpu extends it to the CPU)")
 
 
 @dataclass(frozen=True)

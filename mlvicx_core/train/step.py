@@ -1,7 +1,7 @@
 """One optimizer step of pretraining: what :func:`~mlvicx_core.train.trainer.pretrain` repeats and
 ``benchmarks/step_time.py`` times (the benchmark calls this very function)::
 
-    z = model(view_a), z' = model(view_b)                      (bf16 autocast on CUDA if train.amp)
+    z = model(view_a), z' = model(view_b)    (bf16 autocast: autocast_dtype, train.amp / amp_cpu)
     terms = mlvicx_loss(z, z', gather=all_gather_with_grad)    (float32; global batch under DDP)
     non-finite term -> NonFiniteLossError naming the step and the term; nothing of this step applied
     backward, optional clipping, non-finite gradient norm -> NonFiniteLossError
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, LossConfig
+from ..config import Config, LoopConfig, LossConfig
 from ..loss import mlvicx_loss
 from ..model import Embeddings
 from . import distributed
@@ -30,11 +30,51 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term, the gradient norm or a parameter became NaN/inf; the message names the step."""
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CUDA when asked and supported; full precision elsewhere."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_dtype(device: torch.device, amp: bool, amp_cpu: bool = False) -> torch.dtype | None:
+    """The dtype the forward pass autocasts to on ``device``, or None for full precision.
+
+    bfloat16 on CUDA when ``amp`` (``train.amp``) and the GPU supports it; bfloat16 on CPU when
+    ``amp`` and ``amp_cpu`` (``train.amp_cpu``); full precision on any other device (MPS included).
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and amp_cpu:
+        return torch.bfloat16
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceChoices:
+    """What a run does differently on its device, decided from ``train.*`` in one place (and so
+    testable without the device): the forward's autocast dtype, the memory format of the model and
+    the views, pinned host memory in the DataLoader, BatchNorm -> SyncBatchNorm under DDP."""
+
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    pin_memory: bool
+    sync_batchnorm: bool
+
+
+def device_choices(train: LoopConfig, device: torch.device) -> DeviceChoices:
+    """``train.amp`` / ``amp_cpu`` (:func:`autocast_dtype`), ``train.channels_last`` (any device),
+    pinned memory on CUDA only (it speeds host-to-GPU copies and costs page-locked memory
+    elsewhere), ``train.sync_batchnorm`` on CUDA only (SyncBatchNorm needs NCCL; under gloo on CPU
+    the statistics stay per rank)."""
+    cuda = device.type == "cuda"
+    return DeviceChoices(
+        amp_dtype=autocast_dtype(device, train.amp, train.amp_cpu),
+        memory_format=torch.channels_last if train.channels_last else torch.contiguous_format,
+        pin_memory=cuda, sync_batchnorm=cuda and train.sync_batchnorm)
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device.type`` to ``dtype`` (from :func:`autocast_dtype`), or a
+    no-op context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class TwoViews(nn.Module):
@@ -69,7 +109,7 @@ class StepState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss: LossConfig
     device: torch.device
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None  # autocast dtype of the forward (None: full precision)
     memory_format: torch.memory_format = torch.contiguous_format
     grad_clip: float | None = None
     gather: Callable | None = None
@@ -105,15 +145,15 @@ def build_step(config: Config, model: nn.Module, device: torch.device, steps_per
     total = cfg.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, round(oc.warmup_epochs * steps_per_epoch), total,
                                 oc.final_lr_ratio)
+    choices = device_choices(cfg, device)
     net: nn.Module = TwoViews(model)
     if env.is_distributed:
-        net = distributed.wrap_ddp(net, device, cfg.sync_batchnorm)
+        net = distributed.wrap_ddp(net, device, choices.sync_batchnorm)
     if cfg.compile:
         net = torch.compile(net)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     return StepState(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
-                     loss=config.loss, device=device, amp=cfg.amp, memory_format=memory_format,
-                     grad_clip=oc.grad_clip,
+                     loss=config.loss, device=device, amp_dtype=choices.amp_dtype,
+                     memory_format=choices.memory_format, grad_clip=oc.grad_clip,
                      gather=distributed.gather_with_grad if env.is_distributed else None)
 
 
@@ -126,7 +166,7 @@ def train_step(state: StepState, view_a: torch.Tensor, view_b: torch.Tensor) -> 
     """One optimizer step on two views (B, 1, S, S) already on ``state.device``."""
     view_a = view_a.contiguous(memory_format=state.memory_format)
     view_b = view_b.contiguous(memory_format=state.memory_format)
-    with autocast_for(state.device, state.amp):
+    with autocast_for(state.device, state.amp_dtype):
         za, zb = state.net(view_a, view_b)
     terms = loss_terms(za, zb, state.loss, state.gather)
     names = list(terms)

@@ -40,7 +40,8 @@ from .diagnostics import embedding_diagnostics
 from .metrics import MetricsWriter
 from .online_probe import OnlineProbe
 from .runs import RunLock, requested_steps, run_dir_for
-from .step import NonFiniteLossError, StepResult, StepState, build_step, check_parameters, train_step
+from .step import (NonFiniteLossError, StepResult, StepState, build_step, check_parameters,
+                   device_choices, train_step)
 
 
 @dataclass
@@ -139,8 +140,8 @@ def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable |
         dataset = dataset_from_config(config.data, labelled=False)
     augment = augment if augment is not None else default_augment(config)
     model = model if model is not None else MLVICX(config.model)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    choices = device_choices(cfg, device)
+    model = model.to(device, memory_format=choices.memory_format)
     spe = distributed.steps_per_epoch(len(dataset), cfg.batch_size, env)
     if spe == 0:
         raise ConfigError(f"the dataset has {len(dataset)} images, fewer than one global batch "
@@ -150,7 +151,7 @@ def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable |
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=distributed.per_rank_batch(cfg.batch_size, env),
                         sampler=sampler, drop_last=True, num_workers=config.data.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+                        pin_memory=choices.pin_memory, persistent_workers=False)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1009 + 17 + env.rank)  # a different stream per rank
     if probe is True:
