@@ -42,6 +42,7 @@ from ..data.subset import Subset
 from ..evaluation.baselines import reference_encoder
 from ..evaluation.pipeline import ROW_COLUMNS, evaluate
 from ..train import train_or_load
+from ..train.online_probe import OnlineProbe
 from ..variants import VARIANTS
 
 ENCODERS = ("random", *VARIANTS)
@@ -57,13 +58,19 @@ BENCHMARKS: dict[str, dict] = {
 }
 #: The experiment's own defaults on top of the preset (every key overridable with --set).
 DEFAULTS = {
-    "train.max_steps": 20, "train.batch_size": 64, "train.threads": 2, "train.progress": False,
-    "train.tensorboard": False, "eval.tasks": ["probe", "gradcam"],
+    # the teaching recipe's budget (192 steps of batch 64), the online probe every 24 steps for the
+    # learning curves; the read-out is pooled layer4 (eval.features=trunk) because Grad-CAM explains
+    # that probe (benchmarks/results/recipe_search.md compares it with layer3+layer4)
+    "train.max_steps": 192, "train.batch_size": 64, "train.threads": 2, "train.progress": False,
+    "train.tensorboard": False, "train.eval_every": 24, "eval.features": "trunk",
+    "eval.tasks": ["probe", "gradcam"],
     "eval.fractions": [0.01, 0.1, 1.0], "eval.min_patients": 5, "eval.n_boot": 500,
     "eval.probe_cs": [0.001, 0.01, 0.1, 1.0], "eval.probe_max_iter": 200,
     # layer2 is 8 x 8 at 64 px (layer4 is 2 x 2 and cannot point); 4 px ~ 15 px at 224 px
     "eval.gradcam_tap": "layer2", "eval.tolerance": 4.0, "eval.gradcam_images": 32,
 }
+#: What ``mlvicx results`` runs by default (``--datasets`` adds the real ones).
+DATASETS = ("synthetic",)
 FIGURE_IMAGES = 4  # synthetic test images in the heatmap figure
 
 
@@ -98,7 +105,10 @@ class Benchmark:
         self.config = config.set({"data.dataset": name, "data.root": str(root) if root else None,
                                   "data.seed": 0, "eval.split_sizes": sizes})
         d = self.config.data
-        self.splits = {s: build_dataset(name, root=d.root, split=s, image_size=d.image_size,
+        # whole images at the stored size the views are cut from (data.load_size, else the view
+        # size): what the online probe reads too (mlvicx_core.data.registry.evaluation_splits)
+        self.image_size = d.load_size or d.image_size
+        self.splits = {s: build_dataset(name, root=d.root, split=s, image_size=self.image_size,
                                         length=n, seed=0, fractions=d.split_fractions,
                                         in_memory=True)
                        for s, n in zip(("train", "val", "test"), sizes)}
@@ -115,9 +125,21 @@ class Benchmark:
         if self.name != "nih":
             return None
         d = self.config.data
-        everything = build_dataset("nih", root=d.root, split="all", image_size=d.image_size)
+        everything = build_dataset("nih", root=d.root, split="all", image_size=self.image_size)
         boxed = [i for i in range(len(everything)) if everything.boxes(i)]
         return Subset(everything, boxed, in_memory=True) if boxed else None
+
+    def online_probe(self) -> OnlineProbe | None:
+        """The online probe of every run on this dataset (``train.eval_every`` > 0): the val split,
+        the same images for every method and seed, so the learning curves compare."""
+        if not self.config.train.eval_every:
+            return None
+        if getattr(self, "_probe", None) is None:
+            val = self.splits["val"]
+            images = torch.stack([val[i]["image"] for i in range(len(val))])
+            self._probe = OnlineProbe(images, val.labels, val.patient_ids, val.findings, seed=0,
+                                      features=self.config.eval.features)
+        return self._probe
 
     def pretrain_set(self, n: int):
         """The first ``n`` images of the train split (labels unused); for the synthetic data this
@@ -132,7 +154,8 @@ class Benchmark:
         c = self.config
         steps, batch = c.train.max_steps, c.train.batch_size
         sch = schedule(steps, batch, len(self.splits["train"]))
-        warm = max(1, round(0.2 * steps))
+        # the preset's warmup share of its schedule (teaching: 1 epoch of 12), over these steps
+        warm = max(1, round(steps * c.optim.warmup_epochs / c.train.epochs))
         cfg = c.set({**VARIANTS[encoder], "data.length": sch["images"], "train.seed": seed,
                      "train.epochs": sch["epochs"], "optim.warmup_epochs":
                      warm / sch["steps_per_epoch"],
@@ -155,7 +178,7 @@ def pretrain_encoder(bench: Benchmark, encoder: str, seed: int, out: Path
     timing = run_dir / "experiment.json"
     t0 = time.perf_counter()
     run = train_or_load(cfg, run_dir=run_dir, dataset=bench.pretrain_set(sch["images"]),
-                        probe=False)
+                        probe=bench.online_probe() or False)
     if run.losses:  # trained now (not reused): record how long it took
         timing.write_text(json.dumps({"wall_s": time.perf_counter() - t0,
                                       "final_loss": run.losses[-1]}))
@@ -304,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="docs",
                    help="where RESULTS.md, figures/ and results/ are written (default docs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--datasets", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    p.add_argument("--datasets", nargs="+", choices=list(BENCHMARKS), default=list(DATASETS),
+                   help=f"default {' '.join(DATASETS)}: the 60-minute budget on a 2-core CPU; add "
+                        "nih pneumoniamnist for the real images (each adds about as much again)")
     p.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget (2 steps of 8, 1 seed, tiny splits, narrow heads); out and "
