@@ -19,10 +19,12 @@
 # the ResNet (METHOD.md).
 #
 # **Budget.** At the default parameters this notebook pretrains the `teaching` network (ResNet-18
-# at 64 px with narrow heads) on 384 synthetic radiographs for 2 epochs of 12 steps, well under a minute
-# on a laptop CPU. That is enough to *see* every mechanism (terms moving, collapse when the variance
-# term is switched off) but not to learn features worth comparing to the paper; re-run it at scale
-# with papermill (`-p preset paper -p epochs 300 -p dataset nih -p data_root ...`).
+# with 1024-d heads, trained on 32 px views of 64 px radiographs) on 384 synthetic radiographs for 4
+# epochs of 12 steps, twice (the healthy run and the collapse run), one to two minutes each on one
+# CPU thread. That is enough to *see* every mechanism (terms moving, the online probe, collapse when
+# the variance term is switched off) but not to learn features that beat random init: `make demo`
+# (192 steps of batch 64, about 5 minutes) and docs/RESULTS.md measure that. Re-run at scale with
+# papermill (`-p epochs 16`, or `-p preset paper -p epochs 300 -p dataset nih -p data_root ...`).
 #
 # Runs are cached by their configuration (`train_or_load`): notebooks 02-05 reuse the run trained
 # here, and re-running a cell costs nothing.
@@ -31,9 +33,9 @@
 dataset = "synthetic"          # "synthetic" (no files needed) or "nih" (a folder of NIH PNGs)
 data_root = None               # for the "nih" dataset: the folder holding the PNGs
 preset = "teaching"            # "teaching" (CPU minutes) or "paper" (the paper's recipe)
-image_size = 64                # model input side in pixels (the paper: 224)
+image_size = 64                # radiograph side in pixels (teaching views: 32 px crops of it; the paper: 224)
 data_length = 384              # synthetic radiographs in the pretraining set
-epochs = 2
+epochs = 4                     # 4 x 12 = 48 steps of batch 32 (the demo runs 192 of batch 64)
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
@@ -60,18 +62,22 @@ common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_s
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
           "max_steps": max_steps, "out_dir": out_dir}
 config = pretrain_config("mlvicx", overrides=overrides, **common)
-config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0},
-                                  **common)
+# the collapse run: no variance term, and a projector ending in a plain Linear layer (section 4)
+config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0,
+                                                       "model.projector_last_bn": False}, **common)
 print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch_size} steps "
       f"of batch {config.train.batch_size} at {config.data.image_size} px")
 
 # %% [markdown]
 # ## 1. The two views
 #
-# Each training image is augmented twice, independently: random resized crop, horizontal flip,
-# brightness/contrast jitter, blur and (for the second view, rarely) solarisation. Whatever the
-# network keeps constant across the two views is what it will learn; what the augmentations change
-# (exact position, contrast, sharpness) it learns to ignore. This is the only "supervision".
+# Each training image is augmented twice, independently: a random resized crop (40-100 % of the
+# area, resized to 32 px), a horizontal flip and, for 30 % of the views, brightness/contrast jitter.
+# Whatever the network keeps constant across the two views is what it will learn; what the
+# augmentations change (exact position, contrast) it learns to ignore. This is the only
+# "supervision". The paper's ImageNet-style views (crops down to 8 % of the area, strong blur,
+# solarisation; `aug.*` keys, `preset="paper"`) are too strong for radiographs this small: a blur of
+# 2 px erases a nodule at 64 px (docs/TRAINING.md, "The teaching recipe").
 
 # %%
 pretrain_images = dataset_from_config(config.data)
@@ -142,6 +148,25 @@ weights = {"invariance": config.loss.sim_coeff, "variance": config.loss.std_coef
 fig = plot_loss_terms(run.run_dir, weights, lam=config.loss.lam)
 
 # %% [markdown]
+# **Is it learning anything a label can read?** The loss cannot say. The online probe can: every 12
+# steps the frozen trunk embeds 256 held-out radiographs (patients never pretrained on) and two
+# closed-form read-outs (ridge regression and a 20-nearest-neighbour vote, fitted on half the
+# patients, scored on the other half) give a mean AUROC over the findings. Step 0 is the same network
+# at random init: the dashed line. A randomly initialised ResNet is a strong baseline on these
+# images; at this budget expect the read-out to dip below it first (the network is reorganising its
+# features around the views), and to need a longer run to climb back above it (the demo runs 192
+# steps of batch 64 and draws the same panel).
+
+# %%
+import matplotlib.pyplot as plt
+
+from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.viz.training import plot_online_probe
+
+fig, ax = plt.subplots(figsize=(6.5, 3.6), constrained_layout=True)
+plot_online_probe(read_metrics(run.run_dir), ax)
+
+# %% [markdown]
 # ## 4. Collapse, and how to see it
 #
 # The loss value alone does not tell you whether an encoder collapsed. The training loop logs four
@@ -155,11 +180,19 @@ fig = plot_loss_terms(run.run_dir, weights, lam=config.loss.lam)
 # **The demonstration:** the same run with the variance weight $\lambda_v$ set to 0
 # (`loss.std_coeff=0`). Nothing now forbids the trivial solution, and the invariance term, the only
 # one with a big weight, pulls everything together.
+#
+# One switch more is needed to *see* it with the real model, and it is a lesson in itself. The
+# kit's projectors (like the authors' code) end in BatchNorm: every output dimension is re-scaled to
+# a batch standard deviation of about 1 at every step, so the embedding *cannot* shrink, the variance
+# hinge $\max(0, 1 - \mathrm{std})$ never switches on, and a run without it is step for step the same
+# as the healthy one (try it: `overrides={"loss.std_coeff": 0.0}` alone). Official VICReg's projector
+# ends in a plain Linear layer; `model.projector_last_bn=False` builds that, and then the scale is
+# free to collapse.
 
 # %%
 run_collapse = train_or_load(config_collapse)
 fig = plot_collapse({"healthy (std_coeff=25)": run.run_dir,
-                     "no variance term (std_coeff=0)": run_collapse.run_dir})
+                     "no variance term, Linear end (std_coeff=0)": run_collapse.run_dir})
 
 # %% [markdown]
 # The same diagnostics on held-out synthetic images (not a training batch), after training. The
@@ -172,21 +205,14 @@ display(diagnostics_table({"healthy": run.model, "no variance term": run_collaps
                           held_out).round(4))
 
 # %% [markdown]
-# **Reading it, honestly.** At this budget the two runs are identical, and that is itself the
-# lesson about *how* the variance term works (the variance panel of the loss figure above is flat
-# at 0: the hinge never switched on, so switching it off changes no gradient). It is a hinge, $\max(0, 1 - \mathrm{std})$: at
-# initialisation every embedding dimension already has a standard deviation of about 1 (the
-# projector ends in a freshly initialised linear layer after BatchNorm), so the hinge is inactive and
-# contributes (almost) no gradient, and over two dozen small steps the std stays near 1. The variance
-# term is a *guard* that starts acting only when the embeddings begin to shrink. Without it, nothing
-# stops the invariance term (weight 25) from slowly pulling every image onto the same point: over a
-# long run `std_min` and `std_mean` fall towards 0, the effective rank towards 1, and the invariance
-# loss towards 0, which looks like success while the features become useless. The covariance term
-# does not prevent this: a shrinking embedding also has a shrinking covariance.
-#
-# To look for the collapse, re-run this notebook with a longer schedule, e.g.
-# `papermill notebooks/01_pretraining.ipynb runs/01_long.ipynb -p epochs 40` (640 steps at about
-# 1 s each on a laptop CPU; not measured here), and compare `std_min` in the two curves above.
+# **Reading it.** Without the variance term the run collapses within a few dozen steps: the
+# invariance term falls to about 0 (every pair of views maps to the same point, which looks like
+# success), `std_min` falls by two orders of magnitude towards 0 and the effective rank to a handful
+# of directions out of 1024, while the healthy run keeps a standard deviation of about 1 and an
+# invariance near 2 (its views are not yet matched: at this budget it has learned to spread and
+# decorrelate, not to be invariant). The covariance term does not prevent the collapse: a shrinking
+# embedding also has a shrinking covariance. The held-out table says the same with the network in
+# eval mode.
 
 # %% [markdown]
 # ### Collapse in miniature
@@ -205,11 +231,12 @@ display(toy.groupby("std_coeff", sort=False).tail(1)[
     ["std_coeff", "step", "invariance", "variance", "std_min", "std_mean"]].round(6))
 
 # %% [markdown]
-# **What this budget can and cannot show.** Two dozen steps demonstrate the mechanics (the terms,
-# the diagnostics, the inactive hinge). They do not produce features good enough for the MLVICX vs
-# VICReg comparisons of the paper: notebooks 02-05 make those comparisons at this budget, with
-# confidence intervals, and say when the differences are within noise. For real numbers, re-run at
-# scale:
+# **What this budget can and cannot show.** Four dozen steps demonstrate the mechanics (the terms,
+# the diagnostics, collapse). They do not produce features better than random init: the online
+# probe panel of the training figure of `make demo` shows the read-out against the random-init level
+# over 192 steps, and docs/RESULTS.md compares the methods at that budget over three seeds.
+# Notebooks 02-05 make their comparisons at this notebook's budget, with confidence intervals, and
+# say when the differences are within noise. For real numbers, re-run at scale:
 #
 # ```
 # papermill notebooks/01_pretraining.ipynb runs/01_paper.ipynb \

@@ -22,7 +22,7 @@
 # (`mlvicx_core.evaluation.pipeline`). Scores: AUROC on the test patients, averaged over findings, with
 # a 95 % percentile-bootstrap confidence interval over test images.
 #
-# **Budget.** With the tiny default pretraining (24 steps) and a few hundred evaluation images the
+# **Budget.** With the tiny default pretraining (48 steps) and a few hundred evaluation images the
 # intervals are wide: differences inside overlapping intervals are noise. A random-init ResNet is a
 # surprisingly strong floor on synthetic images (random convolutions already respond to blobs and
 # edges). Re-run at scale to measure the method.
@@ -34,9 +34,9 @@
 dataset = "synthetic"
 data_root = None
 preset = "teaching"
-image_size = 64
+image_size = 64                # radiograph side in pixels; the teaching views are 32 px crops of it
 data_length = 384
-epochs = 2
+epochs = 4                     # 4 x 12 = 48 steps of batch 32 (the demo runs 192 of batch 64)
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
@@ -109,7 +109,7 @@ display(Markdown(md.read_text()))
 # %% [markdown]
 # **Reading it.** Look first at the gap to random init, then at whether the VICReg and MLVICX
 # intervals overlap. At the default budget they usually do: nothing can be concluded about
-# MLVICX vs VICReg from 24 steps. Fractions matter more for kNN (it has nothing to fit) than for
+# MLVICX vs VICReg from 48 steps. Fractions matter more for kNN (it has nothing to fit) than for
 # the probe, and small fractions widen nothing here because the CI is over *test* images: the
 # extra uncertainty of a small training subset shows up as run-to-run variation across seeds
 # instead (re-run with `-p seed 1`).

@@ -217,18 +217,75 @@ def figure_gradcam(out: Path, path: Path, order: list[str]) -> list[str]:
     return [f"{ds}/{finding}" for ds, finding, *_ in cols]
 
 
+def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """The online probe of every pretraining run (``metrics.jsonl`` of ``runs.run_dir``): one row
+    per (dataset, encoder, seed, step) with the linear and kNN read-outs' mean AUROC."""
+    rows = []
+    for r in runs[runs.steps > 0].itertuples():
+        path = Path(str(r.run_dir)) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line of a killed run
+                continue
+            if "probe/linear/mean" in rec:
+                rows.append({"dataset": r.dataset, "encoder": r.encoder, "seed": r.seed,
+                             "step": rec["step"], "linear": rec["probe/linear/mean"],
+                             "knn": rec.get("probe/knn/mean", np.nan)})
+    return pd.DataFrame(rows, columns=["dataset", "encoder", "seed", "step", "linear", "knn"])
+
+
+def figure_learning_curves(curves: pd.DataFrame, path: Path, order: list[str]) -> bool:
+    """Online-probe (ridge) mean AUROC vs step per method (mean and range over seeds), the
+    random-init level (every run's step 0) as a dashed line; one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sets = [d for d in order if d in set(curves.dataset)]
+    if not sets:
+        return False
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, ds in zip(axes[0], sets):
+        c = curves[curves.dataset == ds]
+        for k, (enc, g) in enumerate(c.groupby("encoder", sort=False)):
+            s = g.groupby("step").linear.agg(["mean", "min", "max"])
+            ax.plot(s.index, s["mean"], color=f"C{k}", marker=".", label=enc)
+            ax.fill_between(s.index, s["min"], s["max"], color=f"C{k}", alpha=0.15)
+        level = c[c.step == 0].linear.mean()
+        ax.axhline(level, color="k", ls="--", lw=1.2, label=f"random init ({level:.3f})")
+        ax.set(xlabel="pretraining step", ylabel="online probe mean AUROC (held-out val)",
+               title=f"{ds}: learning curves (mean, range over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _setup(meta: dict, runs: pd.DataFrame) -> str:
     st = meta["settings"]
     c = st["config"]
-    ev, opt = c["eval"], c["optim"]
+    ev, opt, aug, cfg = c["eval"], c["optim"], c.get("aug", {}), c
     proj = "-".join(map(str, c["model"]["projector"]))
+    warm = max(1, round(st["steps"] * opt["warmup_epochs"] / c["train"]["epochs"]))
     lines = [
         (f"- Encoders: {', '.join(st['encoders'])}; all built from the `{st['preset']}` preset "
-         f"(ResNet-18, {st['image_size']} px, projectors {proj}, {opt['name']}, base lr "
+         f"(ResNet-18, {st['image_size']} px views"
+         + (f" of radiographs stored and evaluated at {cfg['data']['load_size']} px"
+            if cfg.get("data", {}).get("load_size") else "")
+         + f", projectors {proj}, {opt['name']}, base lr "
          f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.py`."),
+        (f"- Views (`aug.*`): crops of {aug.get('crop_scale')} of the area, jitter p "
+         f"{aug.get('jitter_p')}, blur p {aug.get('blur_p')}, solarize p {aug.get('solarize_p')}."),
         (f"- Budget per pretraining run (every encoder, dataset and seed): {st['steps']} optimizer "
          f"steps of batch {st['batch']} (= {st['steps'] * st['batch']} two-view image pairs), cosine "
-         f"schedule over exactly those steps with {max(1, round(0.2 * st['steps']))} warmup steps. "
+         f"schedule over exactly those steps with {warm} warmup steps (the preset's share). "
          f"Scale {st['scale']} (`--scale` multiplies steps and data sizes)."),
         (f"- Seeds: {', '.join(map(str, st['seeds']))} (pretraining seed, random-init seed and "
          f"label-subset seed)."),
@@ -274,6 +331,10 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     order = list(meta["datasets"])
     figure_auroc(df, report / "figures" / "results_auroc.png", order)
     shown = figure_gradcam(out, report / "figures" / "results_gradcam.png", order)
+    curves = learning_curves(runs)
+    curves.to_csv(report / "results" / "learning_curves.csv", index=False)
+    has_curves = figure_learning_curves(curves, report / "figures" / "results_learning.png",
+                                        order)
     methods = _methods(df)
     md = ["# Results: does MLVICX beat VICReg at small scale?", "",
           ("*Written by the experiment; do not edit by hand.* Regenerate every number, table and "
@@ -289,6 +350,20 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     md += [_table(["dataset", "label fraction"] + methods, rows), "",
            "![AUROC vs label fraction](figures/results_auroc.png)", "",
            "Error bars: ± std over seeds.", ""]
+    if has_curves:
+        last = curves[curves.step == curves.groupby(["dataset", "encoder", "seed"]).step
+                      .transform("max")]
+        start = curves[curves.step == 0].groupby("dataset").linear.mean()
+        rows = [[ds, enc, f"{start[ds]:.3f}", fmt(g.linear), str(int(g.step.max()))]
+                for (ds, enc), g in last.groupby(["dataset", "encoder"], sort=False)]
+        md += ["## Learning curves: the online probe during pretraining", "",
+               ("Every `train.eval_every` steps the frozen trunk embeds the val split and a "
+                "closed-form ridge read-out (fit on half its patients, scored on the other half) "
+                "gives a mean AUROC (`mlvicx_core.train.online_probe`); step 0 is each run's "
+                "random init. Shaded: range over seeds. Data: `results/learning_curves.csv`."), "",
+               "![Online probe vs step](figures/results_learning.png)", "",
+               _table(["dataset", "method", "random init (step 0)", "last (mean ± std)", "step"],
+                      rows), ""]
     skipped = df[df.note.fillna("").str.startswith("skipped")][["dataset", "fraction", "note"]]
     for (ds, fr), g in skipped.groupby(["dataset", "fraction"]):
         md.append(f"- {ds}, fraction {fr:g}: {g.note.iloc[0]}")

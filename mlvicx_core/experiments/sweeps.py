@@ -52,14 +52,20 @@ def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
 
     ``variant`` names an entry of :data:`~mlvicx_core.variants.VARIANTS`; ``overrides`` is applied
     last (any ``section.key``). The run folder is ``<out_dir>/<preset>-<hash>``.
+
+    ``image_size`` is the side the radiographs are stored and evaluated at (``data.load_size``);
+    the views are the preset's ``data.image_size`` (teaching: 32 px crops), at most ``image_size``.
+    The online probe runs every 12 steps on 256 held-out images (both outside the content hash).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {list(VARIANTS)}")
     root = check_dataset(dataset, data_root)
+    view = min(load_config(preset).data.image_size, int(image_size))
     config = load_config(preset, {
         "data.dataset": dataset,
         "data.root": str(root) if root is not None else None,
-        "data.image_size": int(image_size),
+        "data.image_size": view,
+        "data.load_size": int(image_size),
         "data.length": int(data_length),
         "data.seed": int(seed),
         "data.num_workers": 0,
@@ -71,6 +77,8 @@ def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
         # diagnostics and checkpoints are not part of the content hash: set them for every run
         # alike so figures have enough points and each run keeps one checkpoint
         "train.diag_every": 4,
+        "train.eval_every": 12,
+        "train.probe_images": 256,
         "train.ckpt_every": 10_000,
         "train.keep_last": 1,
         "train.tensorboard": False,
