@@ -21,10 +21,10 @@ NEW_KEYS = (*(f"aug.{k}" for k in AUG_KEYS), "train.eval_every", "train.probe_im
 
 #: a value other than the default for every new key, each inside its bounds
 CHANGED = {"aug.crop_scale": [0.5, 1.0], "aug.crop_ratio": [0.9, 1.1], "aug.flip_p": 0.25,
-           "aug.jitter_p": 0.3, "aug.brightness": 0.2, "aug.contrast": 0.15,
+           "aug.jitter_p": 0.45, "aug.brightness": 0.2, "aug.contrast": 0.15,
            "aug.blur_p": [0.5, 0.0], "aug.blur_sigma": [0.1, 0.5], "aug.blur_kernel": 5,
            "aug.solarize_p": [0.0, 0.05], "aug.solarize_threshold": 0.75,
-           "train.eval_every": 8, "train.probe_images": 64, "eval.features": "layer3+layer4"}
+           "train.eval_every": 8, "train.probe_images": 64, "eval.features": "multi"}
 
 BAD = [
     ("aug.crop_scale=[0,1]", r"aug\.crop_scale=\[0, 1\]: expected every value > 0"),
@@ -100,7 +100,7 @@ def test_bad_values_name_the_key_from_yaml_files_and_dicts(tmp_path, override, m
 def test_edge_values_are_accepted_and_build_the_views(override):
     cfg = apply_overrides(load_config("teaching"), [override])
     view1, view2 = views_from_config(cfg.aug, cfg.data.image_size)  # the augmenter takes them too
-    assert view1.image_size == view2.image_size == 64
+    assert view1.image_size == view2.image_size == cfg.data.image_size == 32
 
 
 def test_every_new_key_reaches_the_config_and_the_views():
@@ -112,7 +112,7 @@ def test_every_new_key_reaches_the_config_and_the_views():
     view1, view2 = views_from_config(cfg.aug, 64)
     for v, view in enumerate((view1, view2)):
         assert (view.scale, view.ratio) == ((0.5, 1.0), (0.9, 1.1))
-        assert (view.flip_p, view.jitter_p, view.brightness, view.contrast) == (0.25, 0.3, 0.2,
+        assert (view.flip_p, view.jitter_p, view.brightness, view.contrast) == (0.25, 0.45, 0.2,
                                                                                0.15)
         assert (view.blur_p, view.solarize_p) == (CHANGED["aug.blur_p"][v],
                                                   CHANGED["aug.solarize_p"][v])
@@ -131,7 +131,7 @@ def test_new_keys_round_trip_through_yaml(tmp_path):
     assert from_dict(yaml.safe_load(text)) == cfg
     # the YAML holds plain values: lists for pairs, null for an automatic blur kernel
     saved = yaml.safe_load(text)
-    assert saved["aug"]["crop_scale"] == [0.5, 1.0] and saved["eval"]["features"] == "layer3+layer4"
+    assert saved["aug"]["crop_scale"] == [0.5, 1.0] and saved["eval"]["features"] == "multi"
     default = load_config("teaching")
     assert yaml.safe_load(default.to_yaml())["aug"]["blur_kernel"] is None
     assert load_config("teaching", {"aug.blur_kernel": None}) == default

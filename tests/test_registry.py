@@ -107,7 +107,7 @@ def test_register_dataset_is_one_call(tmp_path):
         TinyCXR(20, image_size), split, fractions, seed))
     try:
         cfg = load_config("teaching", {"data.dataset": "tiny", "data.image_size": 32,
-                                       "data.length": 10})
+                                       "data.load_size": None, "data.length": 10})
         ds = dataset_from_config(cfg.data)
         # length is a seeded subset of the train split
         assert len(ds) == 10 and ds[0]["image"].shape == (1, 32, 32)
@@ -169,3 +169,15 @@ def test_one_patient_split_rule_for_every_loader(tmp_path):
     want = set(table["Image Index"].to_numpy()[patient_split(pids, (0.7, 0.1, 0.2), 0)["test"]])
     on_disk = set(every.metadata["image"])
     assert set(test.metadata["image"]) == want & on_disk
+
+
+def test_evaluation_reads_whole_images_at_the_stored_size():
+    """With data.load_size set, the views are data.image_size crops but every evaluation (and the
+    online probe) reads the whole radiograph at data.load_size."""
+    cfg = load_config("teaching", {"data.image_size": 32, "data.load_size": 64})
+    splits = evaluation_splits(cfg.data, (4, 4, 4))
+    assert {tuple(s[0]["image"].shape) for s in splits.values()} == {(1, 64, 64)}
+    plain = load_config("teaching", {"data.image_size": 64, "data.load_size": None})
+    assert evaluation_splits(plain.data, (4, 4, 4))["test"][0]["image"].shape == (1, 64, 64)
+    pre = dataset_from_config(cfg.data, length=4)
+    assert pre[0]["image"].shape == (1, 64, 64)  # stored size; the augmenter cuts 32 px views
