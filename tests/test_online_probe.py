@@ -299,7 +299,7 @@ def test_run_records_the_probe_at_step_0_and_every_eval_every_steps(probe_run):
     assert_records_equal({k: v for k, v in rows[-1].items() if k in keys},
                          reference_records(res.model, probe.images, probe.labels,
                                            probe_patient_ids(cfg), probe.findings,
-                                           cfg.data.seed), atol=1e-9)
+                                           cfg.data.seed, kind=cfg.eval.features), atol=1e-9)
 
 
 def probe_patient_ids(cfg):
@@ -317,7 +317,7 @@ def test_step_0_is_the_network_at_random_init(probe_run):
     seed_everything(cfg.train.seed)
     init = MLVICX(cfg.model)
     want = reference_records(init, probe.images, probe.labels, pids, probe.findings,
-                             cfg.data.seed)
+                             cfg.data.seed, kind=cfg.eval.features)
     assert_records_equal(step0, want, atol=1e-9)
     # the demo's "random init" baseline is that same network
     ref = reference_encoder("random", cfg.model, seed=cfg.train.seed)

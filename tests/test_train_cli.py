@@ -138,7 +138,7 @@ def test_yaml_1_1_floats_are_numbers(tmp_path, capsys):
 
 def test_synthetic_data_below_64_px_names_the_key(capsys):
     """The synthetic radiographs are rendered at 64-512 px (item 9: a traceback before)."""
-    assert main(["pretrain", "--set", "data.image_size=32", "--set", "train.max_steps=1"]) == 2
+    assert main(["pretrain", "--set", "data.load_size=32", "--set", "train.max_steps=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlvicx pretrain: error: stored image size 32 (data.load_size, else "
                           "data.image_size): the synthetic radiographs are rendered at 64-512 px")
@@ -235,7 +235,8 @@ def test_yaml_file_preset_with_base_and_variant(tmp_path):
 def test_augmentation_keys_reach_the_augmenter(tmp_path):
     from mlvicx_core.train.trainer import default_augment
 
-    cfg = apply_overrides(load_config("teaching"), ["aug.crop_scale=[1,1]", "aug.flip_p=0",
+    cfg = apply_overrides(load_config("teaching"), ["data.image_size=64", "aug.crop_scale=[1,1]",
+                                                    "aug.flip_p=0",
                                                     "aug.jitter_p=0", "aug.blur_p=[0,0]",
                                                     "aug.solarize_p=[0,0]"])
     aug = default_augment(cfg)
