@@ -25,7 +25,7 @@
 # Every executed notebook is kept (`<out_dir>/sweep/<point>/run.ipynb`), so any number can be traced
 # to the run that produced it; a point already computed with the same parameters is not recomputed.
 #
-# **Budget.** Each point at the default budget is a 24-step pretraining; the differences between
+# **Budget.** Each point at the default budget is a 48-step pretraining; the differences between
 # points are far inside the noise of such runs. The defaults show the *machinery*; to measure the
 # ablation, run this notebook with the paper's budget (see the README) and several seeds.
 

@@ -43,6 +43,22 @@ class IPCKernelManager(AsyncKernelManager):
 KERNEL_MANAGER = f"{IPCKernelManager.__module__}.{IPCKernelManager.__qualname__}"
 
 
+def _quiet_output_widgets() -> None:
+    """Stop nbclient's Output-widget mimic from writing to the kernel's shell channel.
+
+    nbclient stands in for the front end of every ``ipywidgets.Output``: each output captured by
+    the widget is stored (and saved with the widget state) and then echoed to the kernel as a
+    ``comm_msg`` on the *shell* channel, sent from the task that reads IOPub while another task
+    awaits the cell's ``execute_reply`` on that same channel. Under load that reply was lost now
+    and then (02's colour selector, 04's image browser: an idle kernel and a client waiting forever;
+    also jupyter/nbclient#312). The echo only tells the kernel what it already sent; the saved
+    state does not depend on it (nbclient writes ``executor.widget_state`` itself), so a batch run
+    drops it."""
+    from nbclient.output_widget import OutputWidget
+
+    OutputWidget.sync_state = lambda self: None
+
+
 def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict[str, Any] | None
                      = None, *, cwd: str | Path | None = None, kernel_name: str = "python3",
                      timeout: float | None = None, **kwargs: Any):
@@ -51,6 +67,7 @@ def execute_notebook(notebook: str | Path, output: str | Path, parameters: dict[
     notebook (papermill's return value)."""
     import papermill
 
+    _quiet_output_widgets()
     return papermill.execute_notebook(
         str(notebook), str(output), parameters=parameters or {}, cwd=None if cwd is None
         else str(cwd), kernel_name=kernel_name, progress_bar=False, execution_timeout=timeout,
