@@ -180,19 +180,29 @@ def report() -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2))
-    trunk = [(k, rs) for k, rs in groups.items() if k[2] == "trunk"]
-    rand = np.mean([float(r["random_auroc"]) for _, rs in trunk for r in rs])
-    for (stage, point, _), rs in trunk:
-        x, y = stat(rs, "cpu_min")[0], stat(rs, "pretrained_auroc")
-        ax.errorbar(x, y[0], yerr=0 if math.isnan(y[1]) else y[1],
-                    marker="o" if stage == "screen" else "s", capsize=3, label=f"{point} ({stage})")
+    points = list(dict.fromkeys((k[0], k[1]) for k in groups))
+    for readout, marker, ls in (("trunk", "o", "--"), ("layer3+layer4", "s", ":")):
+        sel = [(k, rs) for k, rs in groups.items() if k[2] == readout]
+        if not sel:
+            continue
+        rand = np.mean([float(r["random_auroc"]) for _, rs in sel for r in rs])
+        ax.axhline(rand, color="k", ls=ls, lw=1.2, label=f"random init, {readout} ({rand:.3f})")
+        for (stage, point, _), rs in sel:
+            x, y = stat(rs, "cpu_min")[0], stat(rs, "pretrained_auroc")
+            colour = f"C{points.index((stage, point)) % 10}"
+            ax.errorbar(x, y[0], yerr=0 if math.isnan(y[1]) else y[1], marker=marker,
+                        color=colour, mfc=colour if readout == "trunk" else "white", capsize=3,
+                        ls="none", label=f"{point}, {readout}")
+    for (stage, point, readout), rs in groups.items():
+        if readout != "trunk":
+            continue
         curve = json.loads(rs[0]["online_curve"])
         if curve:
             steps, auc = zip(*curve)
             per_step = float(rs[0]["cpu_min"]) / max(int(rs[0]["steps"]), 1)
-            bx.plot([s * per_step for s in steps], auc, marker=".", label=point)
-    ax.axhline(rand, color="k", ls="--", lw=1.2, label=f"random init ({rand:.3f})")
-    ax.set(xlabel="pretraining CPU-minutes", ylabel="held-out probe mean AUROC (layer4)",
+            bx.plot([s * per_step for s in steps], auc, marker=".", label=point,
+                    color=f"C{points.index((stage, point)) % 10}")
+    ax.set(xlabel="pretraining CPU-minutes", ylabel="held-out probe mean AUROC",
            title="Final probe vs cost (one point per recipe)")
     ax.legend(fontsize=7, loc="best")
     bx.set(xlabel="pretraining CPU-minutes", ylabel="online probe (ridge) mean AUROC",
