@@ -35,7 +35,7 @@ data_root = None               # for the "nih" dataset: the folder holding the P
 preset = "teaching"            # "teaching" (CPU minutes) or "paper" (the paper's recipe)
 image_size = 64                # radiograph side in pixels (teaching views: 32 px crops of it; the paper: 224)
 data_length = 384              # synthetic radiographs in the pretraining set
-epochs = 4                     # 4 x 12 = 48 steps of batch 32 (the demo runs 192 of batch 64)
+epochs = 4                     # 4 x 12 steps of batch 32 (the demo: 192 of batch 64)
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0

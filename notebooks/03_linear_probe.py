@@ -39,7 +39,7 @@ data_root = None
 preset = "teaching"
 image_size = 64                # radiograph side in pixels; the teaching views are 32 px crops of it
 data_length = 384
-epochs = 4                     # 4 x 12 = 48 steps of batch 32 (the demo runs 192 of batch 64)
+epochs = 4                     # 4 x 12 steps of batch 32 (the demo: 192 of batch 64)
 batch_size = 32
 max_steps = None               # stop each pretraining after this many steps (None: all epochs)
 seed = 0
