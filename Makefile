@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 #    serial process, so no two kernels ever start at the same moment.
 test: env browser
 	@OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not kernel"; a=$$?; \
-	OMP_NUM_THREADS=1 $(PY) -m pytest -m kernel; b=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m kernel --durations=12; b=$$?; \
 	echo "make test: tests without kernels exited $$a, kernel tests exited $$b"; \
 	test $$a -eq 0 && test $$b -eq 0
 
