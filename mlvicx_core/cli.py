@@ -100,9 +100,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                       *args.overrides])
     reused = finished_run(config) is not None
     c = config
-    print(f"MLVICX demo: teaching preset ({c.data.image_size} px, {c.data.length} "
-          f"{c.data.dataset} radiographs, {c.train.max_steps or 'all'} steps of batch "
-          f"{c.train.batch_size}, {c.optim.name})", flush=True)
+    steps = c.train.max_steps or (c.train.epochs * (c.data.length // c.train.batch_size)
+                                  if c.data.length else "all")
+    stored = f" views of {c.data.load_size} px" if c.data.load_size else ""
+    print(f"MLVICX demo: teaching preset ({c.data.image_size} px{stored}, {c.data.length} "
+          f"{c.data.dataset} radiographs, {steps} steps of batch {c.train.batch_size}, "
+          f"{c.optim.name}, online probe every {c.train.eval_every or '-'} steps)", flush=True)
     start = time.perf_counter()
     result = train_or_load(config)
     took = time.perf_counter() - start
