@@ -118,13 +118,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     splits = evaluation_splits(c.data, c.eval.split_sizes, in_memory=True)
     encoders = {"random init": reference_encoder("random", c.model, seed=c.train.seed),
                 "pretrained": result.model}
-    ecfg = c.eval.replace(tasks=("probe",), fractions=(1.0,))
+    # the read-out that holds what a short pretraining learned (docs/TRAINING.md, the teaching
+    # recipe): pooled layer3 + layer4; --set eval.features=... chooses another
+    features = "layer3+layer4" if not any(o.startswith("eval.features=") for o in args.overrides) \
+        else c.eval.features
+    ecfg = c.eval.replace(tasks=("probe",), fractions=(1.0,), features=features)
     rows = evaluate(encoders, splits, ecfg, dataset=c.data.dataset)
     csv, _ = write_results(rows, result.run_dir / "probe")
     comparison = plot_probe_comparison(csv, result.run_dir / "probe.png")
     (r, rl, rh), (p, pl, ph) = (mean_auroc(rows, e) for e in encoders)
     n_test = len(splits["test"])
-    print(f"\nHeld-out linear probe (frozen trunk, {n_test} test radiographs of unseen patients, "
+    print(f"\nHeld-out linear probe (frozen trunk, {features} features, {n_test} test "
+          f"radiographs of unseen patients, "
           f"mean AUROC over {len(splits['test'].findings)} findings, 95 % bootstrap CI; "
           f"{time.perf_counter() - t0:.0f} s):\n"
           f"  random init  {r:.3f} [{rl:.3f}, {rh:.3f}]\n"
@@ -181,7 +186,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.keys:
         return _keys()
     config = _load(args, {"data.dataset": args.dataset, "data.root": args.data_root,
-                          "data.image_size": args.image_size, "eval.tasks": args.tasks,
+                          "data.image_size": args.image_size,
+                          # evaluation reads whole images: --image-size is also the stored size
+                          "data.load_size": args.image_size, "eval.tasks": args.tasks,
                           "eval.fractions": args.fractions})
     pairs = {}
     for item in args.checkpoint:

@@ -33,7 +33,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
-TINY = ["data.image_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
+TINY = ["data.image_size=32", "data.load_size=null", "train.eval_every=0",
+        "model.projector=[32,32]", "model.ml_projector=[32,32]",
         "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
         "train.batch_size=8", "train.tensorboard=false", "train.ckpt_every=1",
         "train.keep_last=3"]
