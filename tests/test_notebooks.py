@@ -112,7 +112,7 @@ def test_01_pretraining_small(shared):
         metrics = pd.read_json(shared / name / "metrics.jsonl", lines=True)
         assert metrics["step"].max() == 4
     text = text_outputs(nb)
-    assert "1 epochs x 4 steps of batch 16 at 64 px" in text
+    assert "1 epochs x 4 steps of batch 16 at 32 px" in text
     # the model summary is computed from the config: 1024-wide projector outputs of the teaching net
     assert "global embedding (6, 1024)" in text
     assert n_images(nb) >= 3  # views, loss terms, collapse diagnostics
@@ -236,4 +236,6 @@ def test_03_probe_on_nih(tmp_path):
     cfg = run_folders(tmp_path)[run.name]
     assert cfg["data"]["dataset"] == "nih" and cfg["data"]["root"] == str(folder)
     assert pd.read_json(run / "metrics.jsonl", lines=True)["step"].max() == 3
-    assert np.isfinite(pd.read_json(run / "metrics.jsonl", lines=True)["loss"]).all()
+    # step 0 holds only the online probe (random init); every training step has a finite loss
+    losses = pd.read_json(run / "metrics.jsonl", lines=True).query("step > 0")["loss"]
+    assert len(losses) and np.isfinite(losses).all()
