@@ -111,15 +111,15 @@ display(Markdown(md.read_text()))
 
 # %% [markdown]
 # **Reading it.** Look first at the gap to random init. At this budget (48 steps) random init is
-# on top: with all training labels its probe reads 0.69 mean AUROC against 0.62 for MLVICX and
-# 0.55 for VICReg; VICReg's interval stays below random init's point estimate and MLVICX's only
+# on top: with all training labels its probe reads 0.68 mean AUROC against 0.61 for MLVICX and
+# 0.54 for VICReg; VICReg's interval stays below random init's point estimate and MLVICX's only
 # just reaches it. Short pretraining has *reorganised* the random features around the views before
-# it has learned anything better; notebook 01's online probe shows the same dip. MLVICX is ahead
-# of VICReg at 10 % and at full labels and level with it at 30 %, with overlapping intervals
+# it has learned anything better; notebook 01's online probe shows the same dip. MLVICX is level
+# with VICReg at 10 % and ahead of it at 30 % and at full labels, with overlapping intervals
 # everywhere: this run cannot rank them. Cardiomegaly (a whole-silhouette change) is read almost
 # perfectly by every encoder; small findings (nodule, mass, pneumothorax) sit near chance, where 48
-# steps at 32 px cannot help. kNN scores below the probe with all labels, and its chosen k differs
-# per encoder (shown next to each score). The CI is over *test* images only: the uncertainty of a
+# steps at 32 px cannot help. kNN scores below the probe with all labels (VICReg: level), and its
+# chosen k differs per encoder (shown next to each score). The CI is over *test* images only: the uncertainty of a
 # small training subset and of the pretraining seed shows up as run-to-run variation (re-run with
 # `-p seed 1`). For a budget where pretraining reaches random init, see `make demo` and
 # docs/RESULTS.md (192 steps, three seeds).
