@@ -110,3 +110,40 @@ def test_scheduler_drives_the_optimizer_lr():
     expected = [0.025, 0.05] + [0.05 * (0.001 + 0.999 * 0.5 * (1 + math.cos(math.pi * k / 4)))
                                 for k in range(4)]
     assert seen == pytest.approx(expected)
+
+
+def _plain_lars_step(params, grads, bufs, lr, momentum, wd, eta, adapt):
+    """The update of the module docstring written with fresh tensors (the form before the in-place
+    rewrite): d = g + wd w; q = eta ||w|| / ||d||; m = mu m + q d; w -= lr m."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        d = g.add(p, alpha=wd) if wd != 0 else g
+        if adapt:
+            w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+            one = torch.ones_like(w_norm)
+            q = torch.where(w_norm > 0, torch.where(d_norm > 0, eta * w_norm / d_norm, one), one)
+            d = d.mul(q)
+        bufs[i] = d.clone() if bufs[i] is None else bufs[i].mul(momentum).add(d)
+        p.add_(bufs[i], alpha=-lr)
+
+
+def test_lars_in_place_update_equals_the_plain_form_bit_for_bit():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(7, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5))
+    ref = [p.detach().clone() for p in net.parameters()]
+    groups = param_groups(net, weight_decay=1e-2)
+    opt = LARS(groups, lr=0.3, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02)
+    flags = {id(p): (g["weight_decay"], g["lars_adaptation"]) for g in groups for p in g["params"]}
+    bufs = [None] * len(ref)
+    for step in range(4):
+        x = torch.randn(12, 7)
+        net.zero_grad(set_to_none=True)
+        net(x).pow(2).mean().backward()
+        grads = [p.grad.clone() for p in net.parameters()]
+        opt.step()
+        for i, (p, r, g) in enumerate(zip(net.parameters(), ref, grads)):
+            wd, adapt = flags[id(p)]
+            bufs_i = [bufs[i]]
+            _plain_lars_step([r], [g], bufs_i, 0.3, 0.9, wd, 0.02, adapt)
+            bufs[i] = bufs_i[0]
+            assert torch.equal(p.detach(), r), f"step {step}, parameter {i}"
+            assert torch.equal(opt.state[p]["momentum_buffer"], bufs[i])

@@ -53,6 +53,15 @@ class LARS(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """Apply the update to every parameter with a gradient.
+
+        The update ``d`` is built in the gradient's own storage (``p.grad`` holds ``q * d`` after
+        the step, not the gradient), so a step allocates nothing beyond the first step's momentum
+        buffers: at the paper's widths (4096 x 4096 and 8192 x 4096 weights) each temporary is a
+        64-128 MB fresh allocation, which on glibc means an mmap and page faults every step. The
+        arithmetic, and so every float, is that of the plain form in the module docstring
+        (tests/test_train_optim.py holds the two equal bit for bit).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -63,7 +72,7 @@ class LARS(Optimizer):
                     continue
                 d = p.grad
                 if group["weight_decay"] != 0:
-                    d = d.add(p, alpha=group["weight_decay"])
+                    d.add_(p, alpha=group["weight_decay"])
                 if group["lars_adaptation"]:
                     w_norm = torch.linalg.vector_norm(p)
                     d_norm = torch.linalg.vector_norm(d)
@@ -74,7 +83,7 @@ class LARS(Optimizer):
                         torch.where(d_norm > 0, group["trust_coefficient"] * w_norm / d_norm, one),
                         one,
                     )
-                    d = d.mul(q)
+                    d.mul_(q)
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
