@@ -274,16 +274,34 @@ def ratios(row: dict) -> dict:
     return {k: row[a][m] / row[b][m] for k, (a, b, m) in RATIOS.items() if a in row and b in row}
 
 
+def setting_of(key: str) -> str:
+    """``"paper-224px-b16 (jemalloc)"`` -> ``"paper-224px-b16"``."""
+    return key.split(" (")[0]
+
+
+def row_key(name: str) -> str:
+    """A setting's key in the saved file: its name, plus the allocator where it is not the
+    system's (``make bench`` preloads jemalloc), so runs under both allocators are kept side by side."""
+    alloc = allocator()
+    return name if alloc == "system malloc" else f"{name} ({alloc})"
+
+
 def save(results: dict, partial: bool) -> None:
-    """Write the JSON and the table; a partial run keeps the saved settings it did not run."""
+    """Write the JSON and the table; a partial run keeps the saved settings it did not run, and
+    every run keeps the saved rows measured under another allocator."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     out = dict(results)
-    if RESULTS.exists() and partial:
+    if RESULTS.exists():
         old = json.loads(RESULTS.read_text())
+        # a partial run keeps the other settings; every run keeps the rows of another allocator;
+        # only rows that say their threads are kept
         keep = {k: v for k, v in old.get("settings", {}).items()
-                if "threads" in v and k not in results["settings"]}  # rows that say their threads
+                if "threads" in v and k not in results["settings"]
+                and (partial or v.get("allocator") != allocator())}
         merged = {**keep, **results["settings"]}
-        out["settings"] = {s[0]: merged[s[0]] for s in SETTINGS if s[0] in merged}
+        names = [s[0] for s in SETTINGS]
+        out["settings"] = {k: merged[k] for k in sorted(
+            merged, key=lambda k: (names.index(setting_of(k)) if setting_of(k) in names else 99, k))}
     RESULTS.write_text(json.dumps(out, indent=2))
     TABLE.write_text(markdown(out))
 
@@ -347,7 +365,7 @@ def main() -> None:
                    device=row["mlvicx"]["device"], repeats=args.repeats,
                    load_before=load, load_after=round(os.getloadavg()[0], 2),
                    date=time.strftime("%Y-%m-%d %H:%M"))
-        results["settings"][name] = row
+        results["settings"][row_key(name)] = row
         save(results, partial=bool(args.quick or args.setting))  # after every setting
     print(f"saved {RESULTS} and {TABLE}")
 
@@ -408,7 +426,7 @@ def markdown(results: dict) -> str:
                          f"| {row['load_before']} / {row['load_after']} |")
     kinds = sorted({row[v]["peak_kind"] for row in rows.values() for v in VARIANTS if v in row})
     lines += ["", f"Peak memory: {'; '.join(kinds)}."]
-    missing = [s[0] for s in SETTINGS if s[0] not in rows]
+    missing = [s[0] for s in SETTINGS if s[0] not in {setting_of(k) for k in rows}]
     if missing:
         lines.append(f"Not run for this file: {', '.join(missing)} (`--setting NAME` adds it).")
     lines.append("")
