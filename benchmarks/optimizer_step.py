@@ -34,7 +34,8 @@ if str(ROOT) not in sys.path:
 
 from mlvicx_core.config import get_preset  # noqa: E402
 from mlvicx_core.model import MLVICX  # noqa: E402
-from mlvicx_core.train.optim import LARS, param_groups  # noqa: E402
+from mlvicx_core.train.optim import LARS, param_groups, trust_ratio  # noqa: E402
+from step_time import allocator  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
 RESULTS = ROOT / "benchmarks" / "results" / "optimizer_step.json"
 
@@ -52,11 +53,7 @@ class PlainLARS(LARS):
                 if group["weight_decay"] != 0:
                     d = d.add(p, alpha=group["weight_decay"])
                 if group["lars_adaptation"]:
-                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    one = torch.ones_like(w_norm)
-                    q = torch.where(w_norm > 0, torch.where(
-                        d_norm > 0, group["trust_coefficient"] * w_norm / d_norm, one), one)
-                    d = d.mul(q)
+                    d = d.mul(trust_ratio(p, d, group["trust_coefficient"]))
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
@@ -64,11 +61,6 @@ class PlainLARS(LARS):
                 else:
                     buf.mul_(group["momentum"]).add_(d)
                 p.add_(buf, alpha=-group["lr"])
-
-
-def allocator() -> str:
-    pre = os.environ.get("LD_PRELOAD", "")
-    return "jemalloc" if "jemalloc" in pre else "system malloc"
 
 
 def main(argv=None) -> dict:

@@ -112,18 +112,18 @@ def test_scheduler_drives_the_optimizer_lr():
     assert seen == pytest.approx(expected)
 
 
-def _plain_lars_step(params, grads, bufs, lr, momentum, wd, eta, adapt):
+def _plain_lars_step(p, g, buf, lr, momentum, wd, eta, adapt):
     """The update of the module docstring written with fresh tensors (the form before the in-place
-    rewrite): d = g + wd w; q = eta ||w|| / ||d||; m = mu m + q d; w -= lr m."""
-    for i, (p, g) in enumerate(zip(params, grads)):
-        d = g.add(p, alpha=wd) if wd != 0 else g
-        if adapt:
-            w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-            one = torch.ones_like(w_norm)
-            q = torch.where(w_norm > 0, torch.where(d_norm > 0, eta * w_norm / d_norm, one), one)
-            d = d.mul(q)
-        bufs[i] = d.clone() if bufs[i] is None else bufs[i].mul(momentum).add(d)
-        p.add_(bufs[i], alpha=-lr)
+    rewrite): d = g + wd w; q = eta ||w|| / ||d||; m = mu m + q d; w -= lr m. Returns m."""
+    d = g.add(p, alpha=wd) if wd != 0 else g
+    if adapt:
+        w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+        one = torch.ones_like(w_norm)
+        q = torch.where(w_norm > 0, torch.where(d_norm > 0, eta * w_norm / d_norm, one), one)
+        d = d.mul(q)
+    buf = d.clone() if buf is None else buf.mul(momentum).add(d)
+    p.add_(buf, alpha=-lr)
+    return buf
 
 
 def test_lars_in_place_update_equals_the_plain_form_bit_for_bit():
@@ -142,8 +142,6 @@ def test_lars_in_place_update_equals_the_plain_form_bit_for_bit():
         opt.step()
         for i, (p, r, g) in enumerate(zip(net.parameters(), ref, grads)):
             wd, adapt = flags[id(p)]
-            bufs_i = [bufs[i]]
-            _plain_lars_step([r], [g], bufs_i, 0.3, 0.9, wd, 0.02, adapt)
-            bufs[i] = bufs_i[0]
+            bufs[i] = _plain_lars_step(r, g, bufs[i], 0.3, 0.9, wd, 0.02, adapt)
             assert torch.equal(p.detach(), r), f"step {step}, parameter {i}"
             assert torch.equal(opt.state[p]["momentum_buffer"], bufs[i])

@@ -26,6 +26,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
+def trust_ratio(w: torch.Tensor, d: torch.Tensor, eta: float) -> torch.Tensor:
+    """``eta * ||w|| / ||d||``, or 1 where either norm is 0 (a 0-d tensor; no host sync)."""
+    w_norm, d_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(d)
+    one = torch.ones_like(w_norm)
+    return torch.where(w_norm > 0, torch.where(d_norm > 0, eta * w_norm / d_norm, one), one)
+
+
 class LARS(Optimizer):
     """Layer-wise adaptive rate scaling with momentum (see the module docstring for the update).
 
@@ -74,16 +81,7 @@ class LARS(Optimizer):
                 if group["weight_decay"] != 0:
                     d.add_(p, alpha=group["weight_decay"])
                 if group["lars_adaptation"]:
-                    w_norm = torch.linalg.vector_norm(p)
-                    d_norm = torch.linalg.vector_norm(d)
-                    one = torch.ones_like(w_norm)
-                    # torch.where keeps this free of host syncs (no .item()).
-                    q = torch.where(
-                        w_norm > 0,
-                        torch.where(d_norm > 0, group["trust_coefficient"] * w_norm / d_norm, one),
-                        one,
-                    )
-                    d.mul_(q)
+                    d.mul_(trust_ratio(p, d, group["trust_coefficient"]))
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
