@@ -205,6 +205,11 @@ class ModelConfig(Section):
     _name = "model"
     backbone: Literal["resnet18", "resnet34", "resnet50"] = opt("resnet18", "torchvision ResNet")
     in_channels: Literal[1, 3] = opt(1, "image channels (1 = grey, repeated to 3 in the model)")
+    width: int = opt(64, "base width of the ResNet (channels of the stem and layer1; the stages "
+                         "double it): 64 is torchvision's network and the paper's", ge=4)
+    stem: Literal["imagenet", "cifar"] = opt(
+        "imagenet", "imagenet: 7x7 stride-2 conv + max-pool (torchvision); cifar: 3x3 stride-1 "
+                    "conv, no max-pool (small images, e.g. MedMNIST's 28 px ResNet-18)")
     pretrained: Literal["imagenet"] | None = opt(None, "start from torchvision ImageNet weights")
     context_bottleneck: bool = opt(True, "gate every tap with channel + spatial attention")
     multilevel: bool = opt(True, "build the multi-level branch (false = VICReg)")
@@ -222,6 +227,9 @@ class ModelConfig(Section):
                                                                   "literal definition")
 
     def validate(self) -> None:
+        if self.pretrained and (self.width != 64 or self.stem != "imagenet"):
+            raise self.error("pretrained", "ImageNet weights exist only for model.width=64 with "
+                                           "model.stem=imagenet")
         if self.multilevel and not self.levels:
             raise self.error("levels", "expected at least one tap for the multi-level branch")
         if len(set(self.levels)) != len(self.levels):
@@ -307,6 +315,8 @@ class DataConfig(Section):
     load_size: int | None = opt(None, "side of the images before cropping (null = image_size)",
                                 ge=8)
     num_workers: int = opt(0, "DataLoader worker processes", ge=0)
+    in_memory: bool = opt(False, "read (synthetic: render) the pretraining images once into memory "
+                                 "instead of every epoch (float32, length x load_size^2 x 4 bytes)")
     on_error: Literal["raise", "skip"] = opt("raise", "unreadable files: stop, or skip them")
     bit_depth: int | None = opt(None, "significant bits of 16-bit PNG/TIFF files without an sBIT "
                                       "chunk, e.g. 12 (null: sBIT, else refuse unless 16-bit)",
@@ -355,7 +365,7 @@ class LoopConfig(Section):
     diag_every: int = opt(50, "steps between collapse diagnostics", ge=1)
     eval_every: int = opt(0, "steps between online-probe read-outs (0 = off)", ge=0)
     probe_images: int = opt(512, "held-out images of the online probe (the val split)", ge=8)
-    ckpt_every: int = opt(1000, "steps between checkpoints (also every epoch end)", ge=1)
+    ckpt_every: int = opt(1000, "steps between checkpoints (also at the end)", ge=1)
     keep_last: int = opt(3, "checkpoints kept", ge=1)
     out_dir: str = opt("runs", "parent folder of run folders")
     run_name: str | None = opt(None, "run folder name (null: <preset>-<hash>)")
@@ -585,7 +595,7 @@ def get_preset(name: str = "paper", **model_overrides: Any) -> ModelConfig:
 # -- identity ---------------------------------------------------------------------------------------
 #: Keys that do not change the trained weights (left out of :func:`config_hash`).
 NON_RESULT_KEYS = frozenset({
-    "preset", "data.num_workers", "train.log_every", "train.diag_every", "train.eval_every",
+    "preset", "data.num_workers", "data.in_memory", "train.log_every", "train.diag_every", "train.eval_every",
     "train.ckpt_every", "train.keep_last", "train.out_dir", "train.run_name", "train.progress",
     "train.tensorboard", "train.threads", "train.max_steps", "train.probe_images",
 })

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .bottleneck import ContextBottleneck
 from .config import LEVELS, ModelConfig, get_preset
@@ -28,8 +29,40 @@ class Embeddings(NamedTuple):
     multi: torch.Tensor | None
 
 
-def build_backbone(name: str, pretrained: str | None) -> nn.Module:
-    """A torchvision ResNet with ``fc`` removed; ``pretrained="imagenet"`` loads its weights."""
+#: Block type and blocks per stage of each torchvision ResNet the kit builds.
+RESNETS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
+           "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
+class ScaledResNet(ResNet):
+    """torchvision's ResNet with base width ``width`` (stages ``width * (1, 2, 4, 8)``) and a stem
+    of choice: ``imagenet`` (7x7 stride-2 conv, 3x3 stride-2 max-pool) or ``cifar`` (3x3 stride-1
+    conv, no max-pool). Blocks, initialisation and parameter names are torchvision's, so the state
+    dict of a width-64 ImageNet-stem network is that of ``torchvision.models.resnet18()``."""
+
+    def __init__(self, block, layers, width: int = 64, stem: str = "imagenet") -> None:
+        self._width = width
+        super().__init__(block, list(layers))
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        elif width != 64:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = self._norm_layer(width) if width != 64 else self.bn1
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if planes == 64:  # the first stage reads the stem's output
+            self.inplanes = self._width
+        return super()._make_layer(block, planes * self._width // 64, blocks, stride, dilate)
+
+
+def build_backbone(name: str, pretrained: str | None, width: int = 64,
+                   stem: str = "imagenet") -> nn.Module:
+    """A torchvision ResNet with ``fc`` removed: exactly ``torchvision.models.<name>()`` at width 64
+    with the ImageNet stem (``pretrained="imagenet"`` loads its weights), else :class:`ScaledResNet`."""
+    if name not in RESNETS:
+        raise ValueError(f"model.backbone={name!r}: expected one of {sorted(RESNETS)}")
     builder = getattr(torchvision.models, name)
     weights = None
     if pretrained == "imagenet":
@@ -42,8 +75,10 @@ def build_backbone(name: str, pretrained: str | None) -> nn.Module:
                 f"Without internet, download {weights.url} elsewhere and place it in "
                 f"{torch.hub.get_dir()}/checkpoints/, or use pretrained=None (random init)."
             ) from err
-    else:
+    elif width == 64 and stem == "imagenet":
         net = builder(weights=None)
+    else:
+        net = ScaledResNet(*RESNETS[name], width=width, stem=stem)
     net.fc = nn.Identity()
     return net
 
@@ -91,7 +126,8 @@ class MLVICX(nn.Module):
         if isinstance(config, str):
             config = get_preset(config)
         self.config = config
-        self.backbone = build_backbone(config.backbone, config.pretrained)
+        self.backbone = build_backbone(config.backbone, config.pretrained, config.width,
+                                       config.stem)
         b = self.backbone
         self.tap_channels = {"stem": b.conv1.out_channels}
         for i in range(1, 5):

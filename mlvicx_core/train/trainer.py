@@ -137,7 +137,8 @@ def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable |
     if dataset is None:
         from ..data.registry import dataset_from_config
 
-        dataset = dataset_from_config(config.data, labelled=False)
+        dataset = dataset_from_config(config.data, labelled=False,
+                                      in_memory=config.data.in_memory)
     augment = augment if augment is not None else default_augment(config)
     model = model if model is not None else MLVICX(config.model)
     choices = device_choices(cfg, device)
@@ -319,8 +320,7 @@ def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callabl
                 bar.set_postfix(loss=f"{result.terms['loss']:.3f}", refresh=False)
                 bar.update(1)
                 step, cfg = run.step, config.train
-                if step % cfg.ckpt_every == 0 or step % run.steps_per_epoch == 0 \
-                        or step == run.stop_at:
+                if step % cfg.ckpt_every == 0 or step == run.stop_at:
                     save_checkpoint(run)
                 run.tick = time.perf_counter()
             return finish(run)
