@@ -86,6 +86,11 @@ GRID: dict[str, tuple[int, int, int, list[str]]] = {
     "w32 LARS": (32, 32, 64, ["optim.name=lars", "optim.base_lr=4.0"]),
     "w32 SGD": (32, 32, 64, ["optim.name=sgd", "optim.base_lr=0.8", "optim.weight_decay=1e-5"]),
     "w32 VICReg": (32, 32, 64, ["model.multilevel=false", "model.context_bottleneck=false"]),
+    # second round: the levers the first round found (learning rate, crops) at full width
+    "w64 lr 2x": (64, 32, 64, ["optim.base_lr=0.016"]),
+    "w64 lr 4x": (64, 32, 64, ["optim.base_lr=0.032"]),
+    "w64 lr 2x crop 0.6-1": (64, 32, 64, ["optim.base_lr=0.016", "aug.crop_scale=[0.6,1.0]"]),
+    "w32 lr 4x crop 0.6-1": (32, 32, 64, ["optim.base_lr=0.032", "aug.crop_scale=[0.6,1.0]"]),
 }
 FIELDS = ["stage", "point", "seed", "steps", "cpu_min", "wall_min", "readout", "random_auroc",
           "random_lo", "random_hi", "pretrained_auroc", "pretrained_lo", "pretrained_hi", "gain",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 
@@ -86,60 +85,15 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Pretrain the teaching preset on the synthetic radiographs, then prove it learned: the
-    held-out linear probe of the pretrained trunk against the same network at random init."""
+    """Pretrain the teaching preset on the synthetic radiographs, then prove it learned
+    (``mlvicx_core.experiments.demo``)."""
     from .config import load_config
-    from .data.registry import evaluation_splits
-    from .evaluation.baselines import reference_encoder
-    from .evaluation.pipeline import evaluate, mean_auroc
-    from .evaluation.report import write_results
-    from .train.runs import finished_run, train_or_load
-    from .viz.training import plot_probe_comparison, plot_training
+    from .experiments.demo import report_text, run_demo
 
     config = load_config("teaching", [f"train.out_dir={args.out}", "train.run_name=teaching",
                                       *args.overrides])
-    reused = finished_run(config) is not None
-    c = config
-    steps = c.train.max_steps or (c.train.epochs * (c.data.length // c.train.batch_size)
-                                  if c.data.length else "all")
-    stored = f" views of {c.data.load_size} px" if c.data.load_size else ""
-    print(f"MLVICX demo: teaching preset ({c.data.image_size} px{stored}, {c.data.length} "
-          f"{c.data.dataset} radiographs, {steps} steps of batch {c.train.batch_size}, "
-          f"{c.optim.name}, online probe every {c.train.eval_every or '-'} steps)", flush=True)
-    start = time.perf_counter()
-    result = train_or_load(config)
-    took = time.perf_counter() - start
-    figure = plot_training(result.run_dir)
-    print(("reused the finished run" if reused else f"trained {result.step} steps in {took:.0f} s")
-          + (f"; final loss {result.losses[-1]:.2f}" if result.losses else ""), flush=True)
-
-    # the proof: a linear probe on held-out radiographs, random init vs the pretrained trunk
-    t0 = time.perf_counter()
-    splits = evaluation_splits(c.data, c.eval.split_sizes, in_memory=True)
-    encoders = {"random init": reference_encoder("random", c.model, seed=c.train.seed),
-                "pretrained": result.model}
-    # the read-out that holds what a short pretraining learned (docs/TRAINING.md, the teaching
-    # recipe): pooled layer3 + layer4; --set eval.features=... chooses another
-    features = "layer3+layer4" if not any(o.startswith("eval.features=") for o in args.overrides) \
-        else c.eval.features
-    ecfg = c.eval.replace(tasks=("probe",), fractions=(1.0,), features=features)
-    rows = evaluate(encoders, splits, ecfg, dataset=c.data.dataset)
-    csv, _ = write_results(rows, result.run_dir / "probe")
-    comparison = plot_probe_comparison(csv, result.run_dir / "probe.png")
-    (r, rl, rh), (p, pl, ph) = (mean_auroc(rows, e) for e in encoders)
-    n_test = len(splits["test"])
-    print(f"\nHeld-out linear probe (frozen trunk, {features} features, {n_test} test "
-          f"radiographs of unseen patients, "
-          f"mean AUROC over {len(splits['test'].findings)} findings, 95 % bootstrap CI; "
-          f"{time.perf_counter() - t0:.0f} s):\n"
-          f"  random init  {r:.3f} [{rl:.3f}, {rh:.3f}]\n"
-          f"  pretrained   {p:.3f} [{pl:.3f}, {ph:.3f}]   ({p - r:+.3f} over random init)")
-    print(f"\nResults are in {result.run_dir}/:\n"
-          f"  figure      {figure}   (loss terms, invariance, online probe, diagnostics)\n"
-          f"  probe       {comparison}   and {csv}\n"
-          f"  metrics     {result.metrics}\n"
-          f"  checkpoint  {result.checkpoint}\n"
-          f"  trunk       {result.trunk}  (torchvision ResNet-18 state dict)")
+    report = run_demo(config, log=lambda text: print(text, flush=True))
+    print(report_text(report))
     return 0
 
 

@@ -364,7 +364,10 @@ class LoopConfig(Section):
     log_every: int = opt(1, "steps between metric records", ge=1)
     diag_every: int = opt(50, "steps between collapse diagnostics", ge=1)
     eval_every: int = opt(0, "steps between online-probe read-outs (0 = off)", ge=0)
-    probe_images: int = opt(512, "held-out images of the online probe (the val split)", ge=8)
+    probe_images: int = opt(1600, "training-split images the online probe's read-outs are "
+                                   "fitted on (the held-out probe's 1600 for the synthetic data)",
+                            ge=8)
+    probe_val_images: int = opt(512, "validation-split images the online probe scores", ge=8)
     ckpt_every: int = opt(1000, "steps between checkpoints (also at the end)", ge=1)
     keep_last: int = opt(3, "checkpoints kept", ge=1)
     out_dir: str = opt("runs", "parent folder of run folders")
@@ -388,7 +391,8 @@ class EvalConfig(Section):
     """Read-outs of frozen or fine-tuned encoders (``mlvicx_core.evaluation.pipeline``)."""
 
     _name = "eval"
-    tasks: tuple[Literal["probe", "knn", "finetune", "segmentation", "gradcam", "umap"], ...] = opt(
+    tasks: tuple[Literal["probe", "knn", "factors", "finetune", "segmentation", "gradcam",
+                         "umap"], ...] = opt(
         ("probe", "knn"), "read-outs to run")
     fractions: tuple[float, ...] = opt((0.01, 0.1, 1.0), "label fractions of the training "
                                                          "patients", gt=0, le=1)
@@ -595,9 +599,10 @@ def get_preset(name: str = "paper", **model_overrides: Any) -> ModelConfig:
 # -- identity ---------------------------------------------------------------------------------------
 #: Keys that do not change the trained weights (left out of :func:`config_hash`).
 NON_RESULT_KEYS = frozenset({
-    "preset", "data.num_workers", "data.in_memory", "train.log_every", "train.diag_every", "train.eval_every",
-    "train.ckpt_every", "train.keep_last", "train.out_dir", "train.run_name", "train.progress",
-    "train.tensorboard", "train.threads", "train.max_steps", "train.probe_images",
+    "preset", "data.num_workers", "data.in_memory", "train.log_every", "train.diag_every",
+    "train.eval_every", "train.ckpt_every", "train.keep_last", "train.out_dir", "train.run_name",
+    "train.progress", "train.tensorboard", "train.threads", "train.max_steps",
+    "train.probe_images", "train.probe_val_images",
 })
 
 

@@ -154,7 +154,10 @@ def test_keys_lists_the_new_keys(capsys):
         "aug.solarize_p": "a list of 2 values [a number, a number]; default [0.0, 0.2]",
         "aug.solarize_threshold": "a number; default 0.5",
         "train.eval_every": "an integer; default 0. steps between online-probe read-outs",
-        "train.probe_images": "an integer; default 512. held-out images of the online probe",
+        "train.probe_images": "an integer; default 1600. training-split images the online "
+                              "probe's read-outs are fitted on",
+        "train.probe_val_images": "an integer; default 512. validation-split images the online "
+                                  "probe scores",
         "eval.features": "'trunk' or 'layer3+layer4' or 'global' or 'multi'; default \"trunk\"",
     }
     for key, text in expected.items():
@@ -177,8 +180,9 @@ def test_hash_follows_the_weights():
 def test_probe_keys_reach_the_online_probe():
     from mlvicx_core.train.online_probe import OnlineProbe
 
-    cfg = load_config("teaching", {"train.probe_images": 16, "eval.features": "layer3+layer4",
-                                   "data.seed": 3})
+    cfg = load_config("teaching", {"train.probe_images": 16, "train.probe_val_images": 12,
+                                   "eval.features": "layer3+layer4", "data.seed": 3})
     probe = OnlineProbe.from_config(cfg)
-    assert probe.images.shape == (16, 1, 64, 64) and probe.features == "layer3+layer4"
-    assert len(probe.fit) + len(probe.score) == 16
+    assert probe.fit_images.shape == (16, 1, 64, 64) and probe.features == "layer3+layer4"
+    assert probe.score_images.shape == (12, 1, 64, 64)
+    assert probe.fit_labels.shape == (16, 5) and probe.score_labels.shape == (12, 5)

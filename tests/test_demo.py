@@ -1,5 +1,6 @@
-"""``mlvicx demo`` (``mlvicx_core.cli: cmd_demo``), shrunk to seconds: the files it leaves and that
-what it prints is what they hold; a second call reuses the finished run."""
+"""``mlvicx demo`` (``mlvicx_core.experiments.demo``), shrunk to seconds: the files it leaves, that
+every number it prints is the one its results file and metrics hold (the paired difference
+recomputed here), the factor table, and that a second call reuses the finished run."""
 import contextlib
 import io
 import json
@@ -17,9 +18,13 @@ TEST_IMAGES = 48
 SETS = ["data.length=32", "train.batch_size=8", "train.max_steps=2", "train.tensorboard=false",
         "train.progress=false", "model.projector=[32,32]", "model.ml_projector=[32,32]",
         "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
-        "train.diag_every=1", "train.eval_every=1", "train.probe_images=32",
-        f"eval.split_sizes=[64,32,{TEST_IMAGES}]", "eval.n_boot=50"]
-LINE = r"  {name}\s+(\d\.\d{{3}}) \[(\d\.\d{{3}}), (\d\.\d{{3}})\]"
+        "model.width=16", "train.diag_every=1", "train.eval_every=1", "train.probe_images=32",
+        "train.probe_val_images=32", f"eval.split_sizes=[64,32,{TEST_IMAGES}]", "eval.n_boot=50"]
+CI = r"(\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]"
+DIFF = r"([+-]\d\.\d{3}) \[([+-]\d\.\d{3}), ([+-]\d\.\d{3})\]"
+READOUTS = {"linear probe, pooled layer4": ("probe", "trunk"),
+            "linear probe, layer3+layer4": ("probe", "layer3+layer4"),
+            "kNN, pooled layer4": ("knn", "trunk")}
 
 
 def run_demo(out):
@@ -39,72 +44,109 @@ def demo(tmp_path_factory):
 
 
 def printed(text):
-    """{encoder: (value, low, high)} of the before/after lines, and the printed difference."""
+    """{read-out: (random (v, lo, hi), pretrained (v, lo, hi), difference (d, lo, hi))}."""
     got = {}
-    for name in ("random init", "pretrained"):
-        m = re.search(LINE.format(name=name), text)
-        assert m, f"no {name!r} line in:\n{text}"
-        got[name] = tuple(float(v) for v in m.groups())
-    diff = re.search(r"\(([+-]\d\.\d{3}) over random init\)", text)
-    assert diff, text
-    return got, float(diff.group(1))
+    for label in READOUTS:
+        m = re.search(rf"^  {re.escape(label)}\s+{CI}\s+{CI}\s+{DIFF}$", text, re.M)
+        assert m, f"no {label!r} line in:\n{text}"
+        v = [float(x) for x in m.groups()]
+        got[label] = (tuple(v[0:3]), tuple(v[3:6]), tuple(v[6:9]))
+    return got
+
+
+def heldout(run):
+    return pd.read_csv(run / "heldout" / "results.csv")
 
 
 def test_demo_writes_its_files(demo):
     run, text, _ = demo
     for name in ("training.png", "probe.png"):
         assert (run / name).stat().st_size > 10_000, name
-    for name in ("metrics.jsonl", "config.yaml", "done.json", "trunk.pt", "probe/results.csv",
-                 "probe/results.md"):
+    for name in ("metrics.jsonl", "config.yaml", "done.json", "trunk.pt", "heldout/results.csv",
+                 "heldout/results.md"):
         assert (run / name).is_file(), name
     assert json.loads((run / "done.json").read_text())["step"] == 2
     assert f"Results are in {run}/:" in text
-    # every path of the closing list exists
-    listed = re.findall(r"^  (?:figure|probe|metrics|checkpoint|trunk)\s+(\S+)", text, re.M)
-    assert len(listed) == 5 and all(p.startswith(str(run)) for p in listed)
+    listed = re.findall(r"^  (?:figure|probe|results|metrics|checkpoint|trunk)\s+(\S+)", text,
+                        re.M)
+    assert len(listed) == 6 and all(p.startswith(str(run)) for p in listed)
     for p in listed:
         assert (run.parent / p).exists(), p
-    assert re.search(r"and (\S+results\.csv)", text).group(1) == str(run / "probe" / "results.csv")
 
 
-def test_results_csv_holds_both_encoders_with_intervals(demo):
-    run, _, _ = demo
-    df = pd.read_csv(run / "probe" / "results.csv")
-    assert set(df["task"]) == {"probe"} and set(df["metric"]) == {"auroc"}
-    assert list(dict.fromkeys(df["encoder"])) == ["random init", "pretrained"]
-    for enc, rows in df.groupby("encoder"):
-        rows = rows.set_index("finding")
-        assert "mean" in rows.index and len(rows) == 6, enc  # five synthetic findings + mean
-        assert (rows["n"] == TEST_IMAGES).all() and (rows["fraction"] == 1.0).all()
-        v, lo, hi = rows["value"], rows["ci_low"], rows["ci_high"]
-        assert ((0 <= lo) & (lo <= v) & (v <= hi) & (hi <= 1)).all(), enc
-        per_finding = rows.drop("mean")["value"]
-        assert rows.loc["mean", "value"] == pytest.approx(per_finding.mean(), abs=1e-12)
-
-
-def test_printed_before_after_equals_results_csv(demo):
+def test_printed_numbers_equal_the_results_file(demo):
     run, text, _ = demo
-    df = pd.read_csv(run / "probe" / "results.csv")
-    mean = df[df["finding"] == "mean"].set_index("encoder")
-    got, diff = printed(text)
-    for enc, (v, lo, hi) in got.items():
-        assert (v, lo, hi) == tuple(round(float(mean.loc[enc, c]), 3)
-                                    for c in ("value", "ci_low", "ci_high")), enc
-    assert diff == round(mean.loc["pretrained", "value"] - mean.loc["random init", "value"], 3)
-    assert f"{TEST_IMAGES} test radiographs of unseen patients, mean AUROC over 5 findings" in text
+    df = heldout(run)
+    mean = df[(df["finding"] == "mean") & (df["metric"] == "auroc")]
+    for label, (task, features) in READOUTS.items():
+        rows = mean[(mean["task"] == task) & mean["note"].str.startswith(features + ";")]
+        by_enc = rows.set_index("encoder")
+        rnd, pre, diff = printed(text)[label]
+        for enc, want in (("random init", rnd), ("pretrained", pre)):
+            got = tuple(round(float(by_enc.loc[enc, c]), 3) for c in ("value", "ci_low",
+                                                                        "ci_high"))
+            assert got == want, (label, enc)
+            assert (by_enc.loc[enc, "n"] == TEST_IMAGES)
+        # the point difference is the difference of the two means (same findings, same images)
+        assert diff[0] == pytest.approx(by_enc.loc["pretrained", "value"]
+                                        - by_enc.loc["random init", "value"], abs=1.5e-3)
+        assert diff[1] <= diff[0] <= diff[2]
+    assert (f"{TEST_IMAGES} test radiographs of patients never pretrained on, mean AUROC over 5 "
+            "findings") in text
+    # width 16: the absolute reference line names ResNet-18 at width 64
+    ref = re.search(rf"ResNet-18 at width 64, random init, linear probe, pooled layer4: {CI}",
+                    text)
+    w64 = mean[(mean["encoder"] == "ResNet-18 w64, random init") & (mean["task"] == "probe")
+               & mean["note"].str.startswith("trunk;")].iloc[0]
+    assert tuple(float(x) for x in ref.groups()) == tuple(
+        round(float(w64[c]), 3) for c in ("value", "ci_low", "ci_high"))
 
 
-def test_metrics_hold_the_online_probe_and_the_steps(demo):
+def test_verdict_follows_the_interval_of_the_difference(demo):
+    _, text, _ = demo
+    _, _, (d, lo, hi) = printed(text)["linear probe, pooled layer4"]
+    verdict = re.search(r"^Verdict \(linear probe, pooled layer4\): the pretrained trunk is "
+                        r"(above|below|not distinguishable from) random init", text, re.M)
+    want = "above" if lo > 0 else "below" if hi < 0 else "not distinguishable from"
+    assert verdict and verdict.group(1) == want
+
+
+def test_online_probe_line_is_the_last_record_and_says_where_it_falls(demo):
     run, text, _ = demo
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    probed = [r["step"] for r in rows if "probe/linear/mean" in r]
-    assert probed == [0, 1, 2]  # train.eval_every=1: step 0 (random init) and every step
-    for r in rows:
-        if "probe/linear/mean" in r:
-            assert 0 <= r["probe/linear/mean"] <= 1 and 0 <= r["probe/knn/mean"] <= 1
+    probed = [r for r in rows if "probe/linear/mean" in r]
+    assert [r["step"] for r in probed] == [0, 1, 2]  # step 0 (random init) and every step
+    last = probed[-1]
+    m = re.search(rf"^Online probe at step 2: {CI} \((inside|outside) the held-out interval "
+                  rf"\[(\d\.\d{{3}}), (\d\.\d{{3}})\]\)", text, re.M)
+    assert m, text
+    assert tuple(float(x) for x in m.groups()[:3]) == tuple(round(last[f"probe/linear/{k}"], 3)
+                                                           for k in ("mean", "mean_lo", "mean_hi"))
+    _, (v, lo, hi), _ = printed(text)["linear probe, pooled layer4"]
+    assert (float(m.group(5)), float(m.group(6))) == (lo, hi)
+    inside = lo <= last["probe/linear/mean"] <= hi
+    assert m.group(4) == ("inside" if inside else "outside")
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
-    assert "trained 2 steps in " in text and f"final loss {losses[-1]:.2f}" in text
+    assert "trained 2 steps in " in text
+
+
+def test_factor_table_equals_the_factor_rows(demo):
+    run, text, _ = demo
+    df = heldout(run)
+    f = df[df["task"] == "factors"]
+    found = re.findall(r"^  (\w+)\s+(\d\.\d{3})\s+(\d\.\d{3})\s+[+-]\d\.\d{3}$", text, re.M)
+    table = {name: (float(rnd), float(pre)) for name, rnd, pre in found}
+    from mlvicx_core.data.phantom import FACTORS
+
+    assert set(table) <= set(FACTORS) and len(table) >= 10
+    for name, (rnd, pre) in table.items():
+        for enc, v in (("random init", rnd), ("pretrained", pre)):
+            row = f[(f["finding"] == name) & (f["encoder"] == enc)]
+            assert round(float(row["value"].iloc[0]), 3) == v, (name, enc)
+    # sorted by the change, most lost first
+    changes = [pre - rnd for rnd, pre in table.values()]
+    assert changes == sorted(changes)
 
 
 def test_second_call_reuses_the_finished_run(demo):

@@ -1,6 +1,8 @@
-"""The online probe (``mlvicx_core.train.online_probe``): its closed-form read-outs against plain
-re-computations written here, the records of ``OnlineProbe``, and the probe inside a pretraining run
-(metrics.jsonl and the training figure)."""
+"""The online probe (``mlvicx_core.train.online_probe``): its ridge read-out with leave-one-out
+strength against plain refits written here, its records against a recomputation, the probe inside a
+pretraining run (metrics.jsonl and the training figure), and its agreement with the held-out probe
+on trunks of different quality."""
+import dataclasses
 import json
 
 import numpy as np
@@ -9,167 +11,161 @@ import torch
 from sklearn.metrics import roc_auc_score
 from train_helpers import TINY_MODEL, TinyCXR, simple_augment, tiny_config
 
-from mlvicx_core.data.splits import patient_split
 from mlvicx_core.evaluation.baselines import reference_encoder
 from mlvicx_core.evaluation.embeddings import trunk_features
+from mlvicx_core.evaluation.probe import RIDGE_ALPHAS, fit_ridge_probe
 from mlvicx_core.model import MLVICX
 from mlvicx_core.train.metrics import read_metrics
-from mlvicx_core.train.online_probe import OnlineProbe, knn_vote, ridge_scores
+from mlvicx_core.train.online_probe import KNN_K, OnlineProbe
 from mlvicx_core.train.trainer import pretrain, seed_everything
 
-
 # -- plain references ------------------------------------------------------------------------------
-def primal_ridge(x_fit, y_fit, x_score, alpha=1.0):
-    """Ridge in its primal form: standardise with the fit mean/std (constant features left at
-    std 1), centre the labels (unknown ones at the finding's mean), solve
-    (X^T X + alpha n I) W = X^T (Y - mean Y) in float64."""
-    x_fit = np.asarray(x_fit, dtype=np.float64)
-    x_score = np.asarray(x_score, dtype=np.float64)
-    mean, std = x_fit.mean(axis=0), x_fit.std(axis=0)
+def plain_ridge(z, y, lam):
+    """Ridge with an unpenalised intercept, written plainly: centre z and y, solve
+    (Zc^T Zc + lam I) w = Zc^T yc; returns (w, intercept)."""
+    zm, ym = z.mean(0), y.mean()
+    zc = z - zm
+    w = np.linalg.solve(zc.T @ zc + lam * np.eye(z.shape[1]), zc.T @ (y - ym))
+    return w, ym - zm @ w
+
+
+def brute_loo_auroc(z, y, lam):
+    """Leave each image out, refit, predict it: the AUROC of those predictions."""
+    preds = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        w, b = plain_ridge(z[keep], y[keep], lam)
+        preds.append(z[i] @ w + b)
+    return roc_auc_score(y, preds)
+
+
+def reference_scores(x_fit, y_fit, x_score, alphas=RIDGE_ALPHAS):
+    """The linear read-out recomputed: standardise with the fit set, per finding the alpha whose
+    brute-force LOO AUROC is best (ties: the larger), refit on the known labels, score."""
+    mean, std = x_fit.mean(0), x_fit.std(0)
     std[std <= 1e-8] = 1.0
-    a, b = (x_fit - mean) / std, (x_score - mean) / std
-    y = np.array(y_fit, dtype=np.float64)
-    for k in range(y.shape[1]):
-        known = ~np.isnan(y[:, k])
-        if known.any():
-            y[known, k] -= y[known, k].mean()
-        y[~known, k] = 0.0
-    n, d = a.shape
-    w = np.linalg.solve(a.T @ a + alpha * n * np.eye(d), a.T @ y)
-    return b @ w
-
-
-def brute_knn(x_fit, y_fit, x_score, k=20):
-    """For every score row: cosine similarity to every fit row, the k most similar, the share of
-    positives among those with a known label."""
-    x_fit = np.asarray(x_fit, dtype=np.float64)
-    y_fit = np.asarray(y_fit, dtype=np.float64)
-    k = min(k, len(x_fit))
+    z, zs = (x_fit - mean) / std, (x_score - mean) / std
     out = np.zeros((len(x_score), y_fit.shape[1]))
-    for i, q in enumerate(np.asarray(x_score, dtype=np.float64)):
-        sims = [float(q @ f) / (np.linalg.norm(q) * np.linalg.norm(f)) for f in x_fit]
-        nearest = sorted(range(len(x_fit)), key=lambda j: -sims[j])[:k]
-        for c in range(y_fit.shape[1]):
-            known = [y_fit[j, c] for j in nearest if not np.isnan(y_fit[j, c])]
-            if not known:  # no neighbour has a known label: the fit half's share of positives
-                known = [v for v in y_fit[:, c] if not np.isnan(v)] or [0.0]
-            out[i, c] = sum(known) / len(known)
+    for k in range(y_fit.shape[1]):
+        known = ~np.isnan(y_fit[:, k])
+        zk, yk = z[known], y_fit[known, k]
+        n = len(yk)
+        loo = {a: brute_loo_auroc(zk, yk, a * n) for a in alphas}
+        best = max(alphas, key=lambda a: (loo[a], a))
+        w, b = plain_ridge(zk, yk, best * n)
+        out[:, k] = zs @ w + b
     return out
 
 
-def reference_records(model, images, labels, patient_ids, findings, seed, kind="trunk"):
-    """The probe's records recomputed: same features, same patient halves, sklearn's AUROC."""
-    x = trunk_features(model, images, kind)
-    halves = patient_split(patient_ids, (0.5, 0.0, 0.5), seed)
-    fit, score = halves["train"], halves["test"]
+# -- (a) the ridge read-out --------------------------------------------------------------------------
+@pytest.mark.parametrize("n, d", [(30, 8), (24, 40)])
+def test_ridge_probe_equals_brute_force_leave_one_out(n, d):
+    rng = np.random.default_rng(n + d)
+    x = rng.normal(1.0, 2.0, (n, d)) * rng.uniform(0.2, 4, d)  # unequal scales and offsets
+    y = (rng.random((n, 2)) < 0.4).astype(float)
+    x[:, 0] += 3 * y[:, 0]  # finding 0 is readable, finding 1 is noise
+    x[:, 1] = 5.0  # a constant feature stays at 0 after centring
+    y[[2, 5], 1] = np.nan  # unknown labels leave the fit of that finding only
+    x_score = rng.normal(1.0, 2.0, (9, d))
+    alphas = (0.01, 0.3, 10.0)
+    probe = fit_ridge_probe(x, y, alphas=alphas)
+    want = reference_scores(x, y, x_score, alphas)
+    # the scores differ from the recomputation by the intercept shift only where labels are unknown
+    np.testing.assert_allclose(probe.scores(x_score), want, rtol=0, atol=1e-8)
+    for a in alphas:  # the recorded LOO AUROC per alpha is the mean over findings
+        mean, std = x.mean(0), x.std(0)
+        std[std <= 1e-8] = 1
+        z = (x - mean) / std
+        ks = [brute_loo_auroc(z[~np.isnan(y[:, k])], y[~np.isnan(y[:, k]), k], a * int(
+            (~np.isnan(y[:, k])).sum())) for k in range(2)]
+        assert probe.val_auroc[a] == pytest.approx(np.mean(ks), abs=1e-12)
+
+
+def test_ridge_probe_reads_a_signal_among_noise_features_on_new_images():
+    rng = np.random.default_rng(0)
+
+    def draw(n, d=50):
+        x = rng.normal(size=(n, d))
+        y = np.stack([x[:, 0] + 0.3 * rng.normal(size=n) > 0, rng.random(n) < 0.5], 1)
+        return x, y.astype(float)
+
+    x, y = draw(200)
+    probe = fit_ridge_probe(x, y)
+    assert np.argmax(np.abs(probe.coef[0])) == 0  # finding 0 sits on feature 0
+    xt, yt = draw(2000)
+    s = probe.scores(xt)
+    assert roc_auc_score(yt[:, 0], s[:, 0]) > 0.9  # x0 alone, the best possible, gives ~0.94
+    assert abs(roc_auc_score(yt[:, 1], s[:, 1]) - 0.5) < 0.05  # a coin stays a coin
+    with pytest.raises(ValueError, match=r"x \(200, 50\), y \(199, 2\)"):
+        fit_ridge_probe(x, y[:-1])
+
+
+def test_ridge_probe_single_class_is_constant_at_the_prevalence():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 5))
+    y = np.stack([np.zeros(40), rng.random(40) < 0.5], 1).astype(float)
+    probe = fit_ridge_probe(x, y)
+    assert probe.untrainable == [0]
+    s = probe.scores(rng.normal(size=(6, 5)))
+    assert np.ptp(s[:, 0]) == 0 and np.isfinite(s).all()
+
+
+# -- (b) OnlineProbe ---------------------------------------------------------------------------------
+N_FIT, N_SCORE = 48, 32
+
+
+def tiny_probe_data():
+    """TinyCXR images: a fit and a score set, three findings: the blob's side (both classes), a
+    seeded random label with some unknowns, and one that is never positive in the score set
+    (single class: undefined AUROC, left out of the mean)."""
+    ds = TinyCXR(N_FIT + N_SCORE)
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    side = np.array([float(np.random.default_rng(i).random(2)[0] > 0.5) for i in range(len(ds))])
+    noise = (np.random.default_rng(99).random(len(ds)) < 0.4).astype(float)
+    noise[[1, 6, 17, 30, 60]] = np.nan
+    never = np.zeros(len(ds))
+    never[:3] = 1.0  # positives in the fit set only
+    labels = np.stack([side, noise, never], axis=1)
+    f, s = slice(0, N_FIT), slice(N_FIT, None)
+    return images[f], labels[f], images[s], labels[s], ("side", "noise", "never")
+
+
+def reference_records(model, fit_images, fit_labels, score_images, score_labels, findings,
+                      kind="trunk"):
+    """The probe's records recomputed: same features, the plain ridge and a brute-force kNN,
+    sklearn's AUROC (the intervals are checked separately)."""
+    xf = trunk_features(model, fit_images, kind).astype(np.float64)
+    xs = trunk_features(model, score_images, kind).astype(np.float64)
     out = {}
-    for name, scores in (("linear", primal_ridge(x[fit], labels[fit], x[score])),
-                         ("knn", brute_knn(x[fit], labels[fit], x[score]))):
+    norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sims = norm(xs) @ norm(xf).T
+    k = min(KNN_K, len(xf))
+    knn = np.zeros((len(xs), fit_labels.shape[1]))
+    for i in range(len(xs)):
+        nearest = np.argsort(-sims[i], kind="stable")[:k]
+        for c in range(fit_labels.shape[1]):
+            known = fit_labels[nearest, c][~np.isnan(fit_labels[nearest, c])]
+            knn[i, c] = known.mean() if known.size else np.nanmean(fit_labels[:, c])
+    for name, scores in (("linear", reference_scores(xf, fit_labels, xs)), ("knn", knn)):
         defined = []
-        for k, f in enumerate(findings):
-            y = labels[score, k]
+        for c, f in enumerate(findings):
+            y = score_labels[:, c]
             known = ~np.isnan(y)
-            if len(set(y[known])) == 2:
-                auc = roc_auc_score(y[known], scores[known, k])
-                defined.append(auc)
-            else:
-                auc = float("nan")
+            auc = (roc_auc_score(y[known], scores[known, c]) if len(set(y[known])) == 2
+                   else float("nan"))
             out[f"probe/{name}/{f}"] = auc
-        out[f"probe/{name}/mean"] = float(np.mean(defined)) if defined else float("nan")
+            if not np.isnan(auc):
+                defined.append(auc)
+        out[f"probe/{name}/mean"] = float(np.mean(defined))
     return out
 
 
 def assert_records_equal(got, want, atol=1e-9):
-    assert sorted(got) == sorted(want)
     for key, value in want.items():
         if np.isnan(value):
             assert np.isnan(got[key]), key
         else:
             assert got[key] == pytest.approx(value, abs=atol), key
-
-
-# -- (a) ridge -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n, d", [(10, 30), (50, 6), (24, 24)])
-@pytest.mark.parametrize("alpha", [1.0, 0.05])
-def test_ridge_equals_the_primal_solution(n, d, alpha):
-    rng = np.random.default_rng(n * 100 + d)
-    x_fit = rng.normal(2.0, 3.0, (n, d)) * rng.uniform(0.1, 5, d)  # unequal scales and offsets
-    x_fit[:, 1] = 4.0  # a constant feature (std 0) is left unscaled
-    x_score = rng.normal(2.0, 3.0, (15, d))
-    y_fit = (rng.random((n, 3)) < 0.4).astype(float)
-    got = ridge_scores(x_fit, y_fit, x_score, alpha=alpha)
-    want = primal_ridge(x_fit, y_fit, x_score, alpha=alpha)
-    assert got.shape == (15, 3)
-    scale = np.abs(want).max()
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * max(scale, 1.0))
-
-
-def test_ridge_unknown_labels_sit_at_the_finding_mean():
-    rng = np.random.default_rng(1)
-    x_fit, x_score = rng.normal(size=(30, 8)), rng.normal(size=(12, 8))
-    y_fit = (rng.random((30, 2)) < 0.5).astype(float)
-    y_fit[[0, 3, 7, 11], 0] = np.nan
-    got = ridge_scores(x_fit, y_fit, x_score)
-    assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, primal_ridge(x_fit, y_fit, x_score), rtol=0, atol=1e-8)
-    # the same as filling the unknown labels with the known ones' mean
-    filled = y_fit.copy()
-    filled[np.isnan(filled[:, 0]), 0] = np.nanmean(y_fit[:, 0])
-    np.testing.assert_allclose(got, ridge_scores(x_fit, filled, x_score), rtol=0, atol=1e-10)
-    # and the finding without unknowns is not affected by the other one's
-    np.testing.assert_allclose(got[:, 1], ridge_scores(x_fit, y_fit[:, 1:], x_score)[:, 0],
-                               rtol=0, atol=1e-10)
-
-
-# -- (b) kNN ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n, k", [(40, 20), (40, 1), (25, 7)])
-def test_knn_equals_a_brute_force_loop(n, k):
-    # continuous random features: no two cosine similarities tie (probability 0)
-    rng = np.random.default_rng(n + k)
-    x_fit, x_score = rng.normal(size=(n, 5)), rng.normal(size=(9, 5))
-    y_fit = (rng.random((n, 3)) < 0.3).astype(float)
-    got = knn_vote(x_fit, y_fit, x_score, k=k)
-    np.testing.assert_allclose(got, brute_knn(x_fit, y_fit, x_score, k=k), rtol=0, atol=1e-12)
-    assert got.shape == (9, 3)
-    # cosine: rescaling rows changes nothing
-    scaled = knn_vote(x_fit * rng.uniform(0.1, 10, (n, 1)), y_fit, x_score * 7.0, k=k)
-    np.testing.assert_allclose(scaled, got, rtol=0, atol=1e-12)
-
-
-def test_knn_k_above_n_is_capped_to_every_fit_image():
-    rng = np.random.default_rng(3)
-    x_fit, x_score = rng.normal(size=(7, 4)), rng.normal(size=(5, 4))
-    y_fit = (rng.random((7, 2)) < 0.5).astype(float)
-    got = knn_vote(x_fit, y_fit, x_score, k=100)
-    np.testing.assert_allclose(got, np.tile(y_fit.mean(0), (5, 1)), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(got, brute_knn(x_fit, y_fit, x_score, k=100), atol=1e-12)
-
-
-def test_knn_leaves_unknown_labels_out_of_the_share():
-    rng = np.random.default_rng(4)
-    x_fit, x_score = rng.normal(size=(30, 5)), rng.normal(size=(10, 5))
-    y_fit = (rng.random((30, 2)) < 0.4).astype(float)
-    y_fit[::4, 0] = np.nan
-    got = knn_vote(x_fit, y_fit, x_score, k=6)
-    np.testing.assert_allclose(got, brute_knn(x_fit, y_fit, x_score, k=6), rtol=0, atol=1e-12)
-
-
-# -- (c) OnlineProbe -------------------------------------------------------------------------------
-N_IMAGES = 48
-
-
-def tiny_probe_data():
-    """48 TinyCXR images of 24 patients (two each) and three findings: the blob's side (both
-    classes), a seeded random label with some unknowns (both classes), and one that is never
-    positive (single class: undefined AUROC, left out of the mean)."""
-    ds = TinyCXR(N_IMAGES)
-    images = torch.stack([ds[i]["image"] for i in range(N_IMAGES)])
-    side = np.array([float(np.random.default_rng(i).random(2)[0] > 0.5) for i in range(N_IMAGES)])
-    noise = (np.random.default_rng(99).random(N_IMAGES) < 0.4).astype(float)
-    noise[[1, 6, 17, 30]] = np.nan
-    labels = np.stack([side, noise, np.zeros(N_IMAGES)], axis=1)
-    pids = np.array([f"q{i // 2}" for i in range(N_IMAGES)], dtype=object)
-    return images, labels, pids, ("side", "noise", "never")
 
 
 @pytest.fixture(scope="module")
@@ -180,33 +176,21 @@ def tiny_model():
 
 @pytest.mark.parametrize("kind", ["trunk", "layer3+layer4", "global"])
 def test_probe_records_equal_a_recomputation(tiny_model, kind):
-    images, labels, pids, findings = tiny_probe_data()
-    probe = OnlineProbe(images, labels, pids, findings, seed=3, features=kind)
-    got = probe(tiny_model)
-    want = reference_records(tiny_model, images, labels, pids, findings, seed=3, kind=kind)
+    data = tiny_probe_data()
+    got = OnlineProbe(*data, features=kind)(tiny_model)
+    want = reference_records(tiny_model, *data, kind=kind)
     assert np.isnan(want["probe/linear/never"]) and np.isfinite(want["probe/linear/mean"])
     assert_records_equal(got, want)
     assert got["probe/knn/mean"] == pytest.approx(
         (got["probe/knn/side"] + got["probe/knn/noise"]) / 2, abs=1e-12)
-    assert 0.0 <= got["probe/linear/mean"] <= 1.0
-
-
-def test_probe_halves_split_patients():
-    images, labels, pids, findings = tiny_probe_data()
-    for seed in (0, 1, 2):
-        probe = OnlineProbe(images, labels, pids, findings, seed=seed)
-        fit, score = set(probe.fit.tolist()), set(probe.score.tolist())
-        assert fit.isdisjoint(score) and fit | score == set(range(N_IMAGES))
-        assert set(pids[list(fit)]).isdisjoint(set(pids[list(score)]))
-        assert len(set(pids[list(fit)])) == len(set(pids[list(score)])) == 12
-    other = OnlineProbe(images, labels, pids, findings, seed=1)
-    assert not np.array_equal(OnlineProbe(images, labels, pids, findings, seed=0).fit, other.fit)
+    for r in ("linear", "knn"):
+        assert got[f"probe/{r}/mean_lo"] <= got[f"probe/{r}/mean"] <= got[f"probe/{r}/mean_hi"]
+        assert got[f"probe/{r}/mean_hi"] - got[f"probe/{r}/mean_lo"] > 0.01  # 32 score images
 
 
 @pytest.mark.parametrize("kind", ["trunk", "global"])
 def test_probe_restores_the_model_mode_and_changes_nothing(tiny_model, kind):
-    images, labels, pids, findings = tiny_probe_data()
-    probe = OnlineProbe(images, labels, pids, findings, features=kind)
+    probe = OnlineProbe(*tiny_probe_data(), features=kind)
     model = tiny_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for mode in (True, False):
@@ -222,52 +206,26 @@ def test_probe_restores_the_model_mode_and_changes_nothing(tiny_model, kind):
 
 
 def test_probe_refuses_bad_shapes_and_labels():
-    images, labels, pids, findings = tiny_probe_data()
-    with pytest.raises(ValueError, match=r"images \(48, 32, 32\).*expected \(N, 1, S, S\)"):
-        OnlineProbe(images[:, 0], labels, pids, findings)
-    with pytest.raises(ValueError, match=r"images \(48, 1, 32, 32\), labels \(47, 3\)"):
-        OnlineProbe(images, labels[:-1], pids, findings)
-    with pytest.raises(ValueError, match=r"labels \(48,\).*\(N, K\)"):
-        OnlineProbe(images, labels[:, 0], pids, findings)
-    with pytest.raises(ValueError, match=r"47 patient ids for 48 images"):
-        OnlineProbe(images, labels, pids[:-1], findings)
-    with pytest.raises(ValueError, match=r"2 findings \['side', 'noise'\] for 3 label columns"):
-        OnlineProbe(images, labels, pids, findings[:2])
-    bad = labels.copy()
+    fi, fl, si, sl, findings = tiny_probe_data()
+    with pytest.raises(ValueError, match=r"fit set: images \(48, 32, 32\).*expected"):
+        OnlineProbe(fi[:, 0], fl, si, sl, findings)
+    with pytest.raises(ValueError, match=r"score set: images \(32, 1, 32, 32\), labels \(31, 3\)"):
+        OnlineProbe(fi, fl, si, sl[:-1], findings)
+    with pytest.raises(ValueError, match=r"2 findings \['side', 'noise'\] for 3 fit"):
+        OnlineProbe(fi, fl, si, sl, findings[:2])
+    bad = fl.copy()
     bad[5, 0] = 2.0
-    with pytest.raises(ValueError, match=r"labels: expected 0, 1 or NaN \(unknown\), got 2\.0"):
-        OnlineProbe(images, bad, pids, findings)
-
-
-def test_knn_without_a_known_neighbour_takes_the_fit_share():
-    x_fit = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0], [0.0, -1.0]])
-    y_fit = np.array([[np.nan, 1.0], [np.nan, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, np.nan]])
-    x_score = np.array([[1.0, 0.05], [0.05, 1.0]])
-    got = knn_vote(x_fit, y_fit, x_score, k=2)
-    # row 0: both neighbours unknown for finding 0 -> its known fit share 1/3; row 1: 1/2
-    np.testing.assert_allclose(got, [[1 / 3, 0.5], [0.5, 1.0]], atol=1e-12)
-    np.testing.assert_allclose(got, brute_knn(x_fit, y_fit, x_score, k=2), atol=1e-12)
-
-
-def test_probe_survives_a_finding_unknown_in_the_fit_half(tiny_model, recwarn):
-    """A finding without one known label in the fit half has nothing to read out: both read-outs
-    score it as a constant (AUROC 0.5), with no NaN score (which the AUROC refuses), no warning."""
-    images, labels, pids, findings = tiny_probe_data()
-    probe = OnlineProbe(images, labels, pids, findings)
-    labels = labels.copy()
-    labels[probe.fit, 1] = np.nan
-    got = OnlineProbe(images, labels, pids, findings)(tiny_model)
-    assert [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)] == []
-    assert got["probe/linear/noise"] == got["probe/knn/noise"] == 0.5
-    assert_records_equal(got, reference_records(tiny_model, images, labels, pids, findings, 0))
+    with pytest.raises(ValueError, match=r"fit set labels: expected 0, 1 or NaN \(unknown\), got 2"):
+        OnlineProbe(fi, bad, si, sl, findings)
 
 
 # -- (d) in a pretraining run ----------------------------------------------------------------------
 def probe_run_config(tmp_path, eval_every):
-    # the synthetic data (64 px, the smallest it renders) feeds the probe's validation split
+    # the synthetic data (64 px, the smallest it renders) feeds the probe's train and val splits
     return tiny_config(tmp_path, **{"data.image_size": 64, "data.length": 24,
                                     "train.max_steps": 5, "train.eval_every": eval_every,
-                                    "train.probe_images": 48, "train.diag_every": 100})
+                                    "train.probe_images": 40, "train.probe_val_images": 32,
+                                    "train.diag_every": 100})
 
 
 @pytest.fixture(scope="module")
@@ -283,42 +241,45 @@ def probe_steps(run_dir):
     return [r for r in rows if any(k.startswith("probe/") for k in r)]
 
 
+def probe_sets(cfg):
+    """The fit (train split) and score (val split) images and labels the run's probe reads."""
+    from mlvicx_core.data.registry import dataset_from_config
+
+    out = []
+    for split, n in (("train", cfg.train.probe_images), ("val", cfg.train.probe_val_images)):
+        ds = dataset_from_config(cfg.data, split=split, length=n)
+        out += [torch.stack([ds[i]["image"] for i in range(len(ds))]),
+                np.asarray(ds.labels, dtype=np.float64)]
+    return (*out, ds.findings)
+
+
 def test_run_records_the_probe_at_step_0_and_every_eval_every_steps(probe_run):
     cfg, res = probe_run
     rows = probe_steps(res.run_dir)
     # step 0 (random init), every train.eval_every = 2 steps, and the last step (5)
     assert [r["step"] for r in rows] == [0, 2, 4, 5]
-    probe = OnlineProbe.from_config(cfg)
-    keys = {f"probe/{r}/{f}" for r in ("linear", "knn") for f in (*probe.findings, "mean")}
+    *sets, findings = probe_sets(cfg)
+    keys = {f"probe/{r}/{f}" for r in ("linear", "knn") for f in (*findings, "mean")}
     for r in rows:
-        assert keys <= set(r) and r["probe/seconds"] > 0
-        assert 0.0 <= r["probe/linear/mean"] <= 1.0 and 0.0 <= r["probe/knn/mean"] <= 1.0
+        assert keys | {"probe/linear/mean_lo", "probe/linear/mean_hi"} <= set(r)
+        assert r["probe/seconds"] > 0
+        assert r["probe/linear/mean_lo"] <= r["probe/linear/mean"] <= r["probe/linear/mean_hi"]
     assert rows[0]["epoch"] == 0 and "loss" not in rows[0]  # step 0 holds only the probe
     assert all("loss" in r for r in rows[1:])  # the others are the step records
     # the final record is the finished model's read-out
     assert_records_equal({k: v for k, v in rows[-1].items() if k in keys},
-                         reference_records(res.model, probe.images, probe.labels,
-                                           probe_patient_ids(cfg), probe.findings,
-                                           cfg.data.seed, kind=cfg.eval.features), atol=1e-9)
-
-
-def probe_patient_ids(cfg):
-    from mlvicx_core.data.registry import dataset_from_config
-
-    return dataset_from_config(cfg.data, split="val", length=cfg.train.probe_images).patient_ids
+                         reference_records(res.model, *sets, findings, kind=cfg.eval.features))
 
 
 def test_step_0_is_the_network_at_random_init(probe_run):
     cfg, res = probe_run
     step0 = {k: v for k, v in probe_steps(res.run_dir)[0].items() if k.startswith("probe/")
              and k != "probe/seconds"}
-    probe = OnlineProbe.from_config(cfg)
-    pids = probe_patient_ids(cfg)
     seed_everything(cfg.train.seed)
     init = MLVICX(cfg.model)
-    want = reference_records(init, probe.images, probe.labels, pids, probe.findings,
-                             cfg.data.seed, kind=cfg.eval.features)
-    assert_records_equal(step0, want, atol=1e-9)
+    *sets, findings = probe_sets(cfg)
+    want = reference_records(init, *sets, findings, kind=cfg.eval.features)
+    assert_records_equal(step0, want)
     # the demo's "random init" baseline is that same network
     ref = reference_encoder("random", cfg.model, seed=cfg.train.seed)
     for k, v in init.state_dict().items():
@@ -334,7 +295,7 @@ def test_no_probe_records_when_eval_every_is_0(tmp_path):
     assert len(panel.lines) == 0 and "online probe off" in panel.texts[0].get_text()
 
 
-def probe_panel(run_dir):
+def probe_panel(run_dir, held_out=None):
     """The online-probe axes of ``plot_training``'s figure (the figure is caught before closing)."""
     import matplotlib
 
@@ -351,7 +312,7 @@ def probe_panel(run_dir):
 
     plt.close = keep
     try:
-        out = plot_training(run_dir)
+        out = plot_training(run_dir, held_out=held_out)
     finally:
         plt.close = real_close
     assert out.is_file() and out.stat().st_size > 10_000
@@ -376,3 +337,25 @@ def test_training_figure_draws_the_probe_with_the_random_init_line(probe_run):
         np.testing.assert_allclose(ref.get_ydata(), [rows[0][f"probe/{readout}/mean"]] * 2)
         assert list(ref.get_xdata()) == [0, 1]  # axhline: the whole width, in axes coordinates
         assert ref.get_linestyle() == "--" and ref.get_color() == curve.get_color()
+
+
+def test_training_figure_shows_the_intervals_and_the_held_out_result(probe_run):
+    cfg, res = probe_run
+    rows = probe_steps(res.run_dir)
+    held = {"random init": (0.70, 0.68, 0.72), "pretrained": (0.75, 0.73, 0.77)}
+    panel = probe_panel(res.run_dir, held_out=held)
+    bands = {c.get_label(): c for c in panel.collections
+             if c.get_label().endswith("95 % interval")}
+    assert set(bands) == {"linear: 95 % interval", "knn: 95 % interval"}
+    for readout in ("linear", "knn"):
+        ys = bands[f"{readout}: 95 % interval"].get_paths()[0].vertices[:, 1]
+        assert ys.min() == pytest.approx(min(r[f"probe/{readout}/mean_lo"] for r in rows))
+        assert ys.max() == pytest.approx(max(r[f"probe/{readout}/mean_hi"] for r in rows))
+    bars = {c.get_label(): c for c in panel.containers}
+    assert set(bars) == {"held-out probe, random init", "held-out probe, pretrained"}
+    for name, (v, lo, hi) in held.items():
+        data_line, _, (whisker, *_) = bars[f"held-out probe, {name}"].lines
+        x, y = data_line.get_data()
+        assert y[0] == v and x[0] > rows[-1]["step"]  # beside the last online read-out
+        (x0, y0), (x1, y1) = whisker.get_segments()[0]
+        assert (y0, y1) == pytest.approx((lo, hi))

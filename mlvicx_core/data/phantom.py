@@ -181,6 +181,43 @@ def render(seed: int, index: int, size: int = 128, difficulty: str | float = "de
     return out
 
 
+#: The factors :func:`image_factors` reports: name -> what it is (the drawing's own parameters).
+FACTORS: dict[str, str] = {
+    "shift_x": "patient position, left-right (image x shift)",
+    "shift_y": "patient position, up-down (image y shift)",
+    "rotation": "patient rotation in the image plane (radians, signed)",
+    "magnification": "zoom of the whole film",
+    "body_size": "body width/thickness scale",
+    "ap_view": "1 for an AP film (heart magnified 6-14 %), 0 for PA",
+    "dose": "photon count (log10): high = less quantum noise",
+    "bone_contrast": "bone attenuation (kVp): high = brighter ribs",
+    "inspiration": "lung density (inspiration depth): high = denser lungs",
+    "gamma": "display gamma",
+    "marker": "1 when a lead side marker is burnt in",
+    "marker_right": "1 when the marker is in a right-hand corner, 0 left, NaN without marker",
+    "collimation": "1 when shutters cut a border",
+    "heart_size": "the patient's normal cardiothoracic ratio (before any cardiomegaly)",
+    "lung_width": "the patient's lung half-width",
+}
+
+
+def image_factors(seed: int, index: int, difficulty: str | float = "default",
+                  images_per_patient: int = 1) -> dict[str, float]:
+    """The label-free factors the phantom drew for image ``index`` of stream ``seed``
+    (:data:`FACTORS`), without rendering: the same draws :func:`render` makes."""
+    diff = difficulty if isinstance(difficulty, Difficulty) else difficulty_params(difficulty)
+    a = patient_anatomy(seed, index // images_per_patient)
+    nz = sample_nuisance(np.random.default_rng([seed, index, _STREAM_NUISANCE]), diff.nuisance)
+    return {"shift_x": nz.shift[0], "shift_y": nz.shift[1], "rotation": nz.rot,
+            "magnification": nz.scale, "body_size": nz.body_scale,
+            "ap_view": float(nz.ap_mag > 1.0), "dose": float(np.log10(nz.counts)),
+            "bone_contrast": nz.mu_bone, "inspiration": nz.mu_lung, "gamma": nz.gamma,
+            "marker": float(nz.marker >= 0),
+            "marker_right": float(nz.marker % 2) if nz.marker >= 0 else float("nan"),
+            "collimation": float(any(c > 0 for c in nz.collimation)),
+            "heart_size": a.ctr, "lung_width": a.lung_w}
+
+
 def _acquire(A: np.ndarray, nz: Nuisance, rng: np.random.Generator, size: int) -> np.ndarray:
     """Detector and display chain: scatter, noise, blur, -log, percentile window, gamma, extras."""
     I = np.exp(-A)

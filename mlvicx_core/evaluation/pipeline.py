@@ -35,7 +35,7 @@ from ..data.subset import Subset
 from .embeddings import TRUNK_KINDS, extract_features
 from .metrics import bootstrap_auroc
 
-TASKS = ("probe", "knn", "finetune", "segmentation", "gradcam", "umap")
+TASKS = ("probe", "knn", "factors", "finetune", "segmentation", "gradcam", "umap")
 ROW_COLUMNS = ["dataset", "encoder", "seed", "task", "k", "fraction", "finding", "metric",
                "value", "ci_low", "ci_high", "n", "note"]
 
@@ -145,23 +145,43 @@ class Evaluation:
 
     # -- tasks ----------------------------------------------------------------------------------
     def probe(self) -> list[dict]:
-        from threadpoolctl import threadpool_limits
-
         from .probe import fit_linear_probe
 
         tr, va, te = self.feats["train"], self.feats["val"], self.feats["test"]
 
         def score(f, sub):
-            # One BLAS thread: on a shared CPU, OpenBLAS's spinning threads made a 1,600 x 512
-            # logistic regression 20-300x slower (0.5 s vs 9-150 s measured).
-            with threadpool_limits(limits=1, user_api="blas"):
-                probe = fit_linear_probe(tr.x[sub], tr.labels[sub], va.x, va.labels,
-                                         Cs=self.cfg.probe_cs, max_iter=self.cfg.probe_max_iter)
+            probe = fit_linear_probe(tr.x[sub], tr.labels[sub], va.x, va.labels,
+                                     Cs=self.cfg.probe_cs, max_iter=self.cfg.probe_max_iter)
             if f == max(self.cfg.fractions):
                 self.full_probe = probe
             return te.labels, probe.scores(te.x), f"C={probe.C:g}; {len(sub)} training images", None
 
         return self.per_fraction("probe", score)
+
+    def factors(self) -> list[dict]:
+        """The linear probe on the factors each image records (``evaluation.factors``)."""
+        from .factors import factor_labels
+        from .probe import fit_linear_probe
+
+        parts = ("train", "val", "test")
+        metas = [getattr(self.splits[s], "metadata", None) for s in parts]
+        if any(m is None for m in metas):
+            return [self.base(task="factors", note="skipped: the dataset records no metadata")]
+        f = [self.feats[s] for s in parts]
+        names, (ytr, yva, yte) = factor_labels(
+            *(m.iloc[x.index].reset_index(drop=True) for m, x in zip(metas, f)))
+        if not names:
+            return [self.base(task="factors", note="skipped: no metadata column is a factor")]
+        probe = fit_linear_probe(f[0].x, ytr, f[1].x, yva, Cs=self.cfg.probe_cs,
+                                 max_iter=self.cfg.probe_max_iter)
+        res = bootstrap_auroc(yte, probe.scores(f[2].x), n_boot=self.cfg.n_boot,
+                              seed=self.cfg.seed)
+        note = f"C={probe.C:g}; {len(ytr)} training images"
+        return [self.base(task="factors", fraction=1.0, finding=name, metric="auroc",
+                          value=res.per_finding[j], ci_low=res.per_finding_ci[j, 0],
+                          ci_high=res.per_finding_ci[j, 1],
+                          n=int(np.sum(~np.isnan(yte[:, j]))), note=note)
+                for j, name in enumerate(names)]
 
     def knn(self) -> list[dict]:
         from .knn import knn_scores, select_k

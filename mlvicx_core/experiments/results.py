@@ -130,15 +130,16 @@ class Benchmark:
         return Subset(everything, boxed, in_memory=True) if boxed else None
 
     def online_probe(self) -> OnlineProbe | None:
-        """The online probe of every run on this dataset (``train.eval_every`` > 0): the val split,
-        the same images for every method and seed, so the learning curves compare."""
+        """The online probe of every run on this dataset (``train.eval_every`` > 0): fitted on the
+        first ``train.probe_images`` of the train split, scored on the val split, the same images
+        for every method and seed, so the learning curves compare."""
         if not self.config.train.eval_every:
             return None
         if getattr(self, "_probe", None) is None:
-            val = self.splits["val"]
-            images = torch.stack([val[i]["image"] for i in range(len(val))])
-            self._probe = OnlineProbe(images, val.labels, val.patient_ids, val.findings, seed=0,
-                                      features=self.config.eval.features)
+            train = self.splits["train"]
+            fit = Subset(train, np.arange(min(len(train), self.config.train.probe_images)))
+            self._probe = OnlineProbe.from_datasets(fit, self.splits["val"], seed=0,
+                                                    features=self.config.eval.features)
         return self._probe
 
     def pretrain_set(self, n: int):

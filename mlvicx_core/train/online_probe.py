@@ -1,26 +1,30 @@
 """The online probe: is the trunk learning anything a label can read, *while* it trains?
 
-Every ``train.eval_every`` steps (and once before the first step, which is the random-init level)
-the frozen trunk (eval mode, no gradient) embeds a held-out labelled set: the dataset's validation
-split (for the synthetic data: patients never seen in pretraining), ``train.probe_images`` images,
-read into memory once. Its patients are split in two halves (``fit`` and ``score``, seeded); two
-read-outs are computed in closed form, per finding, and scored by AUROC on the ``score`` half:
+Every ``train.eval_every`` steps (and once before the first step: the random-init level) the frozen
+trunk (eval mode, no gradient) embeds two labelled sets read into memory once:
 
-- **linear**: ridge regression on standardised features,
-  ``W = X^T (X X^T + alpha n I)^{-1} (Y - mean Y)`` with ``X`` the (n, D) standardised ``fit``
-  features (the dual form: an n x n solve, n = fit images), ``alpha = 1``; scores ``X_score W``;
-- **knn**: cosine k-nearest neighbours (k = 20, at most the ``fit`` images) in the ``fit`` half;
-  the score is the share of positive neighbours.
+- **fit**: ``train.probe_images`` radiographs of the training split (the patients pretraining sees;
+  their labels are used here and nowhere in pretraining), as the held-out probe's training split;
+- **score**: ``train.probe_val_images`` radiographs of the validation split (patients pretraining
+  never sees).
 
-Unknown labels (NaN): the linear read-out puts them at the finding's mean over the known ``fit``
-labels (zero after centring); the kNN share counts only neighbours with a known label (a score image
-whose k neighbours are all unknown gets the finding's share over the known ``fit`` labels); the
-AUROC leaves unknown ``score`` labels out, finding by finding.
+Two read-outs per finding, fitted on *fit* and scored by AUROC on *score*, both from
+``mlvicx_core.evaluation`` (the same code as the held-out evaluation):
 
-No iterative solver, no hyper-parameter search: at the teaching defaults a read-out costs a forward
-pass over the set plus two small solves (the share of the run's time is measured by the demo and
-``benchmarks/``). Records go to ``metrics.jsonl`` / TensorBoard as ``probe/<readout>/<finding>`` and
-``probe/<readout>/mean`` (the mean over findings with both classes in the ``score`` half).
+- **linear**: ridge regression on standardised features with its strength chosen per finding by
+  the exact leave-one-out AUROC on the fit set (:func:`~mlvicx_core.evaluation.probe.fit_ridge_probe`:
+  closed form, one SVD, no refits);
+- **knn**: cosine k-nearest neighbours (k = 20) in the fit set
+  (:func:`~mlvicx_core.evaluation.knn.knn_scores`).
+
+Why it is built this way (docs/TRAINING.md, "The online probe"): a probe that tracks the held-out
+linear probe must see a comparable amount of labelled data and choose its regularisation; the first
+version fitted a ridge of fixed strength on 256 validation images and drew a 768-step run that the
+held-out probe put 0.036 *above* random init as 0.02 *below* it.
+
+Records (``metrics.jsonl`` / TensorBoard): ``probe/<readout>/<finding>``, ``probe/<readout>/mean``
+(mean over findings with both classes in the score set) and ``probe/<readout>/mean_lo`` /
+``mean_hi`` (95 % bootstrap interval over the score images), plus ``probe/seconds``.
 """
 from __future__ import annotations
 
@@ -29,100 +33,97 @@ import warnings
 import numpy as np
 import torch
 
-from ..data.splits import patient_split
 from ..evaluation.embeddings import trunk_features
-from ..evaluation.metrics import per_finding_auroc
+from ..evaluation.knn import knn_scores
+from ..evaluation.metrics import bootstrap_auroc
+from ..evaluation.probe import fit_ridge_probe
+
+KNN_K = 20
 
 
-def ridge_scores(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray,
-                 alpha: float = 1.0) -> np.ndarray:
-    """Closed-form ridge read-out (see the module docstring): (n_score, K) scores."""
-    x_fit = np.asarray(x_fit, dtype=np.float64)
-    x_score = np.asarray(x_score, dtype=np.float64)
-    mean, std = x_fit.mean(0), x_fit.std(0)
-    std = np.where(std > 1e-8, std, 1.0)
-    a, b = (x_fit - mean) / std, (x_score - mean) / std
-    y = np.asarray(y_fit, dtype=np.float64)
-    known = ~np.isnan(y)
-    y = np.where(known, y - np.where(known, y, 0.0).sum(0) / np.maximum(known.sum(0), 1), 0.0)
-    n = len(a)
-    dual = np.linalg.solve(a @ a.T + alpha * n * np.eye(n), y)  # (n, K)
-    return b @ (a.T @ dual)
-
-
-def knn_vote(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray, k: int = 20) -> np.ndarray:
-    """Share of positive labels among the ``k`` cosine-nearest ``fit`` images: (n_score, K)."""
-    def unit(x):
-        x = np.asarray(x, dtype=np.float64)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    k = min(k, len(x_fit))
-    sim = unit(x_score) @ unit(x_fit).T
-    nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    y = np.asarray(y_fit, dtype=np.float64)
-    known = ~np.isnan(y)
-    votes, counts = np.where(known, y, 0.0)[nearest].sum(1), known[nearest].sum(1)
-    prevalence = np.where(known, y, 0.0).sum(0) / np.maximum(known.sum(0), 1)
-    return np.where(counts > 0, votes / np.maximum(counts, 1), prevalence)
+def _check(images: torch.Tensor, labels: np.ndarray, what: str) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.float64)
+    if images.ndim != 4 or labels.ndim != 2 or len(images) != len(labels):
+        raise ValueError(f"{what}: images {tuple(images.shape)}, labels {labels.shape}: expected "
+                         "(N, 1, S, S) and (N, K)")
+    bad = labels[~np.isnan(labels) & (labels != 0) & (labels != 1)]
+    if bad.size:
+        raise ValueError(f"{what} labels: expected 0, 1 or NaN (unknown), got {float(bad[0])!r}")
+    return labels
 
 
 class OnlineProbe:
-    """Held-out images (N, 1, S, S), labels (N, K) and patient ids -> AUROC records of a model."""
+    """Fit images/labels and score images/labels -> AUROC records of a model (module docstring).
 
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, patient_ids, findings,
-                 seed: int = 0, features: str = "trunk", batch_size: int = 128) -> None:
-        labels = np.asarray(labels, dtype=np.float64)
-        if images.ndim != 4 or len(images) != len(labels) or labels.ndim != 2:
-            raise ValueError(f"images {tuple(images.shape)}, labels {labels.shape}: expected "
-                             "(N, 1, S, S) and (N, K)")
-        if len(patient_ids) != len(images):
-            raise ValueError(f"{len(patient_ids)} patient ids for {len(images)} images: expected "
-                             "one per image")
+    ``images`` (N, 1, S, S) float in [0, 1], ``labels`` (N, K) in {0, 1, NaN}; ``findings`` names
+    the K columns; ``features`` is an ``eval.features`` read-out (``trunk``, ``layer3+layer4``,
+    ``global``, ``multi``); ``n_boot`` resamples for the interval of the mean.
+    """
+
+    def __init__(self, fit_images: torch.Tensor, fit_labels: np.ndarray,
+                 score_images: torch.Tensor, score_labels: np.ndarray, findings,
+                 features: str = "trunk", batch_size: int = 128, n_boot: int = 200,
+                 seed: int = 0) -> None:
+        self.fit_labels = _check(fit_images, fit_labels, "fit set")
+        self.score_labels = _check(score_images, score_labels, "score set")
         findings = list(findings)
-        if len(findings) != labels.shape[1]:
-            raise ValueError(f"{len(findings)} findings {findings} for {labels.shape[1]} "
-                             "label columns: expected one name per column")
-        bad = labels[~np.isnan(labels) & (labels != 0) & (labels != 1)]
-        if bad.size:
-            raise ValueError(f"labels: expected 0, 1 or NaN (unknown), got {float(bad[0])!r}")
-        halves = patient_split(patient_ids, (0.5, 0.0, 0.5), seed)
-        self.fit, self.score = halves["train"], halves["test"]
-        self.images, self.labels = images, labels
-        self.findings = list(findings)
-        self.features, self.batch_size = features, batch_size
+        if not len(findings) == self.fit_labels.shape[1] == self.score_labels.shape[1]:
+            raise ValueError(f"{len(findings)} findings {findings} for {self.fit_labels.shape[1]} "
+                             f"fit and {self.score_labels.shape[1]} score label columns: "
+                             "expected one name per column")
+        self.fit_images, self.score_images = fit_images, score_images
+        self.findings, self.features = findings, features
+        self.batch_size, self.n_boot, self.seed = batch_size, n_boot, seed
 
     @classmethod
     def from_config(cls, config) -> OnlineProbe | None:
-        """The probe of a run (``None`` with a warning when the data has no labelled val split)."""
+        """The probe of a run (``None`` with a warning when the data has no labelled train and
+        validation splits)."""
         from ..data.registry import DatasetError, dataset_from_config
 
-        n = config.train.probe_images
-        try:
-            held_out = dataset_from_config(config.data, split="val", length=n, in_memory=True)
-        except (DatasetError, ValueError) as err:
-            warnings.warn(f"online probe off: no labelled validation split ({err})", stacklevel=2)
-            return None
-        if not len(held_out.findings) or len(held_out) < 8:
-            warnings.warn(f"online probe off: the validation split of data.dataset="
-                          f"{config.data.dataset!r} has {len(held_out)} images and "
-                          f"{len(held_out.findings)} findings", stacklevel=2)
-            return None
-        images = torch.stack([held_out[i]["image"] for i in range(len(held_out))])
-        return cls(images, held_out.labels, held_out.patient_ids, held_out.findings,
-                   seed=config.data.seed, features=config.eval.features)
+        sets = {}
+        for split, n in (("train", config.train.probe_images),
+                         ("val", config.train.probe_val_images)):
+            try:
+                sets[split] = dataset_from_config(config.data, split=split, length=n,
+                                                  in_memory=True)
+            except (DatasetError, ValueError) as err:
+                warnings.warn(f"online probe off: no labelled {split} split ({err})",
+                              stacklevel=2)
+                return None
+        for split, ds in sets.items():
+            if not len(ds.findings) or len(ds) < 8:
+                warnings.warn(f"online probe off: the {split} split of data.dataset="
+                              f"{config.data.dataset!r} has {len(ds)} images and "
+                              f"{len(ds.findings)} findings", stacklevel=2)
+                return None
 
-    def embed(self, model: torch.nn.Module) -> np.ndarray:
-        """(N, D) frozen features of the held-out images (model in eval mode, restored after)."""
-        return trunk_features(model, self.images, self.features, batch_size=self.batch_size)
+        return cls.from_datasets(sets["train"], sets["val"], features=config.eval.features,
+                                 seed=config.data.seed)
+
+    @classmethod
+    def from_datasets(cls, fit, score, **kwargs) -> OnlineProbe:
+        """The probe fitted on contract dataset ``fit`` and scored on ``score`` (read once)."""
+        def stack(ds):
+            return torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+        return cls(stack(fit), fit.labels, stack(score), score.labels, fit.findings, **kwargs)
+
+    def embed(self, model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+        """(N, D) frozen features (model in eval mode, its mode restored after)."""
+        return trunk_features(model, images, self.features, batch_size=self.batch_size)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        x = self.embed(model)
-        y_fit, y_score = self.labels[self.fit], self.labels[self.score]
+        x_fit = self.embed(model, self.fit_images)
+        x_score = self.embed(model, self.score_images)
+        linear = fit_ridge_probe(x_fit, self.fit_labels).scores(x_score)
+        knn = knn_scores(x_fit, self.fit_labels, x_score, k=KNN_K)
         out: dict[str, float] = {}
-        for name, scores in (("linear", ridge_scores(x[self.fit], y_fit, x[self.score])),
-                             ("knn", knn_vote(x[self.fit], y_fit, x[self.score]))):
-            auc = per_finding_auroc(y_score, scores)
-            for f, a in zip(self.findings, auc):
+        for name, scores in (("linear", linear), ("knn", knn)):
+            res = bootstrap_auroc(self.score_labels, scores, n_boot=self.n_boot, seed=self.seed)
+            for f, a in zip(self.findings, res.per_finding):
                 out[f"probe/{name}/{f}"] = float(a)
-            defined = auc[~np.isnan(auc)]
-            out[f"probe/{name}/mean"] = float(defined.mean()) if defined.size else float("nan")
+            out[f"probe/{name}/mean"] = float(res.mean)
+            out[f"probe/{name}/mean_lo"] = float(res.mean_ci[0])
+            out[f"probe/{name}/mean_hi"] = float(res.mean_ci[1])
         return out

@@ -22,8 +22,11 @@ import numpy as np
 from ..train.metrics import read_metrics
 
 
-def plot_training(run_dir_or_metrics: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the figure for a run and save it (default ``<run_dir>/training.png``); returns the path."""
+def plot_training(run_dir_or_metrics: str | Path, out: str | Path | None = None,
+                  held_out: dict | None = None) -> Path:
+    """Draw the figure for a run and save it (default ``<run_dir>/training.png``); returns the path.
+    ``held_out``: the final held-out probe per encoder, drawn beside the online probe
+    (:func:`plot_online_probe`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -53,7 +56,7 @@ def plot_training(run_dir_or_metrics: str | Path, out: str | Path | None = None)
         ax.legend(fontsize=8)
 
     ax_std, ax_rank = axes.flat[4], axes.flat[5]
-    plot_online_probe(df, axes.flat[6])
+    plot_online_probe(df, axes.flat[6], held_out)
     ax_lr = axes.flat[7]
     if "lr" in df:
         d = df[["step", "lr"]].dropna()
@@ -167,23 +170,39 @@ def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
     return fig
 
 
-def plot_online_probe(df, ax) -> None:
-    """The online probe's held-out mean AUROC over steps on ``ax``: linear (solid) and kNN
-    (dotted), the step-0 value (random init) as a dashed reference line of the same colour."""
+def plot_online_probe(df, ax, held_out: dict | None = None) -> None:
+    """The online probe's mean AUROC over steps on ``ax``: linear (solid) and kNN (dotted) with
+    their 95 % bootstrap bands over the score images (``mean_lo``/``mean_hi``, where recorded),
+    the step-0 value (random init) as a dashed line of the same colour. ``held_out``:
+    ``{encoder: (value, ci_low, ci_high)}`` of the held-out linear probe, drawn as points with
+    their intervals just right of the last step (the final answer beside the running estimate)."""
     any_line = False
+    last = 0
     for k, (readout, style) in enumerate((("linear", "-"), ("knn", ":"))):
         key = f"probe/{readout}/mean"
         if key not in df:
             continue
-        d = df[["step", key]].dropna()
+        d = df.dropna(subset=[key])
         if not len(d):
             continue
         colour = f"C{k}"
         ax.plot(d["step"], d[key], style, marker=".", color=colour, label=f"{readout} read-out")
+        lo, hi = f"probe/{readout}/mean_lo", f"probe/{readout}/mean_hi"
+        if lo in d and hi in d and d[[lo, hi]].notna().all().all():
+            ax.fill_between(d["step"], d[lo], d[hi], color=colour, alpha=0.15, lw=0,
+                            label=f"{readout}: 95 % interval")
         start = d[d["step"] == 0]
         if len(start):
             ax.axhline(float(start[key].iloc[0]), color=colour, ls="--", lw=0.9,
                        label=f"{readout}: random init (step 0)")
+        last = max(last, int(d["step"].max()))
+        any_line = True
+    if held_out:
+        x0 = last * 1.04 + 1
+        for j, (name, (v, lo, hi)) in enumerate(held_out.items()):
+            ax.errorbar([x0 + j * max(last, 1) * 0.03], [v], yerr=[[v - lo], [hi - v]],
+                        fmt="s" if "random" in name else "D", color="k" if "random" in name
+                        else "C3", capsize=3, label=f"held-out probe, {name}")
         any_line = True
     if not any_line:
         ax.text(0.5, 0.5, "online probe off\n(train.eval_every=0)", ha="center", va="center",
@@ -191,19 +210,21 @@ def plot_online_probe(df, ax) -> None:
     ax.set_title("online probe: held-out mean AUROC")
     ax.set_xlabel("step")
     if any_line:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
 
 
-def plot_probe_comparison(results_csv: str | Path, out: str | Path) -> Path:
+def plot_probe_comparison(results, out: str | Path, title: str = "held-out linear probe") -> Path:
     """Bars with 95 % bootstrap CIs: the held-out probe's mean and per-finding AUROC of each
-    encoder in ``results_csv`` (the demo's random init vs pretrained). Saved to ``out``."""
+    encoder in ``results`` (a results.csv path, a DataFrame or rows of one read-out: the demo's
+    random init vs pretrained). Saved to ``out``."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import pandas as pd
 
     plt = _plt()
-    df = pd.read_csv(results_csv)
+    df = (pd.read_csv(results) if isinstance(results, (str, Path))
+          else pd.DataFrame(results).copy())
     df = df[(df["task"] == "probe") & (df["metric"] == "auroc")]
     top = df["fraction"].max()
     df = df[df["fraction"] == top]
@@ -220,7 +241,7 @@ def plot_probe_comparison(results_csv: str | Path, out: str | Path) -> Path:
     ax.set_xticks(np.arange(len(findings)) + width * (len(encoders) - 1) / 2, findings)
     ax.set_ylim(0.5, 1.0)
     ax.set_ylabel("test AUROC (linear probe)")
-    ax.set_title("held-out linear probe: bars start at chance (0.5); 95 % bootstrap CIs")
+    ax.set_title(f"{title}: bars start at chance (0.5); 95 % bootstrap CIs")
     ax.legend(fontsize=9)
     out = Path(out)
     fig.savefig(out, dpi=110)
