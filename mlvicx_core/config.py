@@ -367,7 +367,7 @@ class LoopConfig(Section):
     probe_images: int = opt(1600, "training-split images the online probe's read-outs are "
                                    "fitted on (the held-out probe's 1600 for the synthetic data)",
                             ge=8)
-    probe_val_images: int = opt(512, "validation-split images the online probe scores", ge=8)
+    probe_val_images: int = opt(1024, "validation-split images the online probe scores", ge=8)
     ckpt_every: int = opt(1000, "steps between checkpoints (also at the end)", ge=1)
     keep_last: int = opt(3, "checkpoints kept", ge=1)
     out_dir: str = opt("runs", "parent folder of run folders")

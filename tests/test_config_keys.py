@@ -156,7 +156,7 @@ def test_keys_lists_the_new_keys(capsys):
         "train.eval_every": "an integer; default 0. steps between online-probe read-outs",
         "train.probe_images": "an integer; default 1600. training-split images the online "
                               "probe's read-outs are fitted on",
-        "train.probe_val_images": "an integer; default 512. validation-split images the online "
+        "train.probe_val_images": "an integer; default 1024. validation-split images the online "
                                   "probe scores",
         "eval.features": "'trunk' or 'layer3+layer4' or 'global' or 'multi'; default \"trunk\"",
     }
