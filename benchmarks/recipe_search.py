@@ -91,6 +91,12 @@ GRID: dict[str, tuple[int, int, int, list[str]]] = {
     "w64 lr 4x": (64, 32, 64, ["optim.base_lr=0.032"]),
     "w64 lr 2x crop 0.6-1": (64, 32, 64, ["optim.base_lr=0.016", "aug.crop_scale=[0.6,1.0]"]),
     "w32 lr 4x crop 0.6-1": (32, 32, 64, ["optim.base_lr=0.032", "aug.crop_scale=[0.6,1.0]"]),
+    "w64 proj 512 lr 2x": (64, 32, 64, ["optim.base_lr=0.016", "model.projector=[512,512,512]",
+                                        "model.ml_projector=[512,512,512]"]),
+    "w64 proj 512 lr 2x crop 0.6-1": (64, 32, 64, ["optim.base_lr=0.016",
+                                                   "model.projector=[512,512,512]",
+                                                   "model.ml_projector=[512,512,512]",
+                                                   "aug.crop_scale=[0.6,1.0]"]),
 }
 FIELDS = ["stage", "point", "seed", "steps", "cpu_min", "wall_min", "readout", "random_auroc",
           "random_lo", "random_hi", "pretrained_auroc", "pretrained_lo", "pretrained_hi", "gain",
