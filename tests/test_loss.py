@@ -128,11 +128,63 @@ def test_mlvicx_total_is_global_plus_lambda_multi():
     assert not any(k.startswith("multi/") for k in vic)
 
 
-def test_gradients_match_reference():
+def test_gradients_pass_gradcheck():
     g = torch.Generator().manual_seed(3)
     za = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
     zb = torch.randn(10, 4, generator=g, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda a, b: vicreg_loss(a, b)["loss"], (za, zb))
+
+
+# -- a second oracle: official VICReg ----------------------------------------------------------------
+def official_vicreg(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
+    """The loss of facebookresearch/vicreg ``main_vicreg.py`` (``VICReg.forward`` after the
+    projector), written out here as it is there: MSE; centring; std with eps 1e-4 and a hinge at
+    1, halved over the two views; covariance / (N - 1), off-diagonal squares summed / D per view."""
+    batch_size, num_features = x.shape
+    repr_loss = torch.nn.functional.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = (torch.mean(torch.nn.functional.relu(1 - std_x)) / 2
+                + torch.mean(torch.nn.functional.relu(1 - std_y)) / 2)
+    cov_x = (x.T @ x) / (batch_size - 1)
+    cov_y = (y.T @ y) / (batch_size - 1)
+
+    def off_diagonal(m):
+        n = m.shape[0]
+        return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+    cov_loss = (off_diagonal(cov_x).pow(2).sum().div(num_features)
+                + off_diagonal(cov_y).pow(2).sum().div(num_features))
+    return sim_coeff * repr_loss + std_coeff * std_loss + cov_coeff * cov_loss
+
+
+@pytest.mark.parametrize("n, d", [(8, 4), (32, 64), (64, 16), (2, 3)])
+def test_loss_equals_official_vicreg(n, d):
+    g = torch.Generator().manual_seed(n * 1000 + d)
+    for scale in (0.05, 1.0, 3.0):  # inside, around and above the std hinge
+        za = scale * torch.randn(n, d, generator=g, dtype=torch.float64)
+        zb = za + 0.5 * scale * torch.randn(n, d, generator=g, dtype=torch.float64)
+        want = official_vicreg(za, zb)
+        assert vicreg_loss(za, zb)["loss"].item() == pytest.approx(want.item(), rel=1e-12,
+                                                                     abs=1e-12)
+        got32 = vicreg_loss(za.float(), zb.float())["loss"].item()
+        assert got32 == pytest.approx(want.item(), rel=3e-6, abs=1e-6)
+        weighted = official_vicreg(za, zb, sim_coeff=2.0, std_coeff=0.5, cov_coeff=7.0)
+        got = vicreg_loss(za, zb, sim_coeff=2.0, std_coeff=0.5, cov_coeff=7.0)["loss"]
+        assert got.item() == pytest.approx(weighted.item(), rel=1e-12, abs=1e-12)
+
+
+def test_gradients_equal_official_vicreg():
+    g = torch.Generator().manual_seed(5)
+    za = torch.randn(12, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    zb = (za.detach() + 0.3 * torch.randn(12, 6, generator=g, dtype=torch.float64)
+          ).requires_grad_(True)
+    kit = torch.autograd.grad(vicreg_loss(za, zb)["loss"], (za, zb))
+    ref = torch.autograd.grad(official_vicreg(za, zb), (za, zb))
+    for a, b in zip(kit, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_loss_is_float32_under_autocast():
