@@ -86,6 +86,8 @@ GRID: dict[str, tuple[int, int, int, list[str]]] = {
     "w32 LARS": (32, 32, 64, ["optim.name=lars", "optim.base_lr=4.0"]),
     "w32 SGD": (32, 32, 64, ["optim.name=sgd", "optim.base_lr=0.8", "optim.weight_decay=1e-5"]),
     "w32 VICReg": (32, 32, 64, ["model.multilevel=false", "model.context_bottleneck=false"]),
+    "w32 SGD lr 0.2": (32, 32, 64, ["optim.name=sgd", "optim.base_lr=0.2",
+                                    "optim.weight_decay=1e-5"]),
     # second round: the levers the first round found (learning rate, narrower projectors, a
     # projector ending in a plain Linear as official VICReg) combined, and at full width
     "w64 lr 2x": (64, 32, 64, ["optim.base_lr=0.016"]),
