@@ -45,6 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CSV = RESULTS / "recipe_search.csv"
+FAILED = RESULTS / "recipe_search_failed.csv"  # points that stopped (e.g. diverged): stage, point, seed, error
 sys.path.insert(0, str(HERE.parent))
 
 # What every point shares: the synthetic radiographs rendered once into memory, the online probe on.
@@ -245,6 +246,14 @@ def report() -> None:
             f"**{g:+.3f}**{spread} | {stat(rs, 'invariance_first')[0]:.2f} -> "
             f"{stat(rs, 'invariance_last')[0]:.2f} | {stat(rs, 'online_random')[0]:.3f} -> "
             f"{stat(rs, 'online_last')[0]:.3f} |")
+    if FAILED.is_file():
+        with open(FAILED, newline="") as f:
+            failed = list(csv.DictReader(f))
+        if failed:
+            lines += ["", "Points that stopped before the end (no row above):", ""]
+            lines += [f"- {r['stage']} / {r['point']} / seed {r['seed']}: {r['error']} "
+                      f"({' '.join(GRID[r['point']][3]) if r['point'] in GRID else ''})"
+                      for r in failed]
     (RESULTS / "recipe_search.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -323,8 +332,15 @@ def main() -> int:
             job = futures[fut]
             try:
                 rows = fut.result()
-            except Exception as err:  # a failed point is reported, the others go on
+            except Exception as err:  # a failed point is reported and kept, the others go on
                 print(f"{job[1]} seed {job[2]}: FAILED ({type(err).__name__}: {err})", flush=True)
+                new = not FAILED.is_file()
+                with open(FAILED, "a", newline="") as f:
+                    w = csv.writer(f)
+                    if new:
+                        w.writerow(["stage", "point", "seed", "error"])
+                    w.writerow([job[0], job[1], job[2], f"{type(err).__name__}: {err}"])
+                report()
                 continue
             append_rows(rows)
             print(f"{job[1]} seed {job[2]}: " + ", ".join(
