@@ -109,8 +109,7 @@ def learning(dev, scale: float, quick: bool) -> dict:
     test = {}
 
     def keep(ev):
-        test[ev.name] = ev.full_probe.scores(ev.feats["test"].x)
-        test["labels"] = ev.feats["test"].labels
+        test["labels"], test[ev.name] = ev.test_scores[("probe", 1.0)]
 
     rows = evaluate(encoders, splits, cfg.eval.replace(tasks=("probe",), fractions=(1.0,),
                                                        device=str(dev)),

@@ -167,8 +167,7 @@ def run_point(stage: str, name: str, seed: int, budget: float, threads: int,
         test = {}
 
         def keep(ev):
-            test[ev.name] = ev.full_probe.scores(ev.feats["test"].x)
-            test["labels"] = ev.feats["test"].labels
+            test["labels"], test[ev.name] = ev.test_scores[("probe", 1.0)]
 
         res = evaluate(encoders, splits, ecfg, dataset="synthetic", on_encoder=keep)
         (r, rl, rh), (p, pl, ph) = (mean_auroc(res, e) for e in ("random", "pretrained"))

@@ -86,6 +86,9 @@ class Evaluation:
         self.findings = list(splits["train"].findings)
         self._feats: dict | None = None
         self.full_probe = None
+        #: (task, fraction) -> (test labels, test scores) of every AUROC task run, for paired
+        #: comparisons of encoders on the same images (the demo's difference)
+        self.test_scores: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
 
     def base(self, **fields) -> dict:
         return row(dataset=self.dataset, encoder=self.name, seed=self.cfg.seed, **fields)
@@ -140,6 +143,7 @@ class Evaluation:
                                       note=note))
                 continue
             labels, scores, note, k = score(f, sub)
+            self.test_scores[(task, f)] = (labels, scores)
             rows += self.auroc_rows(task, f, labels, scores, note, k=k)
         return rows
 

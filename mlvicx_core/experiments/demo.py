@@ -104,16 +104,7 @@ def run_demo(config, log=print) -> DemoReport:
         scores: dict[str, np.ndarray] = {}
 
         def keep(ev, task=task):
-            tr, te = ev.feats["train"], ev.feats["test"]
-            if task == "probe":
-                scores[ev.name] = ev.full_probe.scores(te.x)
-            else:
-                from ..evaluation.knn import knn_scores, select_k
-
-                k, _ = select_k(tr.x, tr.labels, ev.feats["val"].x, ev.feats["val"].labels,
-                                ks=ev.cfg.knn_ks)
-                scores[ev.name] = knn_scores(tr.x, tr.labels, te.x, k)
-            scores["labels"] = te.labels
+            scores["labels"], scores[ev.name] = ev.test_scores[(task, 1.0)]
 
         got = evaluate(encoders, splits, ecfg, dataset=c.data.dataset, on_encoder=keep)
         if not comparisons:
