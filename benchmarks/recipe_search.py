@@ -21,7 +21,7 @@ trajectories) are rewritten from the CSV. ``--save-models DIR`` keeps every fina
 checking the online probe against the held-out probe on trunks of different quality).
 
     python benchmarks/recipe_search.py --stage screen --workers 2
-    python benchmarks/recipe_search.py --stage seeds --points "w32" "w32 lr 2x" --seeds 1 2
+    python benchmarks/recipe_search.py --stage seeds --points "w32" "w32 lr 2x" --seeds 0 1 2
     python benchmarks/recipe_search.py --stage budget --points "w32" --scale 2
     python benchmarks/recipe_search.py --report                  # tables and figure only
 
@@ -214,6 +214,11 @@ def report() -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["stage"], r["point"], int(r["steps"]), r["readout"]), []).append(r)
+    # the seeds stage repeats screen points with more seeds: the screen's run is its seed 0
+    for (stage, point, steps, readout), rs in groups.items():
+        if stage == "seeds" and not any(r["seed"] == "0" for r in rs):
+            rs += [r for r in groups.get(("screen", point, steps, readout), [])
+                   if r["seed"] == "0"]
 
     def stat(rs, key):
         v = np.array([float(r[key]) for r in rs])
@@ -319,6 +324,7 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown point(s) {unknown}; expected some of {list(GRID)}")
     done = {(r["stage"], r["point"], int(r["seed"])) for r in read_rows()}
+    done |= {("seeds", p, seed) for st, p, seed in done if st == "screen"}  # same runs
     jobs = [(stage, name, seed, budget) for name in (args.points or GRID) for seed in args.seeds
             if (stage, name, seed) not in done]
     print(f"{len(jobs)} runs ({len(done)} already in {CSV.name})", flush=True)
