@@ -116,10 +116,63 @@ def test_overrides_are_typed():
     ("optim.base_lr=-1e-3", r"optim\.base_lr='-1e-3': expected every value > 0"),
     ("optim.base_lr=1e400", r"optim\.base_lr='1e400': expected a finite number"),
     ("train.max_steps=1e3", r"train\.max_steps='1e3': expected an integer or null"),
+    # issue 19 item 5: a run folder outside train.out_dir, or out_dir itself
+    ("train.run_name=../escaped", r"train\.run_name='\.\./escaped': expected a folder name inside "
+                                  r"train\.out_dir"),
+    ("train.run_name=/tmp/abs", r"train\.run_name='/tmp/abs': expected a folder name inside"),
+    ("train.run_name=.", r"train\.run_name='\.': expected a folder name inside train\.out_dir"),
+    ("train.run_name=..", r"train\.run_name='\.\.': expected a folder name inside"),
+    ("train.run_name=a/b", r"train\.run_name='a/b': expected a folder name inside"),
+    ("train.run_name=' '", r"train\.run_name=' ': expected a folder name inside"),
+    # issue 19 item 7: views larger than the stored images would be upsampled
+    ("data.image_size=128", r"data\.image_size=128: larger than data\.load_size=64: every view "
+                            r"would be upsampled from 64 px .*set data\.load_size to at least 128"),
 ])
 def test_bad_values_name_the_key_and_the_expectation(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(load_config("teaching"), [override])
+
+
+def test_image_size_and_load_size_are_checked_together_in_any_order():
+    """The check across the two keys sees the final values of one command line (issue 19)."""
+    for order in (["data.image_size=128", "data.load_size=128"],
+                  ["data.load_size=128", "data.image_size=128"]):
+        cfg = apply_overrides(load_config("teaching"), order)
+        assert (cfg.data.image_size, cfg.data.load_size) == (128, 128)
+    cfg = apply_overrides(load_config("teaching"), ["data.image_size=128", "data.load_size=null"])
+    assert (cfg.data.image_size, cfg.data.load_size) == (128, None)
+    assert apply_overrides(load_config("teaching"), ["train.run_name=my-run"]).train.run_name == \
+        "my-run"
+
+
+@pytest.mark.parametrize("text, message", [
+    # issue 19 item 4: two sections of one name; PyYAML kept the second (epochs 300, not 3)
+    ("base: teaching\ntrain:\n  epochs: 3\nloss: {lam: 0.5}\ntrain:\n  batch_size: 8\n",
+     "section 'train' is given twice (lines 2 and 5)"),
+    ("train:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n",
+     "key 'train.epochs' is given twice (lines 2 and 4)"),
+    ("aug: {flip_p: 0.5, flip_p: 0.1}\n", "key 'aug.flip_p' is given twice (lines 1 and 1)"),
+    ("base: teaching\nbase: paper\n", "section 'base' is given twice (lines 1 and 2)"),
+    ("", "the file is empty; expected a mapping of sections (model, loss, aug, data, optim, "
+         "train, eval)"),
+    ("# nothing but a comment\n\n", "the file is empty"),
+])
+def test_yaml_files_that_do_not_mean_what_they_say_are_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    assert main(["pretrain", "--preset", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mlvicx pretrain: error: {path}: {message}" + err.split(message, 1)[1]
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(ConfigError, match="given twice|is empty"):
+        load_config(str(path))
+
+
+def test_a_yaml_merge_key_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: teaching\ntrain: {<<: {epochs: 2, batch_size: 8}, epochs: 3}\n")
+    cfg = load_config(str(path))
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 8)
 
 
 def test_yaml_1_1_floats_are_numbers(tmp_path, capsys):
