@@ -135,10 +135,11 @@ def test_evaluate_with_boxes_and_metadata(tmp_path):
 
 
 def test_a_failing_task_keeps_the_others(tmp_path):
-    """UMAP on a 2-image test split fails; the probe's rows are still written, with a note."""
+    """UMAP on a 3-image test split fails; the probe's rows are still written, with a note that
+    says the split is too small (issue 19 item 6: it was scipy's "k >= N")."""
     ds = BlobCXR(n=40, image_size=32)
     splits = {"train": split_subset(ds, "train"), "val": split_subset(ds, "val"),
-              "test": BlobCXR(n=2, image_size=32, seed=3)}
+              "test": BlobCXR(n=3, image_size=32, seed=3)}
     cfg = load_config("teaching", {"eval.fractions": [1.0], "eval.n_boot": 10,
                                    "eval.tasks": ["probe", "umap"]}).eval
     with pytest.warns(UserWarning, match="umap failed"):
@@ -146,7 +147,9 @@ def test_a_failing_task_keeps_the_others(tmp_path):
     frame = pd.read_csv(tmp_path / "results.csv")
     assert (frame.task == "probe").any()
     umap = frame[frame.task == "umap"]
-    assert len(umap) == 1 and umap.note.iloc[0].startswith("failed: ValueError: features (2, 512)")
+    assert list(umap.note) == ["failed: ValueError: the test split has 3 images; a 2-D UMAP needs "
+                               "at least 4: use a larger test split (eval.split_sizes, or more "
+                               "data)"]
 
 
 def _evaluate(tmp_path, *argv) -> int:
@@ -170,8 +173,11 @@ def test_evaluate_command_keeps_finished_tasks_when_one_fails(tmp_path, monkeypa
     frame = pd.read_csv(tmp_path / "eval" / "results.csv")
     assert {"probe", "knn"} <= set(frame.task) and (frame[frame.task == "probe"].n == 2).all()
     umap = frame[frame.task == "umap"]
-    assert list(umap.note) == ["failed: ValueError: features (2, 512): expected (N, D) with N >= 3"]
-    assert "- failed: ValueError: features (2, 512)" in (tmp_path / "eval" / "results.md").read_text()
+    assert list(umap.note) == ["failed: ValueError: the test split has 2 images; a 2-D UMAP needs "
+                               "at least 4: use a larger test split (eval.split_sizes, or more "
+                               "data)"]
+    assert "- failed: ValueError: the test split has 2 images" in \
+        (tmp_path / "eval" / "results.md").read_text()
 
 
 def test_evaluate_checks_colour_columns_before_any_work(tmp_path, capsys):

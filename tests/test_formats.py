@@ -115,16 +115,17 @@ def test_rle_round_trip_and_errors():
 
 
 def _siim(tmp_path: Path) -> Path:
-    # Image "img1": two regions (union); "img2": empty. Nested like the release.
-    m1 = np.zeros((8, 6), bool)
+    # Image "img1": two regions (union); "img2": empty. Nested like the release. 10 x 8 px: images
+    # below 8 px a side are refused (data/base.py: MIN_IMAGE_SIDE).
+    m1 = np.zeros((10, 8), bool)
     m1[1:3, 1:4] = True
-    m2 = np.zeros((8, 6), bool)
+    m2 = np.zeros((10, 8), bool)
     m2[6:8, 5] = True
     (tmp_path / "train-rle.csv").write_text(
         f"ImageId, EncodedPixels\nimg1, {rle_encode(m1)}\nimg1, {rle_encode(m2)}\nimg2, -1\n")
     for iid, pid in (("img1", "patient-A"), ("img2", "patient-B")):
         _dcm(tmp_path / "dicom-images-train" / f"study-{iid}" / "series" / f"{iid}.dcm", 80,
-             shape=(8, 6), patient_id=pid)
+             shape=(10, 8), patient_id=pid)
     return tmp_path
 
 
@@ -135,11 +136,11 @@ def test_siim_masks_labels_and_patient_ids(tmp_path):
     assert list(ds.image_ids) == ["img1", "img2"]
     assert list(ds.patient_ids) == ["patient-A", "patient-B"]
     np.testing.assert_array_equal(ds.labels, [[1], [0]])
-    expect = np.zeros((8, 6), bool)
+    expect = np.zeros((10, 8), bool)
     expect[1:3, 1:4] = True
     expect[6:8, 5] = True
     s = ds[0]
-    assert s["mask"].dtype.is_floating_point is False and s["mask"].shape == (1, 8, 6)
+    assert s["mask"].dtype.is_floating_point is False and s["mask"].shape == (1, 10, 8)
     np.testing.assert_array_equal(s["mask"][0].numpy(), expect)
     assert not ds[1]["mask"].any()
 
@@ -149,7 +150,7 @@ def test_siim_bad_rle_and_columns(tmp_path):
     (root / "train-rle.csv").write_text("ImageId, EncodedPixels\nimg1, 1 2 3\n")
     with pytest.raises(ValueError, match=r"train-rle\.csv:2.*EncodedPixels.*pairs"):
         SIIMPneumothorax(root)
-    (root / "train-rle.csv").write_text("ImageId, EncodedPixels\nimg1, 40 20\n")  # 60 > 8 * 6
+    (root / "train-rle.csv").write_text("ImageId, EncodedPixels\nimg1, 70 20\n")  # 90 > 10 * 8
     ds = SIIMPneumothorax(root)
     with pytest.raises(ValueError, match=r"img1\.dcm.*beyond"):
         ds[0]

@@ -313,3 +313,29 @@ def test_export_trunk_command(tmp_path, capsys):
 
 def test_subcommands_are_registered():
     assert {"pretrain", "demo", "evaluate", "results", "export-trunk"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("device, cuda, message", [
+    ("cuda", 0, "train.device='cuda': this machine has no usable CUDA device (torch "),
+    ("cuda:0", 0, "train.device='cuda:0': this machine has no usable CUDA device"),
+    ("cuda:7", 1, "train.device='cuda:7': this machine has 1 CUDA device(s), cuda:0 to cuda:0; "
+                  "expected one of them or auto"),
+    ("mps", 0, "train.device='mps': Apple's MPS backend is not available on this machine; "
+               "expected auto or cpu"),
+])
+def test_a_device_the_machine_lacks_is_one_line(monkeypatch, capsys, tmp_path, device, cuda,
+                                                message):
+    """Issue 19 item 6: cuda, cuda:7 and mps on a machine without them were tracebacks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["pretrain", "--set", f"train.device={device}", "--set",
+                 f"train.out_dir={tmp_path}", "--set", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlvicx pretrain: error: {message}") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # refused before any work
+    from mlvicx_core.evaluation.embeddings import resolve_device
+
+    with pytest.raises(ConfigError, match=r"eval\.device='mps': Apple's MPS backend"):
+        resolve_device("mps")
+    assert resolve_device("cpu") == torch.device("cpu")
