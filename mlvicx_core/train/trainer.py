@@ -31,6 +31,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ from . import distributed
 from .diagnostics import embedding_diagnostics
 from .metrics import MetricsWriter
 from .online_probe import OnlineProbe
-from .runs import RunLock, requested_steps, run_dir_for
+from .fingerprint import provenance
+from .runs import CodeChangedError, RunLock, requested_steps, run_dir_for
 from .step import (NonFiniteLossError, StepResult, StepState, build_step, check_parameters,
                    device_choices, train_step)
 
@@ -185,6 +187,10 @@ class Run:
     losses: list[float] = field(default_factory=list)
     saved_at: int = -1
     tick: float = 0.0
+    #: this code: ``kit_version``, ``code_fingerprint``, ``torch_version`` (:mod:`.fingerprint`)
+    code: dict[str, str] = field(default_factory=dict)
+    #: fingerprints of the code that took this run's steps before this call, oldest first
+    code_history: list[str] = field(default_factory=list)
 
     @property
     def step(self) -> int:
@@ -250,7 +256,7 @@ def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable |
                state=state, sampler=sampler, loader=loader, generator=generator,
                steps_per_epoch=spe, total_steps=total, stop_at=requested_steps(config, total),
                checkpoints=CheckpointManager(run_dir / "checkpoints", cfg.keep_last),
-               probe=probe or None)
+               probe=probe or None, code=provenance(config.data.dataset))
 
 
 def _check_resume_config(saved: dict, config: Config, path: Path) -> None:
@@ -267,12 +273,33 @@ def _check_resume_config(saved: dict, config: Config, path: Path) -> None:
             "resume with the same configuration or use another train.run_name / train.out_dir")
 
 
-def resume(run: Run) -> bool:
-    """Load the newest readable checkpoint of the run folder into ``run``; False if there is none."""
+def _check_resume_code(run: Run, saved: dict, path: Path, on_code_change: str) -> None:
+    """Whether the checkpoint was written by this code (:mod:`.fingerprint`); ``on_code_change``:
+    ``"warn"`` resumes anyway with a warning naming both fingerprints (``mlvicx pretrain``, whose
+    run folder the user chose), ``"refuse"`` raises :class:`CodeChangedError` (``train_or_load``
+    then trains afresh in another folder)."""
+    history = list(saved.get("code_fingerprints") or [])
+    run.code_history = history or ["unknown"]
+    current = run.code["code_fingerprint"]
+    if history == [current]:
+        return
+    err = CodeChangedError(run.run_dir, path, history, saved.get("kit_version"), current,
+                           run.code["kit_version"])
+    if on_code_change == "refuse":
+        raise err
+    if run.env.is_main:
+        warnings.warn(f"{err}: resuming anyway, so this run mixes both (another train.run_name "
+                      "trains it afresh)", stacklevel=3)
+
+
+def resume(run: Run, on_code_change: str = "warn") -> bool:
+    """Load the newest readable checkpoint of the run folder into ``run``; False if there is none.
+    ``on_code_change``: see :func:`_check_resume_code`."""
     path, saved = run.checkpoints.load_latest()
     if path is None:
         return False
     _check_resume_config(saved, run.config, path)
+    _check_resume_code(run, saved, path, on_code_change)
     step = int(saved["step"])
     if step > run.stop_at:
         raise ConfigError(f"{path} is at step {step}, past the requested stop at step "
@@ -296,8 +323,6 @@ def _own_augment_state(run: Run, saved: dict, path: Path) -> torch.Tensor:
     if ranks is not None and len(ranks) == run.env.world_size:
         return ranks[run.env.rank]
     if run.env.is_distributed and run.env.is_main:
-        import warnings
-
         warnings.warn(f"{path} holds the augmentation stream of {len(ranks or [0])} process(es), "
                       f"this run has {run.env.world_size}: every rank continues rank 0's stream, "
                       "so the resumed run is not the one an uninterrupted run would have been",
@@ -316,6 +341,16 @@ def batches(run: Run) -> Iterator[torch.Tensor]:
                 return
 
 
+def code_record(run: Run) -> dict[str, Any]:
+    """What a checkpoint and ``done.json`` record about the code: this code's ``kit_version``,
+    ``code_fingerprint`` and ``torch_version``, and ``code_fingerprints``, every code that took
+    steps of the run (this one included once it took a step)."""
+    history = list(run.code_history)
+    if run.losses and run.code["code_fingerprint"] not in history:
+        history.append(run.code["code_fingerprint"])
+    return {**run.code, "code_fingerprints": history}
+
+
 def save_checkpoint(run: Run) -> Path | None:
     """Checkpoint the current step (rank 0 writes; weights are checked finite first)."""
     s = run.state
@@ -330,6 +365,7 @@ def save_checkpoint(run: Run) -> Path | None:
         "rng": rng_state(), "augment_rng": augment_states[0],
         "augment_rng_ranks": augment_states,
         "config": run.config.to_dict(), "config_hash": config_hash(run.config),
+        **code_record(run),
     })
     return s.last_good
 
@@ -373,7 +409,7 @@ def finish(run: Run) -> RunResult:
         (run.run_dir / "done.json").write_text(json.dumps({
             "config_hash": config_hash(run.config), "step": run.step,
             "total_steps": run.total_steps, "checkpoint": str(run.state.last_good),
-            "trunk": str(trunk)}, indent=1))
+            "trunk": str(trunk), **code_record(run)}, indent=1))
     return RunResult(run_dir=run.run_dir, model=run.state.model, step=run.step,
                      checkpoint=run.state.last_good, metrics=run.run_dir / "metrics.jsonl",
                      trunk=trunk, losses=run.losses)
@@ -388,14 +424,18 @@ def _say(run: Run, text: str) -> None:
 
 def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callable | None = None,
              model: nn.Module | None = None, run_dir: str | Path | None = None,
-             probe: OnlineProbe | None | bool = True) -> RunResult:
+             probe: OnlineProbe | None | bool = True, on_code_change: str = "warn") -> RunResult:
     """Pretrain (or resume, if the run folder holds checkpoints) and return a :class:`RunResult`.
 
-    Arguments as in :func:`setup`. Under ``torchrun`` every process calls this; only rank 0 writes.
+    Arguments as in :func:`setup`; ``on_code_change``: what to do when the checkpoint it resumes
+    from was written by other code (:func:`_check_resume_code`). Under ``torchrun`` every process
+    calls this; only rank 0 writes.
     """
+    if on_code_change not in ("warn", "refuse"):
+        raise ValueError(f"on_code_change={on_code_change!r}: expected 'warn' or 'refuse'")
     with StopSignals() as stops:
-        return _pretrain(config, stops, dataset=dataset, augment=augment, model=model,
-                         run_dir=run_dir, probe=probe)
+        return _pretrain(config, stops, on_code_change, dataset=dataset, augment=augment,
+                         model=model, run_dir=run_dir, probe=probe)
 
 
 def _stop_requested(run: Run, stops: StopSignals) -> int:
@@ -412,13 +452,13 @@ def _interrupt(run: Run, signum: int, stepped: bool) -> TrainingInterrupted:
     return TrainingInterrupted(signum, run.step, run.stop_at, path, saved=stepped)
 
 
-def _pretrain(config: Config, stops: StopSignals, **kwargs) -> RunResult:
+def _pretrain(config: Config, stops: StopSignals, on_code_change: str, **kwargs) -> RunResult:
     from tqdm.auto import tqdm
 
     run = setup(config, **kwargs)
     lock = RunLock(run.run_dir) if run.env.is_main else _no_lock()
     with lock:
-        if resume(run):
+        if resume(run, on_code_change):
             _say(run, f"resuming {run.run_dir} from step {run.step} ({run.resumed_from.name}) "
                       f"to step {run.stop_at}")
         else:
