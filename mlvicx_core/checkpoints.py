@@ -318,10 +318,11 @@ def trunk_model_config(weights: dict, source: str):
     bottleneck = any(isinstance(k, str) and k.startswith("layer1.0.conv3.") for k in weights)
     backbone = _RESNET_LAYOUTS.get((tuple(blocks), bottleneck))
     if backbone is None:
+        kind = "bottleneck" if bottleneck else "basic"
         raise CheckpointError(
-            f"{source}: a ResNet trunk with {tuple(blocks)} {'bottleneck' if bottleneck else 'basic'}"
-            " blocks per stage; expected resnet18 (2, 2, 2, 2 basic), resnet34 (3, 4, 6, 3 basic) "
-            "or resnet50 (3, 4, 6, 3 bottleneck)")
+            f"{source}: a ResNet trunk with {tuple(blocks)} {kind} blocks per stage; expected "
+            "resnet18 (2, 2, 2, 2 basic), resnet34 (3, 4, 6, 3 basic) or resnet50 (3, 4, 6, 3 "
+            "bottleneck)")
     conv1 = weights["conv1.weight"]
     stem = _STEMS.get(int(conv1.shape[-1]))
     if conv1.ndim != 4 or stem is None:

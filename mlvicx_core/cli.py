@@ -254,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.imageio import ImageReadError
     from .data.registry import DatasetError
-
     from .train.distributed import detect
     from .train.trainer import TrainingInterrupted
 

@@ -147,9 +147,9 @@ def test_a_failing_task_keeps_the_others(tmp_path):
     frame = pd.read_csv(tmp_path / "results.csv")
     assert (frame.task == "probe").any()
     umap = frame[frame.task == "umap"]
-    assert list(umap.note) == ["failed: ValueError: the test split has 3 images; a 2-D UMAP needs "
+    assert list(umap.note) == [("failed: ValueError: the test split has 3 images; a 2-D UMAP needs "
                                "at least 4: use a larger test split (eval.split_sizes, or more "
-                               "data)"]
+                               "data)")]
 
 
 def _evaluate(tmp_path, *argv) -> int:
@@ -173,9 +173,9 @@ def test_evaluate_command_keeps_finished_tasks_when_one_fails(tmp_path, monkeypa
     frame = pd.read_csv(tmp_path / "eval" / "results.csv")
     assert {"probe", "knn"} <= set(frame.task) and (frame[frame.task == "probe"].n == 2).all()
     umap = frame[frame.task == "umap"]
-    assert list(umap.note) == ["failed: ValueError: the test split has 2 images; a 2-D UMAP needs "
+    assert list(umap.note) == [("failed: ValueError: the test split has 2 images; a 2-D UMAP needs "
                                "at least 4: use a larger test split (eval.split_sizes, or more "
-                               "data)"]
+                               "data)")]
     assert "- failed: ValueError: the test split has 2 images" in \
         (tmp_path / "eval" / "results.md").read_text()
 

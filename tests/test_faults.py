@@ -499,7 +499,7 @@ def test_a_bad_image_stops_naming_the_file_or_is_skipped(ref, tmp_path):
     _remove_checkpoints(tmp_path)
 
 
-# -- 8. SIGTERM and SIGINT mid-run ------------------------------------------------------------------
+# -- 8. SIGTERM and SIGINT mid-run ----------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_mid_run_checkpoints_that_step_says_where_and_resumes_bit_identically(
         ref, tmp_path, sig):
@@ -528,8 +528,8 @@ def test_a_signal_mid_run_checkpoints_that_step_says_where_and_resumes_bit_ident
     err = _err(tmp_path, name)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert _lines(err) == [
-        f"mlvicx pretrain: interrupted by {name} after step 3 of {STEPS}; checkpoint written: "
-        f"{ckpt}. The same command (or the same pretrain / train_or_load call) resumes from it"]
+        (f"mlvicx pretrain: interrupted by {name} after step 3 of {STEPS}; checkpoint written: "
+        f"{ckpt}. The same command (or the same pretrain / train_or_load call) resumes from it")]
     assert _names(run / "checkpoints") == [ckpt.name]  # written at the interrupted step, only
     assert [r["step"] for r in _records(run)] == [1, 2, 3]
     assert not (run / "done.json").exists()
@@ -541,7 +541,7 @@ def test_a_signal_mid_run_checkpoints_that_step_says_where_and_resumes_bit_ident
     _remove_checkpoints(tmp_path)
 
 
-# -- 9. a file that is not what its name says -------------------------------------------------------
+# -- 9. a file that is not what its name says ------------------------------------------------------
 def test_export_trunk_onto_its_own_input_or_a_checkpoint_name_is_refused(ref, tmp_path):
     """Issue 19 item 1: ``export-trunk CKPT CKPT`` exited 0 and replaced a run's only checkpoint
     with its 45 MB trunk."""
@@ -551,10 +551,11 @@ def test_export_trunk_onto_its_own_input_or_a_checkpoint_name_is_refused(ref, tm
     before = ckpt.read_bytes()
     for output, message in (
             (ckpt, f"the output {ckpt} is the checkpoint being read: the trunk would replace it"),
-            (tmp_path / "link.pt", f"the output {tmp_path / 'link.pt'} is the checkpoint being "
-                                   "read"),
-            (ckpts / "step-00000005.pt", f"the output {ckpts / 'step-00000005.pt'} is named like a "
-                                         "training checkpoint (step-XXXXXXXX.pt)")):
+            (tmp_path / "link.pt",
+             f"the output {tmp_path / 'link.pt'} is the checkpoint being read"),
+            (ckpts / "step-00000005.pt",
+             (f"the output {ckpts / 'step-00000005.pt'} is named like a training checkpoint "
+              "(step-XXXXXXXX.pt)"))):
         proc = _run(_args("export-trunk") + [str(ckpt), str(output)], _env(ref.site), tmp_path)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert proc.stderr.startswith(f"mlvicx export-trunk: error: {message}")

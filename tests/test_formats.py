@@ -247,10 +247,10 @@ def test_pneumoniamnist_shared_file():
         loud = [str(w.message) for w in caught if issubclass(w.category, MedMNISTSizeWarning)]
         official = OFFICIAL_SIZES["pneumoniamnist"][split]
         if split == "train":
-            assert loud == [f"{path}: the train split has 3882 images, but MedMNIST (medmnist "
+            assert loud == [(f"{path}: the train split has 3882 images, but MedMNIST (medmnist "
                             f"{medmnist_version()}) records 4708 for pneumoniamnist: this is not "
                             "the official file (short by 826 images); results from it are not "
-                            "comparable with published pneumoniamnist numbers"]
+                            "comparable with published pneumoniamnist numbers")]
             assert len(ds) == 3882 != official
         else:
             assert loud == [] and len(ds) == n == official

@@ -117,16 +117,17 @@ def test_overrides_are_typed():
     ("optim.base_lr=1e400", r"optim\.base_lr='1e400': expected a finite number"),
     ("train.max_steps=1e3", r"train\.max_steps='1e3': expected an integer or null"),
     # issue 19 item 5: a run folder outside train.out_dir, or out_dir itself
-    ("train.run_name=../escaped", r"train\.run_name='\.\./escaped': expected a folder name inside "
-                                  r"train\.out_dir"),
+    ("train.run_name=../escaped", (r"train\.run_name='\.\./escaped': expected a folder name inside "
+                                  r"train\.out_dir")),
     ("train.run_name=/tmp/abs", r"train\.run_name='/tmp/abs': expected a folder name inside"),
     ("train.run_name=.", r"train\.run_name='\.': expected a folder name inside train\.out_dir"),
     ("train.run_name=..", r"train\.run_name='\.\.': expected a folder name inside"),
     ("train.run_name=a/b", r"train\.run_name='a/b': expected a folder name inside"),
     ("train.run_name=' '", r"train\.run_name=' ': expected a folder name inside"),
     # issue 19 item 7: views larger than the stored images would be upsampled
-    ("data.image_size=128", r"data\.image_size=128: larger than data\.load_size=64: every view "
-                            r"would be upsampled from 64 px .*set data\.load_size to at least 128"),
+    ("data.image_size=128",
+     (r"data\.image_size=128: larger than data\.load_size=64: every view would be upsampled "
+      r"from 64 px .*set data\.load_size to at least 128")),
 ])
 def test_bad_values_name_the_key_and_the_expectation(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -153,8 +154,8 @@ def test_image_size_and_load_size_are_checked_together_in_any_order():
      "key 'train.epochs' is given twice (lines 2 and 4)"),
     ("aug: {flip_p: 0.5, flip_p: 0.1}\n", "key 'aug.flip_p' is given twice (lines 1 and 1)"),
     ("base: teaching\nbase: paper\n", "section 'base' is given twice (lines 1 and 2)"),
-    ("", "the file is empty; expected a mapping of sections (model, loss, aug, data, optim, "
-         "train, eval)"),
+    ("", ("the file is empty; expected a mapping of sections (model, loss, aug, data, optim, "
+         "train, eval)")),
     ("# nothing but a comment\n\n", "the file is empty"),
 ])
 def test_yaml_files_that_do_not_mean_what_they_say_are_refused(tmp_path, capsys, text, message):
@@ -318,10 +319,10 @@ def test_subcommands_are_registered():
 @pytest.mark.parametrize("device, cuda, message", [
     ("cuda", 0, "train.device='cuda': this machine has no usable CUDA device (torch "),
     ("cuda:0", 0, "train.device='cuda:0': this machine has no usable CUDA device"),
-    ("cuda:7", 1, "train.device='cuda:7': this machine has 1 CUDA device(s), cuda:0 to cuda:0; "
-                  "expected one of them or auto"),
-    ("mps", 0, "train.device='mps': Apple's MPS backend is not available on this machine; "
-               "expected auto or cpu"),
+    ("cuda:7", 1, ("train.device='cuda:7': this machine has 1 CUDA device(s), cuda:0 to cuda:0; "
+                  "expected one of them or auto")),
+    ("mps", 0, ("train.device='mps': Apple's MPS backend is not available on this machine; "
+               "expected auto or cpu")),
 ])
 def test_a_device_the_machine_lacks_is_one_line(monkeypatch, capsys, tmp_path, device, cuda,
                                                 message):

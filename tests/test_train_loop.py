@@ -143,7 +143,7 @@ def test_concurrent_train_or_load_trains_once(tmp_path, monkeypatch):
     assert results["a"].run_dir == results["b"].run_dir and {r.step for r in results.values()} == {2}
 
 
-# -- which code a run comes from (issue 19 item 8) ---------------------------------------------------
+# -- which code a run comes from (issue 19 item 8) -------------------------------------------------
 def test_the_code_fingerprint_ignores_comments_and_docstrings_but_not_code(tmp_path):
     from mlvicx_core.train.fingerprint import source_digest
 
@@ -215,7 +215,7 @@ def test_train_or_load_retrains_a_run_of_other_code_in_a_fresh_folder(tmp_path, 
     from mlvicx_core.train.runs import fresh_run_dir
 
     cfg = tiny_config(tmp_path, **{"train.max_steps": 2})
-    kwargs = dict(dataset=TinyCXR(32), augment=simple_augment)
+    kwargs = {"dataset": TinyCXR(32), "augment": simple_augment}
     first = train_or_load(cfg, **kwargs)
     fp = code_fingerprint(cfg.data.dataset)
     done = json.loads((first.run_dir / "done.json").read_text())
@@ -253,7 +253,7 @@ def test_an_interrupted_run_resumes_with_its_own_code_and_not_with_other_code(tm
     from mlvicx_core.train.fingerprint import code_fingerprint
     from mlvicx_core.train.runs import fresh_run_dir, run_dir_for
 
-    kwargs = dict(dataset=TinyCXR(32), augment=simple_augment)
+    kwargs = {"dataset": TinyCXR(32), "augment": simple_augment}
     short = pretrain(tiny_config(tmp_path, **{"train.max_steps": 2}), **kwargs)
     whole = tiny_config(tmp_path, **{"train.max_steps": 3})
     assert short.run_dir == run_dir_for(whole)

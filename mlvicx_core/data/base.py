@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 
 from .imageio import ImageReadError
 
-
 #: Smallest side a stored image may have (the smallest ``data.image_size`` too): a 1 x 1 file
 #: resized to the model's input is a constant picture, not a radiograph.
 MIN_IMAGE_SIDE = 8

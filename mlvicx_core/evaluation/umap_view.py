@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
 #: Fewest points a 2-D UMAP can place: its spectral initialisation takes 3 eigenvectors of the
 #: N x N graph and needs N > 3 (with 3 points scipy fails with "k >= N").
 UMAP_MIN_POINTS = 4

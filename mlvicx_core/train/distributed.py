@@ -169,5 +169,6 @@ def steps_per_epoch(num_samples: int, global_batch: int, env: DistEnv) -> int:
 
 __all__ = [
     "DistEnv", "ResumableDistributedSampler", "agree_max", "all_reduce_mean", "detect",
-    "gather_objects", "gather_with_grad", "per_rank_batch", "setup", "steps_per_epoch", "teardown", "wrap_ddp",
+    "gather_objects", "gather_with_grad", "per_rank_batch", "setup", "steps_per_epoch", "teardown",
+    "wrap_ddp",
 ]

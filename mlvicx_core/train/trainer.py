@@ -106,7 +106,7 @@ class StopSignals:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> StopSignals:  # noqa: PYI034 (a final class; Self needs 3.11)
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 previous = signal.getsignal(sig)
@@ -507,6 +507,7 @@ class _no_lock:
         return False
 
 
-__all__ = ["NonFiniteLossError", "Run", "RunResult", "StopSignals", "TrainingInterrupted", "batches",
-           "default_augment", "finish", "pretrain", "probe_record", "record", "resume", "rng_state", "run_dir_for",
+__all__ = ["NonFiniteLossError", "Run", "RunResult", "StopSignals", "TrainingInterrupted",
+           "batches", "default_augment", "finish", "pretrain", "probe_record", "record", "resume",
+           "rng_state", "run_dir_for",
            "save_checkpoint", "seed_everything", "set_rng_state", "setup"]
