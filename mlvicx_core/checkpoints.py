@@ -314,7 +314,10 @@ def trunk_model_config(weights: dict, source: str):
     for i in range(1, 5):
         idx = {int(k.split(".")[1]) for k in weights
                if isinstance(k, str) and k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()}
-        blocks.append(max(idx) + 1 if idx else 0)
+        if idx != set(range(len(idx))):
+            raise CheckpointError(f"{source}: layer{i} has blocks {sorted(idx)}; expected blocks "
+                                  "numbered from 0 without gaps (a torchvision ResNet state dict)")
+        blocks.append(len(idx))
     bottleneck = any(isinstance(k, str) and k.startswith("layer1.0.conv3.") for k in weights)
     backbone = _RESNET_LAYOUTS.get((tuple(blocks), bottleneck))
     if backbone is None:

@@ -1,5 +1,6 @@
 """End to end: ``mlvicx evaluate`` on a fake dataset writes the CSV, the Markdown and the figures."""
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,16 @@ def test_an_exported_trunk_is_read_back_with_its_architecture(tmp_path, override
     with pytest.raises(Exception, match=r"trunk-False\.pt: expected a 'model' entry.*an exported "
                                         r"trunk"):
         load_model(tmp_path / "trunk-False.pt")  # where a network with heads is needed
+    odd = {k: v for k, v in torch.load(tmp_path / "trunk-False.pt").items()
+           if not k.startswith("layer3.0.")}  # a block missing: no torchvision ResNet
+    torch.save(odd, tmp_path / "odd.pt")
+    with pytest.raises(Exception, match=r"odd\.pt: layer3 has blocks \[1(, 2, 3, 4, 5)?\]; "
+                                        r"expected blocks numbered from 0 without gaps"):
+        load_model(tmp_path / "odd.pt", allow_trunk=True)
+    torch.save({k: v for k, v in odd.items() if not k.startswith("layer3.")}, tmp_path / "odd.pt")
+    layout = "(3, 4, 0, 3)" if model.config.backbone != "resnet18" else "(2, 2, 0, 2)"
+    with pytest.raises(Exception, match=rf"odd\.pt: a ResNet trunk with {re.escape(layout)} "):
+        load_model(tmp_path / "odd.pt", allow_trunk=True)
 
 
 def test_evaluate_reads_an_exported_trunk_like_its_checkpoint(tmp_path, monkeypatch, capsys):
