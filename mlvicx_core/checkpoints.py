@@ -39,6 +39,11 @@ _NAME = re.compile(r"^step-(\d{8})\.pt$")
 _TMP = re.compile(r"^\..+\.tmp(\d+)$")
 
 
+def is_checkpoint_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a training checkpoint (``step-XXXXXXXX.pt``)."""
+    return bool(_NAME.match(Path(path).name))
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the network (the message names the file)."""
 
@@ -161,6 +166,32 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+#: What a training checkpoint must hold for a run to resume from it (and their types).
+TRAINING_KEYS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "model": dict, "optimizer": dict, "scheduler": dict, "rng": dict,
+    "augment_rng": torch.Tensor, "config": dict}
+
+
+def _some_keys(state: dict, n: int = 6) -> str:
+    keys = [str(k) for k in list(state)[:n]]
+    return f"{keys}{' ...' if len(state) > n else ''}"
+
+
+def check_training_checkpoint(state: dict, path: str | os.PathLike) -> dict:
+    """``state`` if it holds every entry of :data:`TRAINING_KEYS` with its type, else a
+    :class:`CheckpointError` naming ``path``, what is missing and what the file holds (a trunk
+    exported over a checkpoint, a model file, someone else's ``torch.save``)."""
+    missing = [k for k in TRAINING_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (missing {missing}; it holds "
+                              f"{len(state)} entries: {_some_keys(state)})")
+    wrong = [f"{k} is {type(state[k]).__name__}" for k, tp in TRAINING_KEYS.items()
+             if not isinstance(state[k], tp) or (tp is int and isinstance(state[k], bool))]
+    if wrong:
+        raise CheckpointError(f"{path} is not a training checkpoint ({', '.join(wrong)})")
+    return state
+
+
 class CheckpointManager:
     """``step-XXXXXXXX.pt`` files in ``directory``; :meth:`save` keeps the newest ``keep_last``."""
 
@@ -183,15 +214,16 @@ class CheckpointManager:
 
     def load_latest(self, map_location: str | torch.device = "cpu"
                     ) -> tuple[Path, dict] | tuple[None, None]:
-        """The newest checkpoint that loads, with a warning naming every unreadable newer one.
+        """The newest checkpoint that loads and holds what a training checkpoint holds
+        (:func:`check_training_checkpoint`), with a warning naming every newer file that does not.
 
         Returns ``(None, None)`` when there is none; raises :class:`CheckpointError` when
-        checkpoints exist but none of them can be read.
+        checkpoints exist but none of them can be used.
         """
         bad: list[str] = []
         for path in reversed(self.checkpoints()):
             try:
-                state = load_checkpoint(path, map_location)
+                state = check_training_checkpoint(load_checkpoint(path, map_location), path)
             except CheckpointError as err:
                 bad.append(str(err))
                 continue
@@ -256,16 +288,89 @@ def load_weights(model: nn.Module, weights: dict, source: str) -> nn.Module:
     return model
 
 
+#: Blocks per stage and block type (bottleneck: ``conv3`` in every block) of each backbone.
+_RESNET_LAYOUTS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34",
+                   ((3, 4, 6, 3), True): "resnet50"}
+_STEMS = {7: "imagenet", 3: "cifar"}
+
+
+def is_trunk(state: dict) -> bool:
+    """Whether ``state`` looks like an exported trunk (a plain ResNet state dict, maybe with
+    ``gates.*``), as :func:`export_trunk` writes it."""
+    return "model" not in state and torch.is_tensor(state.get("conv1.weight")) and any(
+        isinstance(k, str) and k.startswith("layer4.") for k in state)
+
+
+def trunk_model_config(weights: dict, source: str):
+    """The :class:`~mlvicx_core.config.ModelConfig` of an exported trunk, read from its tensors:
+    the backbone from the blocks per stage (``layer<i>.<j>.*``) and their type (``conv3``: a
+    bottleneck), ``model.width`` from ``conv1``'s output channels, ``model.stem`` from its kernel
+    (7: imagenet, 3: cifar), ``model.context_bottleneck`` from ``gates.*`` entries. No
+    multi-level branch and a one-layer projector: a trunk has no heads, and trunk read-outs use
+    none."""
+    from .config import ConfigError, ModelConfig
+
+    blocks = []
+    for i in range(1, 5):
+        idx = {int(k.split(".")[1]) for k in weights
+               if isinstance(k, str) and k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()}
+        if idx != set(range(len(idx))):
+            raise CheckpointError(f"{source}: layer{i} has blocks {sorted(idx)}; expected blocks "
+                                  "numbered from 0 without gaps (a torchvision ResNet state dict)")
+        blocks.append(len(idx))
+    bottleneck = any(isinstance(k, str) and k.startswith("layer1.0.conv3.") for k in weights)
+    backbone = _RESNET_LAYOUTS.get((tuple(blocks), bottleneck))
+    if backbone is None:
+        kind = "bottleneck" if bottleneck else "basic"
+        raise CheckpointError(
+            f"{source}: a ResNet trunk with {tuple(blocks)} {kind} blocks per stage; expected "
+            "resnet18 (2, 2, 2, 2 basic), resnet34 (3, 4, 6, 3 basic) or resnet50 (3, 4, 6, 3 "
+            "bottleneck)")
+    conv1 = weights["conv1.weight"]
+    stem = _STEMS.get(int(conv1.shape[-1]))
+    if conv1.ndim != 4 or stem is None:
+        raise CheckpointError(f"{source}: conv1.weight has shape {tuple(conv1.shape)}; expected a "
+                              "7 x 7 (imagenet stem) or 3 x 3 (cifar stem) convolution")
+    gates = any(isinstance(k, str) and k.startswith("gates.") for k in weights)
+    try:
+        return ModelConfig(backbone=backbone, width=int(conv1.shape[0]), stem=stem,
+                           context_bottleneck=gates, multilevel=False, projector=(64,))
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def load_trunk(weights: dict, source: str):
+    """An MLVICX whose backbone (and gates, if exported ``--with-gates``) hold an exported trunk's
+    weights, loaded strictly; its projector stays at init (trunk read-outs do not use it). The
+    network is marked ``trunk_only = True``."""
+    from .model import MLVICX
+
+    model = MLVICX(trunk_model_config(weights, source))
+    gates = {k[len("gates."):]: v for k, v in weights.items() if k.startswith("gates.")}
+    load_weights(model.backbone, {k: v for k, v in weights.items() if not k.startswith("gates.")},
+                 source)
+    if gates:
+        load_weights(model.gates, gates, source)
+    model.trunk_only = True
+    return model.eval()
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-               state: dict | None = None):
+               state: dict | None = None, allow_trunk: bool = False):
     """Rebuild the MLVICX network stored in ``path`` (training checkpoint or model file), in eval
     mode; every problem is a :class:`CheckpointError` (or ``FileNotFoundError``) naming the file.
-    ``state``: the file's contents when the caller has read them already."""
+    ``state``: the file's contents when the caller has read them already. ``allow_trunk``: also
+    accept an exported trunk (:func:`load_trunk`; for read-outs of the trunk only)."""
     from .model import MLVICX
 
     state = state if state is not None else load_checkpoint(path, map_location)
+    if allow_trunk and is_trunk(state):
+        return load_trunk(state, str(path))
     if "model" not in state:
-        raise CheckpointError(f"{path}: expected a 'model' entry; found keys {sorted(state)}")
+        what = (" (an exported trunk: it has no heads, so it is not a network file)"
+                if is_trunk(state) else "")
+        raise CheckpointError(f"{path}: expected a 'model' entry; found keys "
+                              f"{_some_keys(state)}{what}")
     model = MLVICX(model_config_from(state, str(path)))
     return load_weights(model, state["model"], str(path)).eval()
 

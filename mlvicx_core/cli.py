@@ -13,7 +13,9 @@ Every command that reads a configuration takes ``--preset`` and ``--set section.
 of ``mlvicx_core.config``); a few common keys also have a flag. Adding a subcommand: write
 ``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to :data:`SUBCOMMANDS`.
 Configuration, data and checkpoint errors exit with status 2 and a message naming the key or file;
-a run stopped by non-finite values or a failed write (a full disk) exits with status 1.
+a run stopped by non-finite values or a failed write (a full disk) exits with status 1; a run
+stopped by SIGTERM or SIGINT checkpoints the step it finished, says where in one line and exits
+with 128 + the signal number (143, 130).
 """
 from __future__ import annotations
 
@@ -68,12 +70,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"# resolved configuration (preset {config.preset})\n{config.to_yaml()}", flush=True)
     if args.dry_run:
         return 0
-    result = pretrain(config)
+    try:
+        result = pretrain(config)
+    finally:  # also when a signal stopped the run (main() prints the line and exits 128 + n)
+        distributed.teardown()
     if main_rank:
         print(f"finished {result.step} steps. Results in {result.run_dir}:\n"
               f"  checkpoint: {result.checkpoint}\n  metrics:    {result.metrics}\n"
               f"  trunk:      {result.trunk} (plain torchvision ResNet state dict)")
-    distributed.teardown()
     return 0
 
 
@@ -106,9 +110,21 @@ def add_export_trunk(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_trunk(args: argparse.Namespace) -> int:
-    from .checkpoints import export_trunk, load_model
+    import os
+    from pathlib import Path
 
-    print(export_trunk(load_model(args.checkpoint), args.output, with_gates=args.with_gates))
+    from .checkpoints import CheckpointError, export_trunk, is_checkpoint_name, load_model
+
+    source, output = Path(args.checkpoint), Path(args.output)
+    if source.exists() and output.exists() and os.path.samefile(source, output):
+        raise CheckpointError(f"the output {output} is the checkpoint being read: the trunk would "
+                              "replace it (and with it the run's weights, optimiser and RNG "
+                              "state); give another output path, e.g. trunk.pt")
+    if is_checkpoint_name(output):
+        raise CheckpointError(f"the output {output} is named like a training checkpoint "
+                              "(step-XXXXXXXX.pt): a trunk there could replace one, or be taken "
+                              "for one when a run resumes; give another name, e.g. trunk.pt")
+    print(export_trunk(load_model(source), output, with_gates=args.with_gates))
     return 0
 
 
@@ -116,7 +132,9 @@ def cmd_export_trunk(args: argparse.Namespace) -> int:
 def add_evaluate(p: argparse.ArgumentParser) -> None:
     _config_args(p, "teaching")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
-                   help="a checkpoint or model file to evaluate (repeatable)")
+                   help="a checkpoint, model file or exported trunk (trunk.pt, mlvicx "
+                        "export-trunk) to evaluate (repeatable); a trunk has no heads, so only "
+                        "eval.features=trunk or layer3+layer4 read it")
     p.add_argument("--baseline", action="append", default=[], choices=["random", "imagenet"],
                    help="reference encoder built with the first checkpoint's (or --preset's) "
                         "network")
@@ -133,6 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .checkpoints import load_model
+    from .config import ConfigError
     from .data.registry import evaluation_splits
     from .evaluation.baselines import BaselineUnavailable, reference_encoder
     from .evaluation.pipeline import check_settings, evaluate
@@ -155,7 +174,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          "NAME=PATH and/or --baseline")
     splits = evaluation_splits(config.data, config.eval.split_sizes)
     check_settings(config.eval, splits)  # before any checkpoint is read or feature extracted
-    encoders: dict = {name: load_model(path) for name, path in pairs.items()}
+    encoders: dict = {name: load_model(path, allow_trunk=True) for name, path in pairs.items()}
+    features = config.eval.features
+    for name, model in encoders.items():
+        if getattr(model, "trunk_only", False) and features in ("global", "multi"):
+            raise ConfigError(f"--checkpoint {name}={pairs[name]} is an exported trunk, which has "
+                              f"no projector heads: eval.features={features} reads the "
+                              f"{'global' if features == 'global' else 'multi-level'} projector. "
+                              "Use eval.features=trunk or layer3+layer4, or give the training "
+                              "checkpoint")
     model_config = next(iter(encoders.values())).config if encoders else config.model
     for kind in args.baseline:
         try:
@@ -227,12 +254,22 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.imageio import ImageReadError
     from .data.registry import DatasetError
+    from .train.distributed import detect
+    from .train.trainer import TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
     where = f"mlvicx {args.command}"
     try:
         return args.run(args)
+    except TrainingInterrupted as err:  # SIGTERM / SIGINT: the step was finished and saved
+        if detect().is_main:
+            print(f"{where}: {err}", file=sys.stderr, flush=True)
+        return err.exit_status
+    except KeyboardInterrupt:  # outside a training loop, or a second Ctrl-C: stopped at once
+        print(f"{where}: interrupted (SIGINT); stopped at once. Checkpoints written before are "
+              "intact: pretraining resumes from the newest one", file=sys.stderr, flush=True)
+        return 130
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
         print(f"{where}: error: {error_message(err)}", file=sys.stderr)
         return 2

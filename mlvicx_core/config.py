@@ -36,7 +36,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any, Literal
 
 import yaml
@@ -325,6 +325,13 @@ class DataConfig(Section):
     def validate(self) -> None:
         if abs(sum(self.split_fractions) - 1) > 1e-6:
             raise self.error("split_fractions", "expected three fractions summing to 1")
+        if self.load_size is not None and self.image_size > self.load_size:
+            raise self.error("image_size", f"larger than data.load_size={self.load_size}: every "
+                                           f"view would be upsampled from {self.load_size} px "
+                                           "(blurred, no detail gained); expected data.image_size "
+                                           f"<= data.load_size: set data.load_size to at least "
+                                           f"{self.image_size}, or to null (images stored at "
+                                           "data.image_size)")
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,14 @@ class LoopConfig(Section):
             dev.startswith("cuda:") and dev[5:].isdigit())
         if not ok:
             raise self.error("device", "expected auto, cpu, cuda, cuda:<n> or mps")
+        name = self.run_name
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name
+                                 or "\\" in name or PurePath(name).is_absolute()
+                                 or PureWindowsPath(name).is_absolute()):
+            raise self.error("run_name", "expected a folder name inside train.out_dir (no '/' or "
+                                         "'\\', not '.', '..' or an absolute path; null names it "
+                                         "<preset>-<hash>); move the whole run with "
+                                         "train.out_dir")
         if self.amp_cpu and not self.amp:
             raise self.error("amp_cpu", "needs train.amp=true (train.amp switches bf16 autocast "
                                         "on; train.amp_cpu extends it to the CPU)")
@@ -512,6 +527,47 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def _duplicate_keys(node: yaml.Node, source: str, where: tuple[str, ...] = ()) -> None:
+    """Raise :class:`ConfigError` at the first mapping key given twice anywhere under ``node``
+    (YAML keeps the last value silently; here it is an error naming the key and both lines)."""
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _duplicate_keys(child, source, where)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[tuple[str, str], int] = {}
+    for key, value in node.value:
+        if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+            _duplicate_keys(value, source, where)
+            continue
+        dotted = ".".join((*where, str(key.value)))
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in seen:
+            what = "section" if not where else "key"
+            raise ConfigError(f"{source}: {what} {dotted!r} is given twice (lines "
+                              f"{seen[key.tag, key.value]} and {line}); YAML would keep only the "
+                              "last one, silently dropping the first: give each key once")
+        seen[key.tag, key.value] = line
+        _duplicate_keys(value, source, (*where, str(key.value)))
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)``, except that a key given twice in one mapping (at any depth) is a
+    :class:`ConfigError` naming ``source``, the key and its two lines; invalid YAML is one too.
+    Returns None for an empty document."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _duplicate_keys(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({err})") from None
+    finally:
+        loader.dispose()
+
+
 def _read_preset(name_or_path: str) -> tuple[dict, str, str]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
@@ -524,10 +580,11 @@ def _read_preset(name_or_path: str) -> tuple[dict, str, str]:
             raise ConfigError(f"unknown preset {name_or_path!r}: expected one of {preset_names()} "
                               "or a path to a .yaml file")
         text, name, source = res.read_text(), name_or_path, f"preset {name_or_path}"
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML ({err})") from None
+    data = load_yaml(text, source)
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; expected a mapping of sections ("
+                          f"{', '.join(SECTIONS)}), optionally with 'base: <preset>' and "
+                          "'variant: <name>' (an empty file is not read as 'all defaults')")
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level, got "
                           f"{type(data).__name__}")
@@ -557,10 +614,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    value = load_yaml(raw, f"override {text!r}: value") if raw.strip() else None
     return key.strip(), value
 
 
@@ -571,11 +625,16 @@ def apply_overrides(config: Config, overrides: list[str] | dict[str, Any] | None
         return config
     items = (list(overrides.items()) if isinstance(overrides, dict)
              else [parse_override(t) for t in overrides])
+    # one update per section, so that checks across keys (data.image_size <= data.load_size) see
+    # the final values whatever the order they were given in; a key given twice: the last wins
+    updates: dict[str, dict[str, Any]] = {}
     for key, value in items:
         section, _, name = key.partition(".")
         if section not in SECTIONS or not name or "." in name:
             raise _unknown(key)
-        new = _update_section(section, getattr(config, section), {name: value})
+        updates.setdefault(section, {})[name] = value
+    for section, changes in updates.items():
+        new = _update_section(section, getattr(config, section), changes)
         config = dataclasses.replace(config, **{section: new})
     return config
 

@@ -1,5 +1,6 @@
 """End to end: ``mlvicx evaluate`` on a fake dataset writes the CSV, the Markdown and the figures."""
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +136,11 @@ def test_evaluate_with_boxes_and_metadata(tmp_path):
 
 
 def test_a_failing_task_keeps_the_others(tmp_path):
-    """UMAP on a 2-image test split fails; the probe's rows are still written, with a note."""
+    """UMAP on a 3-image test split fails; the probe's rows are still written, with a note that
+    says the split is too small (issue 19 item 6: it was scipy's "k >= N")."""
     ds = BlobCXR(n=40, image_size=32)
     splits = {"train": split_subset(ds, "train"), "val": split_subset(ds, "val"),
-              "test": BlobCXR(n=2, image_size=32, seed=3)}
+              "test": BlobCXR(n=3, image_size=32, seed=3)}
     cfg = load_config("teaching", {"eval.fractions": [1.0], "eval.n_boot": 10,
                                    "eval.tasks": ["probe", "umap"]}).eval
     with pytest.warns(UserWarning, match="umap failed"):
@@ -146,7 +148,9 @@ def test_a_failing_task_keeps_the_others(tmp_path):
     frame = pd.read_csv(tmp_path / "results.csv")
     assert (frame.task == "probe").any()
     umap = frame[frame.task == "umap"]
-    assert len(umap) == 1 and umap.note.iloc[0].startswith("failed: ValueError: features (2, 512)")
+    assert list(umap.note) == [("failed: ValueError: the test split has 3 images; a 2-D UMAP needs "
+                               "at least 4: use a larger test split (eval.split_sizes, or more "
+                               "data)")]
 
 
 def _evaluate(tmp_path, *argv) -> int:
@@ -170,8 +174,11 @@ def test_evaluate_command_keeps_finished_tasks_when_one_fails(tmp_path, monkeypa
     frame = pd.read_csv(tmp_path / "eval" / "results.csv")
     assert {"probe", "knn"} <= set(frame.task) and (frame[frame.task == "probe"].n == 2).all()
     umap = frame[frame.task == "umap"]
-    assert list(umap.note) == ["failed: ValueError: features (2, 512): expected (N, D) with N >= 3"]
-    assert "- failed: ValueError: features (2, 512)" in (tmp_path / "eval" / "results.md").read_text()
+    assert list(umap.note) == [("failed: ValueError: the test split has 2 images; a 2-D UMAP needs "
+                               "at least 4: use a larger test split (eval.split_sizes, or more "
+                               "data)")]
+    assert "- failed: ValueError: the test split has 2 images" in \
+        (tmp_path / "eval" / "results.md").read_text()
 
 
 def test_evaluate_checks_colour_columns_before_any_work(tmp_path, capsys):
@@ -238,3 +245,71 @@ def test_evaluate_report_lists_each_note_once_and_one_knn_table(tmp_path, monkey
     for line in notes:
         places = line.rsplit(" (", 1)[1].rstrip(")").split(" and ")[0].split(", ")
         assert len(places) == len(set(places)), line
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # resnet18, width 64, imagenet stem, gates
+    {"backbone": "resnet34", "width": 8, "stem": "cifar", "context_bottleneck": False},
+    {"backbone": "resnet50", "width": 8, "multilevel": False},
+])
+def test_an_exported_trunk_is_read_back_with_its_architecture(tmp_path, overrides):
+    """Issue 19 item 7: the architecture of a trunk.pt follows from its tensors."""
+    import torch
+
+    from mlvicx_core.checkpoints import export_trunk, load_model
+
+    model = tiny_model(seed=3, **overrides)
+    for with_gates in (False, True):
+        path = export_trunk(model, tmp_path / f"trunk-{with_gates}.pt", with_gates=with_gates)
+        back = load_model(path, allow_trunk=True)
+        c = back.config
+        assert (c.backbone, c.width, c.stem) == (model.config.backbone, model.config.width,
+                                                 model.config.stem)
+        assert back.trunk_only and c.multilevel is False
+        assert c.context_bottleneck == (with_gates and model.config.context_bottleneck)
+        sd, ref = back.backbone.state_dict(), model.backbone.state_dict()
+        assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+        x = torch.rand(2, 1, 32, 32)
+        if c.context_bottleneck or not model.config.context_bottleneck:  # same gates: same taps
+            with torch.no_grad():
+                assert torch.equal(back.taps(x)["layer4"], model.taps(x)["layer4"])
+    with pytest.raises(Exception, match=r"trunk-False\.pt: expected a 'model' entry.*an exported "
+                                        r"trunk"):
+        load_model(tmp_path / "trunk-False.pt")  # where a network with heads is needed
+    odd = {k: v for k, v in torch.load(tmp_path / "trunk-False.pt").items()
+           if not k.startswith("layer3.0.")}  # a block missing: no torchvision ResNet
+    torch.save(odd, tmp_path / "odd.pt")
+    with pytest.raises(Exception, match=r"odd\.pt: layer3 has blocks \[1(, 2, 3, 4, 5)?\]; "
+                                        r"expected blocks numbered from 0 without gaps"):
+        load_model(tmp_path / "odd.pt", allow_trunk=True)
+    torch.save({k: v for k, v in odd.items() if not k.startswith("layer3.")}, tmp_path / "odd.pt")
+    layout = "(3, 4, 0, 3)" if model.config.backbone != "resnet18" else "(2, 2, 0, 2)"
+    with pytest.raises(Exception, match=rf"odd\.pt: a ResNet trunk with {re.escape(layout)} "):
+        load_model(tmp_path / "odd.pt", allow_trunk=True)
+
+
+def test_evaluate_reads_an_exported_trunk_like_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """``evaluate --checkpoint t=trunk.pt`` (issue 19 item 7: refused before, although --help
+    said "checkpoint or model file"): the trunk's probe equals its network's, value for value."""
+    from mlvicx_core.checkpoints import export_trunk
+
+    monkeypatch.syspath_prepend(TESTS)
+    model = tiny_model(seed=1, context_bottleneck=False)  # a plain trunk: the same network
+    save_model(model, tmp_path / "m.pt")
+    export_trunk(model, tmp_path / "trunk.pt")
+    argv = ["--checkpoint", f"m={tmp_path / 'm.pt'}", "--checkpoint", f"t={tmp_path / 'trunk.pt'}",
+            "--dataset", "eval_fakes:make_blobs", "--set", "data.length=40",
+            "--set", "eval.split_sizes=null", "--tasks", "probe"]
+    assert _evaluate(tmp_path, *argv) == 0, capsys.readouterr().err
+    frame = pd.read_csv(tmp_path / "eval" / "results.csv")
+    m, t = (frame[frame.encoder == e].drop(columns="encoder").reset_index(drop=True)
+            for e in ("m", "t"))
+    assert len(m) > 1
+    pd.testing.assert_frame_equal(m, t)
+    capsys.readouterr()
+    for features, head in (("global", "global"), ("multi", "multi-level")):
+        assert _evaluate(tmp_path, *argv, "--set", f"eval.features={features}") == 2
+        assert capsys.readouterr().err == (
+            f"mlvicx evaluate: error: --checkpoint t={tmp_path / 'trunk.pt'} is an exported trunk, "
+            f"which has no projector heads: eval.features={features} reads the {head} projector. "
+            "Use eval.features=trunk or layer3+layer4, or give the training checkpoint\n")

@@ -29,8 +29,8 @@ def test_umap_shape_reproducible_and_keeps_clusters(tmp_path):
         path = tmp_path / f"{col}.png"
         plot_umap(a, table[col], col, path)
         assert path.stat().st_size > 5000
-    with pytest.raises(ValueError, match="N >= 3"):
-        umap_embed(x[:2])
+    with pytest.raises(ValueError, match=r"features \(3, \d+\): expected \(N, D\) with N >= 4"):
+        umap_embed(x[:3])  # scipy's "k >= N" before (issue 19)
 
 
 def test_interactive_scatter_without_frontend():

@@ -47,6 +47,9 @@ name contains <name>; once a file would grow past <offset> bytes:
   enospc  the write fails with ENOSPC (after a short write up to <offset>, as the kernel does)
   hang    the file is fsync-ed, then the write waits until the file MLVICX_FAULT_RELEASE exists
           (forever if unset)
+or, for files opened for text writing or appending (metrics.jsonl):
+  pauseline  the write of line <offset> + 1 waits until MLVICX_FAULT_RELEASE exists (a process
+             held at a known step, e.g. to be sent a signal there)
 MLVICX_FAULT_FIRED names a file that gets this process's pid when the fault fires.
 """
 import builtins
@@ -89,9 +92,35 @@ if _spec:
                 time.sleep(0.05)
             return super().write(data)
 
+    class _PausedLines:
+        """A text file whose write of line <offset> + 1 waits for the release file."""
+
+        def __init__(self, f):
+            self._f, self._lines, self.fired = f, 0, False
+
+        def write(self, text):
+            if not self.fired and self._lines + text.count("\\n") > _offset:
+                _Faulty._fire(self)
+                while _release is None or not os.path.exists(_release):
+                    time.sleep(0.05)
+            self._lines += text.count("\\n")
+            return self._f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._f.close()
+
     def open(file, mode="r", *args, **kwargs):
-        if (isinstance(file, (str, os.PathLike)) and "w" in mode and "b" in mode
-                and _name in os.path.basename(os.fspath(file))):
+        named = (isinstance(file, (str, os.PathLike))
+                 and _name in os.path.basename(os.fspath(file)))
+        if named and _action == "pauseline" and ("w" in mode or "a" in mode) and "b" not in mode:
+            return _PausedLines(_real_open(file, mode, *args, **kwargs))
+        if named and _action != "pauseline" and "w" in mode and "b" in mode:
             return io.BufferedWriter(_Faulty(file, "w"))
         return _real_open(file, mode, *args, **kwargs)
 
@@ -467,4 +496,96 @@ def test_a_bad_image_stops_naming_the_file_or_is_skipped(ref, tmp_path):
     assert warnings and all(f"skipping {bad}" in x for x in warnings)
     assert all(x.count(str(bad)) == 1 for x in warnings)  # the file is named once
     assert [r["step"] for r in _records(out / "skip")] == [1, 2]
+    _remove_checkpoints(tmp_path)
+
+
+# -- 8. SIGTERM and SIGINT mid-run ----------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_run_checkpoints_that_step_says_where_and_resumes_bit_identically(
+        ref, tmp_path, sig):
+    """Issue 19 item 2: SIGTERM at step 5 of 12 (first checkpoint due at step 8) exited 143 with no
+    message and no checkpoint, and the rerun started from 0; SIGINT printed a 200-line traceback.
+    Here no checkpoint is due before the end (train.ckpt_every=100); the child is held while it
+    writes step 3's record and is sent the signal there: SIGTERM to the process (a scheduler's
+    kill), SIGINT to its whole process group, a DataLoader worker included (Ctrl-C in a
+    terminal)."""
+    release, fired, name = tmp_path / "release", tmp_path / "fired", sig.name
+    argv = _pretrain(ref.data, tmp_path / "runs", f"train.run_name={name}", "train.ckpt_every=100",
+                     f"data.num_workers={1 if sig == signal.SIGINT else 0}")
+    env = _env(ref.site, spec="pauseline:metrics.jsonl:2", release=str(release), fired=str(fired))
+    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+        child = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=out, stderr=err,
+                                 start_new_session=True)
+    _wait_for(fired.exists, child, "the record of step 3")
+    if sig == signal.SIGINT:
+        os.killpg(child.pid, sig)
+    else:
+        os.kill(child.pid, sig)
+    release.touch()
+    assert child.wait(timeout=300) == 128 + sig, _err(tmp_path, name)[-3000:]  # 143, 130
+    run = tmp_path / "runs" / name
+    ckpt = run / "checkpoints" / "step-00000003.pt"
+    err = _err(tmp_path, name)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert _lines(err) == [
+        (f"mlvicx pretrain: interrupted by {name} after step 3 of {STEPS}; checkpoint written: "
+        f"{ckpt}. The same command (or the same pretrain / train_or_load call) resumes from it")]
+    assert _names(run / "checkpoints") == [ckpt.name]  # written at the interrupted step, only
+    assert [r["step"] for r in _records(run)] == [1, 2, 3]
+    assert not (run / "done.json").exists()
+
+    proc = _run(argv, _env(ref.site), tmp_path)  # the same command again
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming {run} from step 3 (step-00000003.pt) to step {STEPS}" in proc.stdout
+    ref.assert_same(run)  # weights, optimizer, every RNG and every record: bit for bit
+    _remove_checkpoints(tmp_path)
+
+
+# -- 9. a file that is not what its name says ------------------------------------------------------
+def test_export_trunk_onto_its_own_input_or_a_checkpoint_name_is_refused(ref, tmp_path):
+    """Issue 19 item 1: ``export-trunk CKPT CKPT`` exited 0 and replaced a run's only checkpoint
+    with its 45 MB trunk."""
+    ckpts = _copy_run(ref, tmp_path / "runs", checkpoints=(4,)) / "checkpoints"
+    ckpt = ckpts / "step-00000004.pt"
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    before = ckpt.read_bytes()
+    for output, message in (
+            (ckpt, f"the output {ckpt} is the checkpoint being read: the trunk would replace it"),
+            (tmp_path / "link.pt",
+             f"the output {tmp_path / 'link.pt'} is the checkpoint being read"),
+            (ckpts / "step-00000005.pt",
+             (f"the output {ckpts / 'step-00000005.pt'} is named like a training checkpoint "
+              "(step-XXXXXXXX.pt)"))):
+        proc = _run(_args("export-trunk") + [str(ckpt), str(output)], _env(ref.site), tmp_path)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.startswith(f"mlvicx export-trunk: error: {message}")
+        assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert ckpt.read_bytes() == before and _names(ckpts) == [ckpt.name]
+    proc = _run(_args("export-trunk") + [str(ckpt), str(tmp_path / "trunk.pt")], _env(ref.site),
+                tmp_path)
+    assert proc.returncode == 0 and proc.stdout == f"{tmp_path / 'trunk.pt'}\n", proc.stderr
+    _remove_checkpoints(tmp_path)
+
+
+def test_a_loadable_file_that_is_no_checkpoint_is_skipped_like_a_corrupt_one(ref, tmp_path):
+    """Issue 19 item 3: after item 1, resuming failed with ``KeyError: 'config'`` in trainer.py; a
+    trunk state dict loads with torch.load but holds none of what a run resumes from."""
+    from mlvicx_core.checkpoints import load_model
+
+    run = _copy_run(ref, tmp_path / "runs", checkpoints=(2, 3))
+    ckpts = run / "checkpoints"
+    trunk = load_model(ref.ckpts / "step-00000004.pt").trunk_state_dict()
+    torch.save(trunk, ckpts / "step-00000004.pt")  # what `export-trunk CKPT CKPT` left
+    (run / "done.json").unlink()
+
+    proc = _run(_pretrain(ref.data, tmp_path / "runs"), _env(ref.site), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    warning = next(line for line in _lines(proc.stderr) if "UserWarning" in line)
+    assert (f"{ckpts / 'step-00000004.pt'} is not a training checkpoint (missing ['step', "
+            "'model', 'optimizer', 'scheduler', 'rng', 'augment_rng', 'config']; it holds "
+            f"{len(trunk)} entries: ['conv1.weight', 'bn1.weight',") in warning, warning
+    assert warning.endswith(f"falling back to {ckpts / 'step-00000003.pt'}"), warning
+    assert f"resuming {run} from step 3 (step-00000003.pt)" in proc.stdout
+    ref.assert_same(run)
     _remove_checkpoints(tmp_path)

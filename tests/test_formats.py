@@ -115,16 +115,17 @@ def test_rle_round_trip_and_errors():
 
 
 def _siim(tmp_path: Path) -> Path:
-    # Image "img1": two regions (union); "img2": empty. Nested like the release.
-    m1 = np.zeros((8, 6), bool)
+    # Image "img1": two regions (union); "img2": empty. Nested like the release. 10 x 8 px: images
+    # below 8 px a side are refused (data/base.py: MIN_IMAGE_SIDE).
+    m1 = np.zeros((10, 8), bool)
     m1[1:3, 1:4] = True
-    m2 = np.zeros((8, 6), bool)
+    m2 = np.zeros((10, 8), bool)
     m2[6:8, 5] = True
     (tmp_path / "train-rle.csv").write_text(
         f"ImageId, EncodedPixels\nimg1, {rle_encode(m1)}\nimg1, {rle_encode(m2)}\nimg2, -1\n")
     for iid, pid in (("img1", "patient-A"), ("img2", "patient-B")):
         _dcm(tmp_path / "dicom-images-train" / f"study-{iid}" / "series" / f"{iid}.dcm", 80,
-             shape=(8, 6), patient_id=pid)
+             shape=(10, 8), patient_id=pid)
     return tmp_path
 
 
@@ -135,11 +136,11 @@ def test_siim_masks_labels_and_patient_ids(tmp_path):
     assert list(ds.image_ids) == ["img1", "img2"]
     assert list(ds.patient_ids) == ["patient-A", "patient-B"]
     np.testing.assert_array_equal(ds.labels, [[1], [0]])
-    expect = np.zeros((8, 6), bool)
+    expect = np.zeros((10, 8), bool)
     expect[1:3, 1:4] = True
     expect[6:8, 5] = True
     s = ds[0]
-    assert s["mask"].dtype.is_floating_point is False and s["mask"].shape == (1, 8, 6)
+    assert s["mask"].dtype.is_floating_point is False and s["mask"].shape == (1, 10, 8)
     np.testing.assert_array_equal(s["mask"][0].numpy(), expect)
     assert not ds[1]["mask"].any()
 
@@ -149,7 +150,7 @@ def test_siim_bad_rle_and_columns(tmp_path):
     (root / "train-rle.csv").write_text("ImageId, EncodedPixels\nimg1, 1 2 3\n")
     with pytest.raises(ValueError, match=r"train-rle\.csv:2.*EncodedPixels.*pairs"):
         SIIMPneumothorax(root)
-    (root / "train-rle.csv").write_text("ImageId, EncodedPixels\nimg1, 40 20\n")  # 60 > 8 * 6
+    (root / "train-rle.csv").write_text("ImageId, EncodedPixels\nimg1, 70 20\n")  # 90 > 10 * 8
     ds = SIIMPneumothorax(root)
     with pytest.raises(ValueError, match=r"img1\.dcm.*beyond"):
         ds[0]
@@ -230,14 +231,77 @@ def test_vindr_bad_rows(tmp_path, row, match):
 @pytest.mark.skipif(SHARED is None or not (SHARED / "medmnist" / "pneumoniamnist.npz").is_file(),
                     reason="shared pneumoniamnist.npz absent")
 def test_pneumoniamnist_shared_file():
-    ref = np.load(SHARED / "medmnist" / "pneumoniamnist.npz")
+    """The shared file is not the official one (../shared/data/README.md): its training split has
+    3,882 images where MedMNIST v2 has 4,708 (issue 19 item 9: it loaded without a word). Loading
+    it warns naming both counts; val and test have the official sizes and load quietly."""
+    import warnings
+
+    from mlvicx_core.data.medmnist import MedMNISTSizeWarning
+
+    path = SHARED / "medmnist" / "pneumoniamnist.npz"
+    ref = np.load(path)
     for split, n in (("train", 3882), ("val", 524), ("test", 624)):
-        ds = MedMNISTChest("pneumoniamnist", root=SHARED / "medmnist", split=split)
-        assert len(ds) == n and ds.findings == ["Pneumonia"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = MedMNISTChest("pneumoniamnist", root=SHARED / "medmnist", split=split)
+        loud = [str(w.message) for w in caught if issubclass(w.category, MedMNISTSizeWarning)]
+        official = OFFICIAL_SIZES["pneumoniamnist"][split]
+        if split == "train":
+            assert loud == [(f"{path}: the train split has 3882 images, but MedMNIST (medmnist "
+                            f"{medmnist_version()}) records 4708 for pneumoniamnist: this is not "
+                            "the official file (short by 826 images); results from it are not "
+                            "comparable with published pneumoniamnist numbers")]
+            assert len(ds) == 3882 != official
+        else:
+            assert loud == [] and len(ds) == n == official
+        assert ds.findings == ["Pneumonia"]
         np.testing.assert_array_equal(ds.labels, ref[f"{split}_labels"].astype(np.float32))
     s = ds[5]
     assert s["image"].shape == (1, 28, 28) and s["patient_id"] == "pneumoniamnist/test/5"
     np.testing.assert_allclose(s["image"][0].numpy(), ref["test_images"][5] / 255.0, atol=1e-7)
+
+
+#: The split sizes the MedMNIST v2 paper (Yang et al. 2023, table 1) gives: the reference the
+#: loader's check is held to (it reads them from the medmnist package).
+OFFICIAL_SIZES = {"pneumoniamnist": {"train": 4708, "val": 524, "test": 624},
+                  "chestmnist": {"train": 78468, "val": 11219, "test": 22433}}
+
+
+def medmnist_version() -> str:
+    import medmnist
+
+    return medmnist.__version__
+
+
+def test_medmnist_split_sizes_are_checked_against_the_official_counts(tmp_path):
+    """Issue 19 item 9: a split whose size differs from MedMNIST's record warns, naming the file
+    and both counts; a split of the official size loads quietly."""
+    import warnings
+
+    from mlvicx_core.data.medmnist import MedMNISTSizeWarning
+
+    sizes = {"train": 10, "val": 524, "test": 630}
+    arrays = {}
+    for split, n in sizes.items():
+        arrays[f"{split}_images"] = np.zeros((n, 28, 28), np.uint8)
+        arrays[f"{split}_labels"] = np.zeros((n, 1), np.uint8)
+    path = tmp_path / "pneumoniamnist.npz"
+    np.savez(path, **arrays)
+    for split, n in sizes.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert len(MedMNISTChest("pneumoniamnist", root=tmp_path, split=split)) == n
+        loud = [str(w.message) for w in caught if issubclass(w.category, MedMNISTSizeWarning)]
+        official = OFFICIAL_SIZES["pneumoniamnist"][split]
+        if n == official:
+            assert loud == []
+        else:
+            (message,) = loud
+            assert message.startswith(f"{path}: the {split} split has {n} images, but MedMNIST "
+                                      f"(medmnist {medmnist_version()}) records {official} for "
+                                      "pneumoniamnist: this is not the official file ("
+                                      f"{'short' if n < official else 'long'} by "
+                                      f"{abs(n - official)} images)")
 
 
 def _chestmnist(root: Path) -> dict[str, np.ndarray]:
@@ -253,7 +317,9 @@ def _chestmnist(root: Path) -> dict[str, np.ndarray]:
 
 def test_chestmnist_fixture_and_missing_file(tmp_path):
     arrays = _chestmnist(tmp_path)
-    ds = MedMNISTChest("chestmnist", root=tmp_path, split="val", image_size=56)
+    with pytest.warns(UserWarning, match="the val split has 2 images, but MedMNIST .* records "
+                                         "11219 for chestmnist"):
+        ds = MedMNISTChest("chestmnist", root=tmp_path, split="val", image_size=56)
     assert ds.findings == NIH_FINDINGS and len(ds) == 2
     np.testing.assert_array_equal(ds[1]["labels"].numpy(), arrays["val_labels"][1])
     assert ds[1]["image"].shape == (1, 56, 56)

@@ -208,3 +208,51 @@ def test_file_datasets_take_bit_depth(tmp_path):
     assert source_fingerprint(ds, 2) != source_fingerprint(default, 2)
     with pytest.raises(ValueError, match=r"bit_depth=20.*an integer 1\.\.16"):
         ImageFolderDataset(tmp_path, bit_depth=20)
+
+
+def test_a_tiny_image_is_an_error_naming_the_file_not_a_stretched_picture(tmp_path):
+    """Issue 19 item 7: a 1 x 1 PNG became a constant 64 x 64 'radiograph' without a word."""
+    import warnings
+
+    from mlvicx_core.data.folder import ImageFolderDataset
+
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(np.full((7, 30), 10, np.uint8)).save(tmp_path / "c.png")  # 7 px high
+    Image.fromarray(np.full((8, 8), 50, np.uint8)).save(tmp_path / "d.png")  # the smallest allowed
+    ds = ImageFolderDataset(tmp_path, image_size=64)
+    assert ds[0]["image"].shape == (1, 64, 64)
+    with pytest.raises(ImageReadError, match=rf"^{tmp_path / 'b.png'}: image of 1 x 1 px; expected "
+                                             r"a radiograph of at least 8 px a side"):
+        ds[1]
+    with pytest.raises(ImageReadError, match=rf"^{tmp_path / 'c.png'}: image of 30 x 7 px"):
+        ds[2]
+    np.testing.assert_allclose(ds[3]["image"].numpy(), 50 / 255, atol=1e-6)
+    skipping = ImageFolderDataset(tmp_path, image_size=64, on_error="skip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample = skipping[1]  # replaced by the next readable one
+    assert sample["index"] == 3 and skipping.skipped == [str(tmp_path / "b.png"),
+                                                         str(tmp_path / "c.png")]
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        f"skipping {tmp_path / 'b.png'}", f"skipping {tmp_path / 'c.png'}"]
+
+
+def test_a_tiny_image_stops_pretraining_with_one_line(tmp_path, capsys):
+    from mlvicx_core.cli import main
+
+    for i in range(8):
+        Image.fromarray(np.full((40, 40), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tmp_path / "3.png")
+    code = main(["pretrain", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path}",
+                 "--set", "model.projector=[16]", "--set", "model.ml_projector=[16]",
+                 "--set", "model.fusion_channels=8", "--set", "model.fusion_size=8",
+                 "--set", "model.pool_size=2", "--set", "train.batch_size=8",
+                 "--set", "train.progress=false", "--set", "train.tensorboard=false",
+                 "--set", "train.eval_every=0", "--set", f"train.out_dir={tmp_path / 'runs'}",
+                 "--set", "train.max_steps=1"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"mlvicx pretrain: error: {tmp_path / '3.png'}: image of 1 x 1 px; expected a radiograph "
+        "of at least 8 px a side (stretching it to 64 px would make a picture of nothing)\n"
+        "(to skip unreadable files instead, add --set data.on_error=skip)\n")

@@ -343,3 +343,19 @@ def test_google2019_fixture_values_boxes_and_bad_cells(tmp_path):
         NIHChestXray14(img_dir, csv=nih_csv, bbox_csv=False, label_set="google2019")
     with pytest.raises(ValueError, match=r"label_set='chexpert': expected 'nih' or 'google2019'"):
         NIHChestXray14(img_dir, csv=nih_csv, bbox_csv=False, label_set="chexpert")
+
+
+def test_an_empty_finding_cell_is_one_line_from_the_command(tmp_path, capsys):
+    """Issue 19 item 6: the message was right but arrived as a traceback with exit status 1."""
+    from mlvicx_core.cli import main
+
+    img_dir, csv = _fixture(tmp_path, nested=False)
+    line = _rewrite_row(csv, "00000004_001.png", 1, "")
+    table = img_dir / "Data_Entry_2017_v2020.csv"  # where the registry's nih entry looks
+    csv.rename(table)
+    code = main(["pretrain", "--set", "data.dataset=nih", "--set", f"data.root={img_dir}",
+                 "--set", f"train.out_dir={tmp_path / 'runs'}", "--set", "train.max_steps=1"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"mlvicx pretrain: error: data.dataset='nih': {table}:{line}: 'Finding Labels' is empty; "
+        "expected 'No Finding' or findings separated by '|' (e.g. 'Mass|Nodule')\n")

@@ -11,7 +11,10 @@ from mlvicx_core.train.trainer import pretrain
 
 
 def _state(step):
-    return {"step": step, "model": {"w": torch.full((3,), float(step))}}
+    """What a training checkpoint holds (checkpoints.TRAINING_KEYS), with one weight."""
+    return {"step": step, "model": {"w": torch.full((3,), float(step))}, "optimizer": {},
+            "scheduler": {}, "rng": {}, "augment_rng": torch.zeros(4, dtype=torch.uint8),
+            "config": {}}
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -84,6 +87,69 @@ def test_unreadable_latest_checkpoint_falls_back_with_a_warning(tmp_path):
         p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no readable checkpoint in"):
         mgr.load_latest()
+
+
+def test_a_loadable_file_that_is_no_training_checkpoint_is_skipped_with_a_warning(tmp_path):
+    """Issue 19 item 3: a file torch loads but that lacks what a run resumes from (a trunk
+    exported over a checkpoint, a model file, a wrong type) is treated like an unreadable one."""
+    from mlvicx_core.checkpoints import CheckpointError
+
+    mgr = CheckpointManager(tmp_path, keep_last=5)
+    good = mgr.save(_state(1))
+    torch.save({"conv1.weight": torch.zeros(2), "bn1.weight": torch.ones(2)},
+               tmp_path / "step-00000002.pt")  # a trunk
+    torch.save({**_state(3), "step": "3"}, tmp_path / "step-00000003.pt")
+    torch.save([1, 2], tmp_path / "step-00000004.pt")
+    with pytest.warns(UserWarning) as caught:
+        path, state = mgr.load_latest()
+    assert path == good and state["step"] == 1
+    (message,) = [str(w.message) for w in caught]
+    assert message == (
+        f"{tmp_path / 'step-00000004.pt'}: expected a dict, found list; "
+        f"{tmp_path / 'step-00000003.pt'} is not a training checkpoint (step is str); "
+        f"{tmp_path / 'step-00000002.pt'} is not a training checkpoint (missing ['step', 'model', "
+        "'optimizer', 'scheduler', 'rng', 'augment_rng', 'config']; it holds 2 entries: "
+        f"['conv1.weight', 'bn1.weight']); falling back to {good}")
+    good.unlink()
+    with pytest.raises(CheckpointError, match=r"^no readable checkpoint in .*step-00000002\.pt is "
+                                              r"not a training checkpoint \(missing"):
+        mgr.load_latest()
+
+
+def test_ctrl_c_in_python_saves_the_step_and_raises_a_short_interruption(tmp_path):
+    """Issue 19 item 2, in Python (a notebook's interrupt is SIGINT): the step that was running is
+    finished and checkpointed, then a KeyboardInterrupt saying where is raised; the same call
+    resumes bit-identically, and the previous SIGINT handler is back."""
+    import os
+    import signal
+
+    from mlvicx_core.train.trainer import TrainingInterrupted
+
+    calls = []
+
+    def interrupting_augment(images, generator=None):
+        calls.append(len(calls) + 1)
+        if len(calls) == 2:  # Ctrl-C while step 2 runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return simple_augment(images, generator=generator)
+
+    before = signal.getsignal(signal.SIGINT)
+    cfg = tiny_config(tmp_path, **{"train.max_steps": 5})  # train.ckpt_every=100: none due
+    with pytest.raises(KeyboardInterrupt) as info:
+        pretrain(cfg, dataset=TinyCXR(32), augment=interrupting_augment, run_dir=tmp_path / "r")
+    err = info.value
+    ckpt = tmp_path / "r" / "checkpoints" / "step-00000002.pt"
+    assert isinstance(err, TrainingInterrupted) and (err.step, err.checkpoint) == (2, ckpt)
+    assert err.exit_status == 130 and calls == [1, 2]
+    assert str(err) == (f"interrupted by SIGINT after step 2 of 5; checkpoint written: {ckpt}. The "
+                        "same command (or the same pretrain / train_or_load call) resumes from it")
+    assert signal.getsignal(signal.SIGINT) is before
+    assert [p.name for p in ckpt.parent.iterdir()] == [ckpt.name]
+    resumed = _run(cfg, tmp_path / "r")
+    straight = _run(cfg, tmp_path / "s")
+    assert resumed.step == straight.step == 5 and resumed.losses == straight.losses[2:]
+    _assert_same_state(resumed.model, straight.model)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def _run(cfg, run_dir):

@@ -116,10 +116,64 @@ def test_overrides_are_typed():
     ("optim.base_lr=-1e-3", r"optim\.base_lr='-1e-3': expected every value > 0"),
     ("optim.base_lr=1e400", r"optim\.base_lr='1e400': expected a finite number"),
     ("train.max_steps=1e3", r"train\.max_steps='1e3': expected an integer or null"),
+    # issue 19 item 5: a run folder outside train.out_dir, or out_dir itself
+    ("train.run_name=../escaped", (r"train\.run_name='\.\./escaped': expected a folder name inside "
+                                  r"train\.out_dir")),
+    ("train.run_name=/tmp/abs", r"train\.run_name='/tmp/abs': expected a folder name inside"),
+    ("train.run_name=.", r"train\.run_name='\.': expected a folder name inside train\.out_dir"),
+    ("train.run_name=..", r"train\.run_name='\.\.': expected a folder name inside"),
+    ("train.run_name=a/b", r"train\.run_name='a/b': expected a folder name inside"),
+    ("train.run_name=' '", r"train\.run_name=' ': expected a folder name inside"),
+    # issue 19 item 7: views larger than the stored images would be upsampled
+    ("data.image_size=128",
+     (r"data\.image_size=128: larger than data\.load_size=64: every view would be upsampled "
+      r"from 64 px .*set data\.load_size to at least 128")),
 ])
 def test_bad_values_name_the_key_and_the_expectation(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(load_config("teaching"), [override])
+
+
+def test_image_size_and_load_size_are_checked_together_in_any_order():
+    """The check across the two keys sees the final values of one command line (issue 19)."""
+    for order in (["data.image_size=128", "data.load_size=128"],
+                  ["data.load_size=128", "data.image_size=128"]):
+        cfg = apply_overrides(load_config("teaching"), order)
+        assert (cfg.data.image_size, cfg.data.load_size) == (128, 128)
+    cfg = apply_overrides(load_config("teaching"), ["data.image_size=128", "data.load_size=null"])
+    assert (cfg.data.image_size, cfg.data.load_size) == (128, None)
+    assert apply_overrides(load_config("teaching"), ["train.run_name=my-run"]).train.run_name == \
+        "my-run"
+
+
+@pytest.mark.parametrize("text, message", [
+    # issue 19 item 4: two sections of one name; PyYAML kept the second (epochs 300, not 3)
+    ("base: teaching\ntrain:\n  epochs: 3\nloss: {lam: 0.5}\ntrain:\n  batch_size: 8\n",
+     "section 'train' is given twice (lines 2 and 5)"),
+    ("train:\n  epochs: 3\n  batch_size: 8\n  epochs: 4\n",
+     "key 'train.epochs' is given twice (lines 2 and 4)"),
+    ("aug: {flip_p: 0.5, flip_p: 0.1}\n", "key 'aug.flip_p' is given twice (lines 1 and 1)"),
+    ("base: teaching\nbase: paper\n", "section 'base' is given twice (lines 1 and 2)"),
+    ("", ("the file is empty; expected a mapping of sections (model, loss, aug, data, optim, "
+         "train, eval)")),
+    ("# nothing but a comment\n\n", "the file is empty"),
+])
+def test_yaml_files_that_do_not_mean_what_they_say_are_refused(tmp_path, capsys, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    assert main(["pretrain", "--preset", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mlvicx pretrain: error: {path}: {message}" + err.split(message, 1)[1]
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(ConfigError, match="given twice|is empty"):
+        load_config(str(path))
+
+
+def test_a_yaml_merge_key_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: teaching\ntrain: {<<: {epochs: 2, batch_size: 8}, epochs: 3}\n")
+    cfg = load_config(str(path))
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 8)
 
 
 def test_yaml_1_1_floats_are_numbers(tmp_path, capsys):
@@ -260,3 +314,29 @@ def test_export_trunk_command(tmp_path, capsys):
 
 def test_subcommands_are_registered():
     assert {"pretrain", "demo", "evaluate", "results", "export-trunk"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("device, cuda, message", [
+    ("cuda", 0, "train.device='cuda': this machine has no usable CUDA device (torch "),
+    ("cuda:0", 0, "train.device='cuda:0': this machine has no usable CUDA device"),
+    ("cuda:7", 1, ("train.device='cuda:7': this machine has 1 CUDA device(s), cuda:0 to cuda:0; "
+                  "expected one of them or auto")),
+    ("mps", 0, ("train.device='mps': Apple's MPS backend is not available on this machine; "
+               "expected auto or cpu")),
+])
+def test_a_device_the_machine_lacks_is_one_line(monkeypatch, capsys, tmp_path, device, cuda,
+                                                message):
+    """Issue 19 item 6: cuda, cuda:7 and mps on a machine without them were tracebacks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["pretrain", "--set", f"train.device={device}", "--set",
+                 f"train.out_dir={tmp_path}", "--set", "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlvicx pretrain: error: {message}") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # refused before any work
+    from mlvicx_core.evaluation.embeddings import resolve_device
+
+    with pytest.raises(ConfigError, match=r"eval\.device='mps': Apple's MPS backend"):
+        resolve_device("mps")
+    assert resolve_device("cpu") == torch.device("cpu")

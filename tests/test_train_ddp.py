@@ -8,8 +8,10 @@ the real CLI with the real (tiny) MLVICX in two processes.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +98,26 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     assert not torch.allclose(local["global/covariance"], ref["global/covariance"], rtol=1e-3)
 
 
+def _vote(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    # rank 1 got SIGTERM (15) before step 1, no rank got one before step 2
+    votes = [distributed.agree_max({0: 0, 1: 15}[rank], torch.device("cpu")),
+             distributed.agree_max(0, torch.device("cpu"))]
+    Path(out_dir, f"vote{rank}.json").write_text(json.dumps(votes))
+    dist.destroy_process_group()
+
+
+def test_every_rank_agrees_to_stop_when_one_got_the_signal(tmp_path):
+    """The trainer's stop decision after a signal (issue 19 item 2): a signal that reached one rank
+    stops every rank after the same step."""
+    assert distributed.agree_max(15, torch.device("cpu")) == 15  # one process: its own value
+    mp.start_processes(_vote, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD,
+                       join=True, start_method="fork" if sys.platform == "linux" else "spawn")
+    for rank in range(WORLD):
+        assert json.loads((tmp_path / f"vote{rank}.json").read_text()) == [15, 0]
+
+
 def test_sampler_shards_are_disjoint_and_resume_part_way():
     data = list(range(20))
     shards = []
@@ -147,3 +169,56 @@ def test_torchrun_two_process_cli_run(tmp_path):
     assert [r["step"] for r in records] == [1, 2]  # one writer
     assert all(np.isfinite(r["loss"]) for r in records)
     assert (run / "checkpoints" / "step-00000002.pt").is_file() and (run / "trunk.pt").is_file()
+
+
+def test_torchrun_sigterm_stops_every_rank_after_the_same_step_and_resumes(tmp_path):
+    """Issue 19 item 2 under torchrun: SIGTERM to torchrun reaches both workers; rank 0 is held
+    while it writes step 3's record (it gets the signal there), rank 1 waits for it in the step's
+    stop vote. Both stop after step 3, rank 0 writes that checkpoint, and the resumed run equals an
+    uninterrupted one."""
+    from test_faults import SITECUSTOMIZE
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    _write_images(tmp_path / "imgs", 16)
+
+    def torchrun(name, **fault):
+        args = ["pretrain", "--preset", "teaching", "--set", "data.dataset=folder",
+                "--set", f"data.root={tmp_path / 'imgs'}", "--set", f"train.out_dir={tmp_path}",
+                "--set", f"train.run_name={name}", "--set", "train.max_steps=4",
+                "--set", "train.ckpt_every=100", "--set", "data.load_size=null"]
+        for s in TINY_SETS:
+            args += ["--set", s]
+        env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{REPO}", OMP_NUM_THREADS="1",
+                   **{f"MLVICX_FAULT{k}": v for k, v in fault.items()})
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+             "2", "-m", "mlvicx_core.cli", *args], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    fired, release = tmp_path / "fired", tmp_path / "release"
+    child = torchrun("ddp", **{"": "pauseline:metrics.jsonl:2", "_FIRED": str(fired),
+                               "_RELEASE": str(release)})
+    while not fired.exists():
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    release.touch()
+    out, err = child.communicate(timeout=240)
+    run = tmp_path / "ddp"
+    ckpt = run / "checkpoints" / "step-00000003.pt"
+    assert err.count("mlvicx pretrain: interrupted by SIGTERM after step 3 of 4; checkpoint "
+                     f"written: {ckpt}.") == 1, out[-3000:] + err[-3000:]  # rank 0 says it
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]
+
+    for name in ("ddp", "straight"):
+        out, err = torchrun(name).communicate(timeout=240)
+        assert out.count("finished 4 steps") == 1, out[-3000:] + err[-3000:]
+        assert (f"resuming {run} from step 3 (step-00000003.pt)" in out) == (name == "ddp")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    a = torch.load(run / "checkpoints" / "step-00000004.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "straight" / "checkpoints" / "step-00000004.pt",
+                   weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -141,3 +141,140 @@ def test_concurrent_train_or_load_trains_once(tmp_path, monkeypatch):
         t.join()
     assert len(calls) == 1  # the second caller waited on the lock, then loaded the finished run
     assert results["a"].run_dir == results["b"].run_dir and {r.step for r in results.values()} == {2}
+
+
+# -- which code a run comes from (issue 19 item 8) -------------------------------------------------
+def test_the_code_fingerprint_ignores_comments_and_docstrings_but_not_code(tmp_path):
+    from mlvicx_core.train.fingerprint import source_digest
+
+    variants = {
+        "base": 'def f(x):\n    """Double."""\n    return 2 * x\n',
+        "comment": '# a comment\ndef f(x):  # another\n    """Double it."""\n\n    return 2*x\n',
+        "no docstring": "def f(x):\n    return (2 * x)\n",
+        "code": 'def f(x):\n    """Double."""\n    return 3 * x\n',
+        "name": 'def g(x):\n    """Double."""\n    return 2 * x\n',
+    }
+    digests = {}
+    for name, text in variants.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.py"
+        path.write_text(text)
+        digests[name] = source_digest(path)
+    assert digests["base"] == digests["comment"] == digests["no docstring"]
+    assert len({digests["base"], digests["code"], digests["name"]}) == 3
+
+
+def test_the_code_fingerprint_covers_what_defines_the_weights(tmp_path, monkeypatch):
+    """Every module that defines a run's weights (network, loss, views, step, loop, optimiser, the
+    dataset read) changes the fingerprint; the evaluation code and the dataset not read do not."""
+    import shutil
+
+    import mlvicx_core
+    from mlvicx_core.data.registry import DATASETS
+    from mlvicx_core.train import fingerprint
+
+    assert set(DATASETS) <= set(fingerprint.DATASET_MODULES)  # a new dataset needs its entry
+    copy = tmp_path / "mlvicx_core"
+    shutil.copytree(fingerprint.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE", copy)
+    base = {d: fingerprint.code_fingerprint(d) for d in ("synthetic", "nih")}
+    assert base == {d: fingerprint.code_fingerprint(d) for d in base}  # stable
+    changes = {"model.py": ("synthetic", "nih"), "loss.py": ("synthetic", "nih"),
+               "data/augment.py": ("synthetic", "nih"), "train/step.py": ("synthetic", "nih"),
+               "train/optim.py": ("synthetic", "nih"), "data/phantom.py": ("synthetic",),
+               "data/tables.py": ("nih",), "evaluation/probe.py": (), "data/vindr.py": ()}
+    for name, affected in changes.items():
+        path = copy / name
+        original = path.read_text()
+        path.write_text(original + "\n_CHANGED = 1\n")
+        assert [d for d in base if fingerprint.code_fingerprint(d) != base[d]] == list(affected), \
+            name
+        path.write_text(original + "\n# a comment changes nothing\n")
+        assert {d: fingerprint.code_fingerprint(d) for d in base} == base, name
+        path.write_text(original)
+    assert mlvicx_core.__version__ == fingerprint.kit_version()
+
+
+def _stale(run_dir, what: str = "done.json") -> None:
+    """Make ``run_dir``'s run look trained by other (older) code."""
+    if what == "done.json":
+        done = json.loads((run_dir / "done.json").read_text())
+        done.update(code_fingerprints=["0" * 64], kit_version="0.1.0")
+        (run_dir / "done.json").write_text(json.dumps(done))
+        return
+    for path in CheckpointManager(run_dir / "checkpoints").checkpoints():
+        state = load_checkpoint(path)
+        state.update(code_fingerprints=["0" * 64], kit_version="0.1.0")
+        torch.save(state, path)
+
+
+def test_train_or_load_retrains_a_run_of_other_code_in_a_fresh_folder(tmp_path, capsys):
+    """A finished run found by its configuration hash but trained by other code is neither reused
+    silently nor destroyed: the run is trained afresh next to it, with one line naming both
+    fingerprints, and the fresh run is what later calls reuse."""
+    from mlvicx_core.train.fingerprint import code_fingerprint, kit_version
+    from mlvicx_core.train.runs import fresh_run_dir
+
+    cfg = tiny_config(tmp_path, **{"train.max_steps": 2})
+    kwargs = {"dataset": TinyCXR(32), "augment": simple_augment}
+    first = train_or_load(cfg, **kwargs)
+    fp = code_fingerprint(cfg.data.dataset)
+    done = json.loads((first.run_dir / "done.json").read_text())
+    assert (done["code_fingerprints"], done["code_fingerprint"], done["kit_version"]) == \
+        ([fp], fp, kit_version())
+    assert load_checkpoint(first.checkpoint)["code_fingerprints"] == [fp]
+    _stale(first.run_dir)
+    kept = {p: p.read_bytes() for p in first.run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    again = train_or_load(cfg, **kwargs)
+    fresh = fresh_run_dir(first.run_dir, fp)
+    assert again.run_dir == fresh == first.run_dir.with_name(f"{first.run_dir.name}-code{fp[:8]}")
+    assert len(again.losses) == 2  # trained, not reused
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == (f"{first.run_dir} holds this configuration trained by other code (code "
+                    f"fingerprint {'0' * 12}, kit 0.1.0; this code is {fp[:12]}, kit "
+                    f"{kit_version()}): training afresh in {fresh} (the old run is kept)")
+    assert {p: p.read_bytes() for p in first.run_dir.rglob("*") if p.is_file()} == kept
+    for k, v in first.model.state_dict().items():  # the same code gives the same weights
+        assert torch.equal(v, again.model.state_dict()[k]), k
+
+    third = train_or_load(cfg)  # the fresh run is reused, without training
+    assert third.run_dir == fresh and third.losses == [] and third.step == 2
+    assert capsys.readouterr().out == (
+        f"{first.run_dir} holds this configuration trained by other code (code fingerprint "
+        f"{'0' * 12}, kit 0.1.0; this code is {fp[:12]}, kit {kit_version()}): reusing this "
+        f"code's run in {fresh} (the old run is kept)\n")
+
+
+def test_an_interrupted_run_resumes_with_its_own_code_and_not_with_other_code(tmp_path, capsys):
+    """train_or_load resumes an unfinished run of this code in place; one whose checkpoints come
+    from other code is trained afresh next to it; ``mlvicx pretrain`` (the folder chosen by the
+    user) resumes it anyway and warns naming both fingerprints."""
+    from mlvicx_core.train.fingerprint import code_fingerprint
+    from mlvicx_core.train.runs import fresh_run_dir, run_dir_for
+
+    kwargs = {"dataset": TinyCXR(32), "augment": simple_augment}
+    short = pretrain(tiny_config(tmp_path, **{"train.max_steps": 2}), **kwargs)
+    whole = tiny_config(tmp_path, **{"train.max_steps": 3})
+    assert short.run_dir == run_dir_for(whole)
+    resumed = train_or_load(whole, **kwargs)  # same code: continued in place
+    assert resumed.run_dir == short.run_dir and len(resumed.losses) == 1
+
+    other = tiny_config(tmp_path / "o", **{"train.max_steps": 2})
+    pretrain(other, **kwargs)
+    (run_dir_for(other) / "done.json").unlink()  # killed before the end
+    _stale(run_dir_for(other), "checkpoints")
+    capsys.readouterr()
+    fresh = train_or_load(tiny_config(tmp_path / "o", **{"train.max_steps": 3}), **kwargs)
+    fp = code_fingerprint("synthetic")
+    assert fresh.run_dir == fresh_run_dir(run_dir_for(other), fp) and len(fresh.losses) == 3
+    assert "trained by other code (code fingerprint 000000000000, kit 0.1.0" in \
+        capsys.readouterr().out
+    with pytest.warns(UserWarning, match=r"step-00000002\.pt was written by other code \(code "
+                                         r"fingerprint 000000000000, kit 0\.1\.0; this code is "
+                                         rf"{fp[:12]}, kit .*\): resuming anyway, so this run "
+                                         "mixes both"):
+        mixed = pretrain(tiny_config(tmp_path / "o", **{"train.max_steps": 3}), **kwargs)
+    assert mixed.run_dir == run_dir_for(other) and len(mixed.losses) == 1
+    done = json.loads((mixed.run_dir / "done.json").read_text())
+    assert done["code_fingerprints"] == ["0" * 64, fp]  # a mixed run is never reused as this code's

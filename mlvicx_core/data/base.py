@@ -6,6 +6,9 @@ DICOM MONOCHROME1 files are inverted to follow it; 16-bit sources are scaled by 
 
 Size policy: with ``image_size=S`` every image is resized to S x S (bilinear, antialiased), the
 whole field of view is kept and the aspect ratio is not preserved (chest films are close to square).
+An image smaller than :data:`MIN_IMAGE_SIDE` (8 px) a side is an error naming the file (an
+:class:`~mlvicx_core.data.imageio.ImageReadError`, skipped with ``on_error="skip"``), not a
+constant picture stretched to S.
 With ``image_size=None`` images keep their native size (only useful with batch size 1 or a transform
 that crops to a fixed size).
 
@@ -27,6 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from .imageio import ImageReadError
+
+#: Smallest side a stored image may have (the smallest ``data.image_size`` too): a 1 x 1 file
+#: resized to the model's input is a constant picture, not a radiograph.
+MIN_IMAGE_SIDE = 8
 
 
 def resize_image(img: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -103,7 +112,13 @@ class CXRDataset(Dataset):
         raise RuntimeError(f"{type(self).__name__}: no readable image left")
 
     def _sample(self, i: int) -> dict[str, Any]:
-        img = torch.from_numpy(np.ascontiguousarray(self.load_image(i), dtype=np.float32))[None]
+        raw = self.load_image(i)
+        if min(np.shape(raw)[-2:], default=0) < MIN_IMAGE_SIDE:
+            raise ImageReadError(f"{self.describe(i)}: image of {np.shape(raw)[-1]} x "
+                                 f"{np.shape(raw)[-2]} px; expected a radiograph of at least "
+                                 f"{MIN_IMAGE_SIDE} px a side (stretching it to "
+                                 f"{self.image_size or 'its'} px would make a picture of nothing)")
+        img = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))[None]
         img = resize_image(img, self.image_size)
         sample: dict[str, Any] = {
             "labels": torch.from_numpy(np.asarray(self.labels[i], dtype=np.float32)),

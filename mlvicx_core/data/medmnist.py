@@ -10,6 +10,11 @@ Files are never fetched unless ``download=True``; with ``download=False`` and no
 since torchvision's downloader would otherwise replace a valid copy whose MD5 differs from the
 record, as the shared ``pneumoniamnist.npz`` does).
 
+Each split's size is compared with the count the ``medmnist`` package records
+(``medmnist.INFO[flag]["n_samples"]``): a file whose split differs (the shared
+``pneumoniamnist.npz`` has 3,882 training images where MedMNIST v2 has 4,708) loads with a
+:class:`MedMNISTSizeWarning` naming the file and both counts, every time it is loaded.
+
 MedMNIST carries no patient ids: ``patient_id`` is ``"<flag>/<split>/<i>"`` and patient-disjointness
 rests on MedMNIST's own split. Images are square already, so ``image_size=None`` (the default here)
 keeps the stored size.
@@ -17,6 +22,7 @@ keeps the stored size.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +34,27 @@ from .paths import default_data_root
 MEDMNIST_CHEST = {"chestmnist": ("ChestMNIST", NIH_FINDINGS),
                   "pneumoniamnist": ("PneumoniaMNIST", ["Pneumonia"])}
 SIZES = (28, 64, 128, 224)
+
+
+class MedMNISTSizeWarning(UserWarning):
+    """A MedMNIST file whose split does not have the size the ``medmnist`` package records."""
+
+
+def check_split_size(flag: str, split: str, n: int, path, medmnist=None) -> int | None:
+    """Compare a split's image count with ``medmnist.INFO[flag]["n_samples"][split]``; warn
+    (:class:`MedMNISTSizeWarning`) naming the file and both counts when they differ. Returns the
+    recorded count (None where the package records none)."""
+    if medmnist is None:
+        import medmnist
+    expected = getattr(medmnist, "INFO", {}).get(flag, {}).get("n_samples", {}).get(split)
+    if expected is not None and n != expected:
+        warnings.warn(
+            f"{path}: the {split} split has {n} images, but MedMNIST (medmnist "
+            f"{getattr(medmnist, '__version__', '?')}) records {expected} for {flag}: this is not "
+            f"the official file ({'short' if n < expected else 'long'} by {abs(n - expected)} "
+            f"images); results from it are not comparable with published {flag} numbers",
+            MedMNISTSizeWarning, stacklevel=3)
+    return expected
 
 
 class MedMNISTChest(CXRDataset):
@@ -74,6 +101,7 @@ class MedMNISTChest(CXRDataset):
         if labels.shape != (len(imgs), k) or not np.isin(labels, (0, 1)).all():
             raise ValueError(f"{path}: {split}_labels has shape {labels.shape}; expected 0/1 "
                              f"values of shape ({len(imgs)}, {k})")
+        check_split_size(flag, split, len(imgs), path, medmnist)
         self.flag, self.split, self.path = flag, split, path
         self.images = imgs
         self.labels = labels.astype(np.float32)

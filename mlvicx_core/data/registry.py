@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import CXRDataset
+from .imageio import ImageReadError
 from .subset import seeded_subset
 
 SPLIT_NAMES = ("train", "val", "test", "all")
@@ -88,7 +89,11 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str = "tr
         Path(root).expanduser() if root is not None else None)
     try:
         dataset = builder(**spec)
-    except FileNotFoundError as err:
+    except (DatasetError, ImageReadError):
+        raise
+    except (FileNotFoundError, ValueError) as err:
+        # a missing file, or a table or array that is not what the dataset expects (an empty
+        # 'Finding Labels' cell, a wrong column): the message names the file, line or column
         raise DatasetError(f"data.dataset={name!r}: {err}") from err
     if name != "synthetic":
         dataset = seeded_subset(dataset, length, seed, in_memory)

@@ -50,7 +50,7 @@ class Features(NamedTuple):
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` -> cuda if available, else mps, else cpu (:func:`mlvicx_core.devices.select_device`)."""
-    return select_device(device)
+    return select_device(device, key="eval.device")
 
 
 def state_fingerprint(model: torch.nn.Module) -> str:

@@ -280,10 +280,14 @@ class Evaluation:
         return path
 
     def umap(self) -> list[dict]:
-        from .umap_view import colour_table, plot_umap, umap_embed
+        from .umap_view import UMAP_MIN_POINTS, colour_table, plot_umap, umap_embed
 
         te = self.feats["test"]
         ds = self.splits["test"]
+        if len(te.x) < UMAP_MIN_POINTS:
+            raise ValueError(f"the test split has {len(te.x)} images; a 2-D UMAP needs at least "
+                             f"{UMAP_MIN_POINTS}: use a larger test split (eval.split_sizes, or "
+                             "more data)")
         meta = getattr(ds, "metadata", None)
         table = colour_table(te.labels, self.findings, meta)
         coords = umap_embed(te.x, seed=self.cfg.seed)

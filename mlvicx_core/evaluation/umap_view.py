@@ -12,13 +12,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+#: Fewest points a 2-D UMAP can place: its spectral initialisation takes 3 eigenvectors of the
+#: N x N graph and needs N > 3 (with 3 points scipy fails with "k >= N").
+UMAP_MIN_POINTS = 4
+
 
 def umap_embed(x: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
                metric: str = "cosine") -> np.ndarray:
-    """(N, D) features -> (N, 2) UMAP coordinates (float32)."""
+    """(N, D) features -> (N, 2) UMAP coordinates (float32); N >= :data:`UMAP_MIN_POINTS`."""
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or len(x) < 3:
-        raise ValueError(f"features {x.shape}: expected (N, D) with N >= 3")
+    if x.ndim != 2 or len(x) < UMAP_MIN_POINTS:
+        raise ValueError(f"features {x.shape}: expected (N, D) with N >= {UMAP_MIN_POINTS} "
+                         "(a 2-D UMAP cannot place fewer points)")
     import umap  # imported here (after the check): numba compilation makes the import slow
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1),
                         min_dist=min_dist, metric=metric, random_state=seed, n_jobs=1)

@@ -77,15 +77,15 @@ def run_demo(config, log=print) -> DemoReport:
     from ..evaluation.pipeline import evaluate, mean_auroc
     from ..evaluation.report import write_results
     from ..train.metrics import read_metrics
-    from ..train.runs import finished_run, train_or_load
+    from ..train.runs import train_or_load
     from ..viz.training import plot_probe_comparison, plot_training
 
     c = config
     header = _header(c)
     log(header)
-    reused = finished_run(c) is not None
     start = time.perf_counter()
-    result = train_or_load(c)
+    result = train_or_load(c)  # only a run of this very code is reused (train/fingerprint.py)
+    reused = not result.losses  # no step taken in this call
     took = None if reused else time.perf_counter() - start
     log("reused the finished run" if reused else f"trained {result.step} steps in {took:.0f} s")
 

@@ -175,11 +175,12 @@ def pretrain_encoder(bench: Benchmark, encoder: str, seed: int, out: Path
             **rec, "steps": 0, "images": 0, "wall_s": 0.0, "final_loss": float("nan"),
             "run_dir": ""}
     cfg, sch = bench.run_config(encoder, seed, out)
-    run_dir = out / "runs" / bench.name / encoder / f"seed{seed}"
-    timing = run_dir / "experiment.json"
     t0 = time.perf_counter()
-    run = train_or_load(cfg, run_dir=run_dir, dataset=bench.pretrain_set(sch["images"]),
+    run = train_or_load(cfg, run_dir=out / "runs" / bench.name / encoder / f"seed{seed}",
+                        dataset=bench.pretrain_set(sch["images"]),
                         probe=bench.online_probe() or False)
+    run_dir = run.run_dir  # <seed folder>-code<fingerprint> when the seed folder is other code's
+    timing = run_dir / "experiment.json"
     if run.losses:  # trained now (not reused): record how long it took
         timing.write_text(json.dumps({"wall_s": time.perf_counter() - t0,
                                       "final_loss": run.losses[-1]}))

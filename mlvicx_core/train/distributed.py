@@ -86,6 +86,27 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def agree_max(value: int, device: torch.device) -> int:
+    """The largest ``value`` over all ranks, the same on every rank (a collective: every rank must
+    call it at the same point); ``value`` itself without DDP. The trainer's stop decision after a
+    signal, so that every rank stops after the same step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (a collective); ``[obj]`` without
+    DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def wrap_ddp(model: nn.Module, device: torch.device, sync_batchnorm: bool = True) -> nn.Module:
     """DistributedDataParallel around ``model`` (BatchNorm -> SyncBatchNorm on CUDA if asked).
 
@@ -147,6 +168,7 @@ def steps_per_epoch(num_samples: int, global_batch: int, env: DistEnv) -> int:
 
 
 __all__ = [
-    "DistEnv", "ResumableDistributedSampler", "all_reduce_mean", "detect", "gather_with_grad",
-    "per_rank_batch", "setup", "steps_per_epoch", "teardown", "wrap_ddp",
+    "DistEnv", "ResumableDistributedSampler", "agree_max", "all_reduce_mean", "detect",
+    "gather_objects", "gather_with_grad", "per_rank_batch", "setup", "steps_per_epoch", "teardown",
+    "wrap_ddp",
 ]

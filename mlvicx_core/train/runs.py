@@ -32,6 +32,23 @@ class RunBusyError(ConfigError):
     """Another process is writing this run folder."""
 
 
+def _fingerprints(fps: list[str] | None) -> str:
+    return (", then ".join(f[:12] for f in fps) if fps
+            else "unknown: written before the kit recorded it")
+
+
+class CodeChangedError(ConfigError):
+    """A run folder holds this configuration trained (or partly trained) by other code: its
+    ``code_fingerprints`` are not just this code's (:mod:`mlvicx_core.train.fingerprint`)."""
+
+    def __init__(self, run_dir: Path, source: Path, old: list[str] | None, old_kit: str | None,
+                 new: str, new_kit: str) -> None:
+        self.run_dir, self.source, self.old, self.new = Path(run_dir), Path(source), old, new
+        self.described = (f"code fingerprint {_fingerprints(old)}, kit {old_kit or 'unknown'}; "
+                          f"this code is {new[:12]}, kit {new_kit}")
+        super().__init__(f"{source} was written by other code ({self.described})")
+
+
 def run_dir_for(config: Config) -> Path:
     """``<train.out_dir>/<train.run_name>`` or ``<train.out_dir>/<preset>-<hash[:10]>``."""
     name = config.train.run_name or f"{config.preset}-{config_hash(config)[:10]}"
@@ -100,11 +117,14 @@ def requested_steps(config: Config, total_steps: int) -> int:
     return min(total_steps, m) if m else total_steps
 
 
-def finished_run(config: Config, run_dir: str | Path | None = None) -> Path | None:
+def finished_run(config: Config, run_dir: str | Path | None = None,
+                 fingerprint: str | None = None) -> Path | None:
     """The run folder if it holds a run of this configuration finished at the requested step.
 
     Raises :class:`ConfigError` if the folder's run went *further* than ``train.max_steps`` asks
-    (a run cannot be rewound).
+    (a run cannot be rewound), and :class:`CodeChangedError` if ``fingerprint`` (the current
+    :func:`~mlvicx_core.train.fingerprint.code_fingerprint`) is given and the run was trained by
+    other code.
     """
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     done = read_done(run_dir)
@@ -115,6 +135,11 @@ def finished_run(config: Config, run_dir: str | Path | None = None) -> Path | No
         raise ConfigError(f"{run_dir} holds this configuration trained to step {done['step']}; "
                           f"train.max_steps={config.train.max_steps} asks for {wanted}. A run cannot "
                           "be rewound: use another train.run_name for the shorter run")
+    if fingerprint is not None and done.get("code_fingerprints") != [fingerprint]:
+        from .fingerprint import kit_version
+
+        raise CodeChangedError(run_dir, run_dir / "done.json", done.get("code_fingerprints"),
+                               done.get("kit_version"), fingerprint, kit_version())
     return run_dir if int(done["step"]) == wanted else None
 
 
@@ -136,23 +161,50 @@ def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
                      metrics=run_dir / "metrics.jsonl", trunk=trunk if trunk.is_file() else None)
 
 
+def fresh_run_dir(folder: str | Path, fingerprint: str) -> Path:
+    """Where :func:`train_or_load` trains a configuration whose folder holds other code's run:
+    ``<folder>-code<first 8 hex digits of this code's fingerprint>``, next to it."""
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}-code{fingerprint[:8]}")
+
+
 def train_or_load(config: Config, run_dir: str | Path | None = None, **pretrain_kwargs):
     """The finished run of ``config`` if there is one, otherwise :func:`pretrain` it (resuming
     from the folder's checkpoints, or continuing a shorter finished run).
+
+    Only a run trained by this very code is reused or resumed (:mod:`.fingerprint`): when the
+    folder holds this configuration trained, finished or not, by other code (another
+    ``code_fingerprint``, or none recorded), the run is trained afresh in :func:`fresh_run_dir`
+    with one line naming both fingerprints; the old folder is left as it is.
 
     ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``, ``probe``) are only used when training
     happens. Concurrent callers wait for each other (see the module docstring). Meant for
     single-process use; under ``torchrun`` call ``pretrain`` on every rank instead.
     """
-    from .trainer import pretrain
+    from .fingerprint import code_fingerprint
 
     folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    found = finished_run(config, folder)
+    fingerprint = code_fingerprint(config.data.dataset)
+    try:
+        return _train_or_load(config, folder, fingerprint, pretrain_kwargs)
+    except CodeChangedError as err:
+        fresh = fresh_run_dir(folder, fingerprint)
+        what = (f"reusing this code's run in {fresh}" if finished_run(config, fresh, fingerprint)
+                else f"training afresh in {fresh}")
+        print(f"{folder} holds this configuration trained by other code ({err.described}): "
+              f"{what} (the old run is kept)", flush=True)
+        return _train_or_load(config, fresh, fingerprint, pretrain_kwargs)
+
+
+def _train_or_load(config: Config, folder: Path, fingerprint: str, pretrain_kwargs: dict):
+    from .trainer import pretrain
+
+    found = finished_run(config, folder, fingerprint)
     if found is not None:
         return load_run(found, config)
     with RunLock(folder, wait=True):
         # Another process (a second notebook, a parallel test) may have finished it meanwhile.
-        found = finished_run(config, folder)
+        found = finished_run(config, folder, fingerprint)
         if found is not None:
             return load_run(found, config)
-        return pretrain(config, run_dir=folder, **pretrain_kwargs)
+        return pretrain(config, run_dir=folder, on_code_change="refuse", **pretrain_kwargs)

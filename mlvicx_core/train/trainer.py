@@ -9,7 +9,15 @@
         checkpoint when due
     finish(run)                              # last checkpoint, trunk.pt, done.json
 
-:func:`pretrain` is exactly that, plus the run-folder lock (``mlvicx_core.train.runs``).
+:func:`pretrain` is exactly that, plus the run-folder lock (``mlvicx_core.train.runs``) and the
+interruption rule: while it runs, SIGTERM and SIGINT (Ctrl-C, a notebook's interrupt) do not stop
+the process where it is; the current step is finished, checkpointed (atomically, like every
+checkpoint) and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised, saying which step
+was saved where; ``mlvicx`` prints that one line and exits 128 + the signal (143 for SIGTERM, 130
+for SIGINT). A second signal acts as it would without the kit (a second Ctrl-C stops at once; the
+checkpoints already written stay intact). The previous handlers are restored when ``pretrain``
+returns. Under ``torchrun`` the ranks agree after every step (one all-reduce of the signal) so that
+all of them stop after the same step, and rank 0 writes the checkpoint.
 
 Exact resume: the checkpoint holds model, optimizer, scheduler, every RNG, the augmentation generator
 and the step; the sampler's permutation depends only on (seed, epoch) and restarts part-way, so on CPU
@@ -20,7 +28,10 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +50,8 @@ from . import distributed
 from .diagnostics import embedding_diagnostics
 from .metrics import MetricsWriter
 from .online_probe import OnlineProbe
-from .runs import RunLock, requested_steps, run_dir_for
+from .fingerprint import provenance
+from .runs import CodeChangedError, RunLock, requested_steps, run_dir_for
 from .step import (NonFiniteLossError, StepResult, StepState, build_step, check_parameters,
                    device_choices, train_step)
 
@@ -55,6 +67,77 @@ class RunResult:
     metrics: Path
     trunk: Path | None
     losses: list[float] = field(default_factory=list)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:func:`pretrain` stopped by SIGTERM or SIGINT after finishing and checkpointing a step.
+
+    ``signum``, ``step`` (the last step taken and saved), ``checkpoint`` (its file, None on ranks
+    other than 0 or when the signal came before any step of this call); ``exit_status`` is the
+    shell's convention, 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, stop_at: int, checkpoint: Path | None,
+                 saved: bool) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        name = signal.Signals(signum).name
+        if saved:
+            what = f"after step {step} of {stop_at}; checkpoint written: {checkpoint}"
+        else:
+            what = (f"at step {step} of {stop_at}, before any new step (nothing new to save; last "
+                    f"checkpoint: {checkpoint or 'none'})")
+        super().__init__(f"interrupted by {name} {what}. The same command (or the same "
+                         "pretrain / train_or_load call) resumes from it")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """While entered (in the main thread only: Python handles signals there), the first SIGTERM or
+    SIGINT is recorded in :attr:`signum` instead of stopping the process; the previous handlers
+    come back with that first signal (so a second one acts as it would without the kit) and on
+    exit. A signal the process ignores (``SIG_IGN``, e.g. SIGINT of a background job) stays
+    ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:  # noqa: PYI034 (a final class; Self needs 3.11)
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_IGN or previous is None:
+                    continue
+                self._previous[sig] = previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def __exit__(self, *exc) -> bool:
+        self._restore()
+        return False
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM and SIGINT to the main process, which finishes the step and
+    checkpoints it: a worker killed by a signal sent to the whole process group (Ctrl-C in a
+    terminal, a job scheduler) would otherwise make the main process fail with "DataLoader worker
+    ... killed by signal" wherever it is. A worker still exits when the main process dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +187,10 @@ class Run:
     losses: list[float] = field(default_factory=list)
     saved_at: int = -1
     tick: float = 0.0
+    #: this code: ``kit_version``, ``code_fingerprint``, ``torch_version`` (:mod:`.fingerprint`)
+    code: dict[str, str] = field(default_factory=dict)
+    #: fingerprints of the code that took this run's steps before this call, oldest first
+    code_history: list[str] = field(default_factory=list)
 
     @property
     def step(self) -> int:
@@ -152,7 +239,13 @@ def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable |
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=distributed.per_rank_batch(cfg.batch_size, env),
                         sampler=sampler, drop_last=True, num_workers=config.data.num_workers,
-                        pin_memory=choices.pin_memory, persistent_workers=False)
+                        pin_memory=choices.pin_memory, persistent_workers=False,
+                        worker_init_fn=_ignore_stop_signals if config.data.num_workers else None,
+                        # each epoch's iterator draws its workers' base seed from this generator,
+                        # not from the global torch RNG the checkpoint holds: a run resumed
+                        # part-way through an epoch starts one more iterator than the run it
+                        # continues, and would otherwise save a different global RNG state
+                        generator=torch.Generator().manual_seed(cfg.seed))
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1009 + 17 + env.rank)  # a different stream per rank
     if probe is True:
@@ -163,7 +256,7 @@ def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable |
                state=state, sampler=sampler, loader=loader, generator=generator,
                steps_per_epoch=spe, total_steps=total, stop_at=requested_steps(config, total),
                checkpoints=CheckpointManager(run_dir / "checkpoints", cfg.keep_last),
-               probe=probe or None)
+               probe=probe or None, code=provenance(config.data.dataset))
 
 
 def _check_resume_config(saved: dict, config: Config, path: Path) -> None:
@@ -180,12 +273,33 @@ def _check_resume_config(saved: dict, config: Config, path: Path) -> None:
             "resume with the same configuration or use another train.run_name / train.out_dir")
 
 
-def resume(run: Run) -> bool:
-    """Load the newest readable checkpoint of the run folder into ``run``; False if there is none."""
+def _check_resume_code(run: Run, saved: dict, path: Path, on_code_change: str) -> None:
+    """Whether the checkpoint was written by this code (:mod:`.fingerprint`); ``on_code_change``:
+    ``"warn"`` resumes anyway with a warning naming both fingerprints (``mlvicx pretrain``, whose
+    run folder the user chose), ``"refuse"`` raises :class:`CodeChangedError` (``train_or_load``
+    then trains afresh in another folder)."""
+    history = list(saved.get("code_fingerprints") or [])
+    run.code_history = history or ["unknown"]
+    current = run.code["code_fingerprint"]
+    if history == [current]:
+        return
+    err = CodeChangedError(run.run_dir, path, history, saved.get("kit_version"), current,
+                           run.code["kit_version"])
+    if on_code_change == "refuse":
+        raise err
+    if run.env.is_main:
+        warnings.warn(f"{err}: resuming anyway, so this run mixes both (another train.run_name "
+                      "trains it afresh)", stacklevel=3)
+
+
+def resume(run: Run, on_code_change: str = "warn") -> bool:
+    """Load the newest readable checkpoint of the run folder into ``run``; False if there is none.
+    ``on_code_change``: see :func:`_check_resume_code`."""
     path, saved = run.checkpoints.load_latest()
     if path is None:
         return False
     _check_resume_config(saved, run.config, path)
+    _check_resume_code(run, saved, path, on_code_change)
     step = int(saved["step"])
     if step > run.stop_at:
         raise ConfigError(f"{path} is at step {step}, past the requested stop at step "
@@ -196,9 +310,24 @@ def resume(run: Run) -> bool:
     s.optimizer.load_state_dict(saved["optimizer"])
     s.scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
-    run.generator.set_state(saved["augment_rng"])
+    run.generator.set_state(_own_augment_state(run, saved, path))
     s.step, s.last_good, run.saved_at, run.resumed_from = step, path, step, path
     return True
+
+
+def _own_augment_state(run: Run, saved: dict, path: Path) -> torch.Tensor:
+    """This rank's augmentation generator state: under torchrun every rank has its own stream and
+    the checkpoint holds all of them (``augment_rng_ranks``); a checkpoint of another number of
+    processes (or written before the kit kept them) gives every rank rank 0's, with a warning."""
+    ranks = saved.get("augment_rng_ranks")
+    if ranks is not None and len(ranks) == run.env.world_size:
+        return ranks[run.env.rank]
+    if run.env.is_distributed and run.env.is_main:
+        warnings.warn(f"{path} holds the augmentation stream of {len(ranks or [0])} process(es), "
+                      f"this run has {run.env.world_size}: every rank continues rank 0's stream, "
+                      "so the resumed run is not the one an uninterrupted run would have been",
+                      stacklevel=3)
+    return saved["augment_rng"]
 
 
 def batches(run: Run) -> Iterator[torch.Tensor]:
@@ -212,18 +341,31 @@ def batches(run: Run) -> Iterator[torch.Tensor]:
                 return
 
 
+def code_record(run: Run) -> dict[str, Any]:
+    """What a checkpoint and ``done.json`` record about the code: this code's ``kit_version``,
+    ``code_fingerprint`` and ``torch_version``, and ``code_fingerprints``, every code that took
+    steps of the run (this one included once it took a step)."""
+    history = list(run.code_history)
+    if run.losses and run.code["code_fingerprint"] not in history:
+        history.append(run.code["code_fingerprint"])
+    return {**run.code, "code_fingerprints": history}
+
+
 def save_checkpoint(run: Run) -> Path | None:
     """Checkpoint the current step (rank 0 writes; weights are checked finite first)."""
     s = run.state
     check_parameters(s)
     run.saved_at = s.step
+    augment_states = distributed.gather_objects(run.generator.get_state())  # every rank's stream
     if not run.env.is_main:
         return None
     s.last_good = run.checkpoints.save({
         "step": s.step, "epoch": s.step // run.steps_per_epoch, "model": s.model.state_dict(),
         "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-        "rng": rng_state(), "augment_rng": run.generator.get_state(),
+        "rng": rng_state(), "augment_rng": augment_states[0],
+        "augment_rng_ranks": augment_states,
         "config": run.config.to_dict(), "config_hash": config_hash(run.config),
+        **code_record(run),
     })
     return s.last_good
 
@@ -267,7 +409,7 @@ def finish(run: Run) -> RunResult:
         (run.run_dir / "done.json").write_text(json.dumps({
             "config_hash": config_hash(run.config), "step": run.step,
             "total_steps": run.total_steps, "checkpoint": str(run.state.last_good),
-            "trunk": str(trunk)}, indent=1))
+            "trunk": str(trunk), **code_record(run)}, indent=1))
     return RunResult(run_dir=run.run_dir, model=run.state.model, step=run.step,
                      checkpoint=run.state.last_good, metrics=run.run_dir / "metrics.jsonl",
                      trunk=trunk, losses=run.losses)
@@ -282,18 +424,41 @@ def _say(run: Run, text: str) -> None:
 
 def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callable | None = None,
              model: nn.Module | None = None, run_dir: str | Path | None = None,
-             probe: OnlineProbe | None | bool = True) -> RunResult:
+             probe: OnlineProbe | None | bool = True, on_code_change: str = "warn") -> RunResult:
     """Pretrain (or resume, if the run folder holds checkpoints) and return a :class:`RunResult`.
 
-    Arguments as in :func:`setup`. Under ``torchrun`` every process calls this; only rank 0 writes.
+    Arguments as in :func:`setup`; ``on_code_change``: what to do when the checkpoint it resumes
+    from was written by other code (:func:`_check_resume_code`). Under ``torchrun`` every process
+    calls this; only rank 0 writes.
     """
+    if on_code_change not in ("warn", "refuse"):
+        raise ValueError(f"on_code_change={on_code_change!r}: expected 'warn' or 'refuse'")
+    with StopSignals() as stops:
+        return _pretrain(config, stops, on_code_change, dataset=dataset, augment=augment,
+                         model=model, run_dir=run_dir, probe=probe)
+
+
+def _stop_requested(run: Run, stops: StopSignals) -> int:
+    """The signal that asks this run to stop (0: none), agreed by every rank."""
+    return distributed.agree_max(stops.signum or 0, run.state.device)
+
+
+def _interrupt(run: Run, signum: int, stepped: bool) -> TrainingInterrupted:
+    """Checkpoint the step just finished (if not saved yet) and build the exception to raise."""
+    saved = stepped and run.saved_at != run.step
+    if saved:
+        save_checkpoint(run)
+    path = run.state.last_good if run.env.is_main else None
+    return TrainingInterrupted(signum, run.step, run.stop_at, path, saved=stepped)
+
+
+def _pretrain(config: Config, stops: StopSignals, on_code_change: str, **kwargs) -> RunResult:
     from tqdm.auto import tqdm
 
-    run = setup(config, dataset=dataset, augment=augment, model=model, run_dir=run_dir,
-                probe=probe)
+    run = setup(config, **kwargs)
     lock = RunLock(run.run_dir) if run.env.is_main else _no_lock()
     with lock:
-        if resume(run):
+        if resume(run, on_code_change):
             _say(run, f"resuming {run.run_dir} from step {run.step} ({run.resumed_from.name}) "
                       f"to step {run.stop_at}")
         else:
@@ -310,6 +475,8 @@ def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callabl
         try:
             if run.probe is not None and run.step == 0:  # the random-init level
                 run.writer.write({"step": 0, "epoch": 0, **probe_record(run)})
+            if run.step < run.stop_at and (signum := _stop_requested(run, stops)):
+                raise _interrupt(run, signum, stepped=False)  # during set-up: nothing new
             run.state.model.train()
             run.tick = time.perf_counter()
             for images in batches(run):
@@ -322,6 +489,9 @@ def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callabl
                 step, cfg = run.step, config.train
                 if step % cfg.ckpt_every == 0 or step == run.stop_at:
                     save_checkpoint(run)
+                # a signal after the last step lets the run finish (its checkpoint is written)
+                if step < run.stop_at and (signum := _stop_requested(run, stops)):
+                    raise _interrupt(run, signum, stepped=True)
                 run.tick = time.perf_counter()
             return finish(run)
         finally:
@@ -337,6 +507,7 @@ class _no_lock:
         return False
 
 
-__all__ = ["NonFiniteLossError", "Run", "RunResult", "batches", "default_augment", "finish",
-           "pretrain", "probe_record", "record", "resume", "rng_state", "run_dir_for",
+__all__ = ["NonFiniteLossError", "Run", "RunResult", "StopSignals", "TrainingInterrupted",
+           "batches", "default_augment", "finish", "pretrain", "probe_record", "record", "resume",
+           "rng_state", "run_dir_for",
            "save_checkpoint", "seed_everything", "set_rng_state", "setup"]
