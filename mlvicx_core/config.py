@@ -43,7 +43,6 @@ import yaml
 
 #: Names of the five backbone taps, in trunk order.
 LEVELS: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
-BACKBONES = ("resnet18", "resnet34", "resnet50")
 
 
 class ConfigError(ValueError):

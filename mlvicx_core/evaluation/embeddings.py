@@ -11,7 +11,7 @@ Three kinds of features:
 
 Extraction runs in eval mode under ``torch.no_grad()``, batched, on any device. With ``cache_dir``
 the result is stored as ``<cache_dir>/<kind>-<model hash>-<dataset hash>.npz``: the model hash covers
-every weight (:func:`~.checkpoint.state_fingerprint`), the dataset hash covers every image
+every weight (:func:`state_fingerprint`), the dataset hash covers every image
 (:func:`dataset_fingerprint` states exactly what it detects and what it does not).
 """
 from __future__ import annotations
