@@ -3,7 +3,7 @@ VICReg, where the step's time goes, and peak memory.
 
 A step is the kit's own ``mlvicx_core.train.step.train_step`` (two views, forward, loss, finiteness
 checks, backward, clipping, the preset's optimizer and schedule), built by ``build_step`` from the
-preset's configuration with a variant of ``mlvicx_core.variants`` applied. For each setting the
+preset's configuration with a variant of ``mlvicx_core/variants.yaml`` applied. For each setting the
 variants run in separate child processes (so peak memory is each variant's own), one warm-up step
 then ``--repeats`` timed steps. Each child reports the math threads it really ran with
 (``torch.get_num_threads()`` inside the child, after ``--threads`` was applied) and the allocator it
@@ -46,10 +46,10 @@ from pathlib import Path
 import torch
 
 from mlvicx_core import MLVICX, load_config
+from mlvicx_core.config import VARIANTS as METHOD_VARIANTS
 from mlvicx_core.devices import select_device
 from mlvicx_core.train import step as step_module
 from mlvicx_core.train.step import build_step, train_step
-from mlvicx_core.variants import VARIANTS as METHOD_VARIANTS
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
 TABLE = RESULTS.with_suffix(".md")

@@ -20,7 +20,7 @@ the value and what was expected.
 
 Presets are YAML files in ``mlvicx_core/presets/`` (``paper``, ``teaching``, ``vicreg``,
 ``vicreg-teaching``; any other YAML file by path). A file may name a ``base`` preset to start from
-and a ``variant`` (``mlvicx_core.variants``) to apply before its own sections.
+and a ``variant`` (:data:`VARIANTS`, ``mlvicx_core/variants.yaml``) to apply before its own sections.
 
 :func:`config_hash` is a content hash of everything that changes the trained weights (model, loss,
 aug, data, optim, train minus output and logging keys, eval not at all), so renaming a run,
@@ -545,10 +545,34 @@ def load_preset(name_or_path: str, _seen: tuple[str, ...] = ()) -> Config:
     else:
         config = Config()
     if variant is not None:
-        from .variants import apply_variant
-
         config = apply_variant(config, str(variant))
     return from_dict(data, preset=name, base=config, source=f"{source}: ")
+
+
+def _read_variants() -> dict[str, dict[str, Any]]:
+    text = (resources.files("mlvicx_core") / "variants.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    bad = [k for k, v in data.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"mlvicx_core/variants.yaml: variant(s) {bad}: expected a mapping of "
+                          "dotted keys to values")
+    return data
+
+
+#: The named variants (``mlvicx_core/variants.yaml``): name -> ``{dotted key: value}`` overrides.
+VARIANTS: dict[str, dict[str, Any]] = _read_variants()
+
+
+def variant_overrides(name: str) -> dict[str, Any]:
+    """The overrides of variant ``name`` (a clear error for an unknown name)."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r}: expected one of {list(VARIANTS)}")
+    return dict(VARIANTS[name])
+
+
+def apply_variant(config: Config, name: str) -> Config:
+    """``config`` with variant ``name`` switched on."""
+    return apply_overrides(config, variant_overrides(name))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

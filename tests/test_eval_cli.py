@@ -12,8 +12,8 @@ from mlvicx_core.checkpoints import save_model
 from mlvicx_core.cli import main
 from mlvicx_core.config import load_config
 from mlvicx_core.data.registry import split_subset
-from mlvicx_core.evaluation.pipeline import ROW_COLUMNS, evaluate
-from mlvicx_core.evaluation.report import markdown_table, results_frame, write_results
+from mlvicx_core.evaluation.pipeline import evaluate
+from mlvicx_core.evaluation.report import ROW_COLUMNS, markdown_table, results_frame, write_results
 
 TESTS = str(Path(__file__).parent)
 

@@ -11,7 +11,7 @@ from mlvicx_core.cli import SUBCOMMANDS, main
 from mlvicx_core.config import (ConfigError, apply_overrides, config_hash, get_preset, load_config,
                                 preset_names, valid_keys)
 from mlvicx_core.train.trainer import pretrain
-from mlvicx_core.variants import VARIANTS
+from mlvicx_core.config import VARIANTS
 
 
 def test_paper_preset_is_the_method_recipe():
@@ -204,7 +204,8 @@ def test_bad_yaml_files_are_named(tmp_path, capsys):
 
 def test_unknown_preset_lists_presets(capsys):
     assert main(["pretrain", "--preset", "huge"]) == 2
-    assert "expected one of ['paper', 'teaching', 'vicreg', 'vicreg-teaching']" in \
+    assert ("expected one of ['paper', 'results', 'results-smoke', 'teaching', 'vicreg', "
+            "'vicreg-teaching']") in \
         capsys.readouterr().err
 
 

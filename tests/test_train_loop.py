@@ -11,7 +11,7 @@ from mlvicx_core.checkpoints import CheckpointManager, load_checkpoint
 from mlvicx_core.config import ConfigError
 from mlvicx_core.train.metrics import read_metrics
 from mlvicx_core.train.optim import build_optimizer
-from mlvicx_core.train.runs import train_or_load
+from mlvicx_core.train.trainer import train_or_load
 from mlvicx_core.train.trainer import NonFiniteLossError, pretrain
 
 TERMS = ("loss", "invariance", "variance", "covariance")

@@ -14,9 +14,9 @@ from .embeddings import KINDS, Features, extract_features
 from .knn import knn_scores, select_k
 from .localisation import boxes_to_mask, energy_inside, localisation_scores, pointing_hit
 from .metrics import AurocResult, auroc, bootstrap_auroc, dice, per_finding_auroc
-from .pipeline import ROW_COLUMNS, TASKS, evaluate, mean_auroc
+from .pipeline import TASKS, evaluate, mean_auroc
 from .probe import LinearProbe, fit_linear_probe
-from .report import read_results, write_results
+from .report import ROW_COLUMNS, read_results, write_results
 from .trunk import Trunk
 
 __all__ = [

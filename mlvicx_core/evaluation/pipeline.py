@@ -8,7 +8,7 @@ fractions are drawn from the training split per patient (:func:`~mlvicx_core.dat
 identically for every encoder; hyper-parameters (probe C, kNN k, fine-tuning epoch) are chosen on
 ``val``; every score is on ``test``.
 
-Rows have one schema, :data:`ROW_COLUMNS`::
+Rows have one schema, :data:`~.report.ROW_COLUMNS`::
 
     dataset, encoder, seed, task, k, fraction, finding, metric, value, ci_low, ci_high, n, note
 
@@ -34,19 +34,9 @@ from ..data.splits import label_fraction
 from ..data.subset import Subset
 from .embeddings import TRUNK_KINDS, extract_features
 from .metrics import bootstrap_auroc
+from .report import row, write_results
 
 TASKS = ("probe", "knn", "factors", "finetune", "segmentation", "gradcam", "umap")
-ROW_COLUMNS = ["dataset", "encoder", "seed", "task", "k", "fraction", "finding", "metric",
-               "value", "ci_low", "ci_high", "n", "note"]
-
-
-def row(**fields) -> dict:
-    """One result row (unknown fields are an error; missing ones are empty)."""
-    unknown = sorted(set(fields) - set(ROW_COLUMNS))
-    if unknown:
-        raise ValueError(f"result row has unknown field(s) {unknown}; expected {ROW_COLUMNS}")
-    return {c: fields.get(c, np.nan if c in ("value", "ci_low", "ci_high") else None)
-            for c in ROW_COLUMNS}
 
 
 def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] | None = None
@@ -309,8 +299,6 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
     each encoder's tasks (its features, its full-label probe and ``classifier()`` are there).
     ``progress``: a bar over encoder x task, named after the pair that runs (the notebooks)."""
     from tqdm.auto import tqdm
-
-    from .report import write_results
 
     check_settings(config, splits)
     out = Path(out_dir) if out_dir is not None else None

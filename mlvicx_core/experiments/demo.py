@@ -1,6 +1,6 @@
 """The demo (``make demo`` = ``mlvicx demo``): pretrain the teaching recipe, then tell the truth.
 
-1. :func:`~mlvicx_core.train.runs.train_or_load` the ``teaching`` preset on the synthetic radiographs
+1. :func:`~mlvicx_core.train.trainer.train_or_load` the ``teaching`` preset on the synthetic radiographs
    (a finished run with the same configuration is reused), with the online probe on;
 2. score the frozen trunk and the *same network at random init* on radiographs of patients never
    pretrained on, with the kit's one evaluation pipeline: the linear probe on pooled layer4 and on
@@ -77,7 +77,8 @@ def run_demo(config, log=print) -> DemoReport:
     from ..evaluation.pipeline import evaluate, mean_auroc
     from ..evaluation.report import write_results
     from ..train.metrics import read_metrics
-    from ..train.runs import finished_run, train_or_load
+    from ..train.runs import finished_run
+    from ..train.trainer import train_or_load
     from ..viz.training import plot_probe_comparison, plot_training
 
     c = config

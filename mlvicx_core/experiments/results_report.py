@@ -280,7 +280,7 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
          + (f" of radiographs stored and evaluated at {cfg['data']['load_size']} px"
             if cfg.get("data", {}).get("load_size") else "")
          + f", projectors {proj}, {opt['name']}, base lr "
-         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.py`."),
+         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.yaml`."),
         (f"- Views (`aug.*`): crops of {aug.get('crop_scale')} of the area, jitter p "
          f"{aug.get('jitter_p')}, blur p {aug.get('blur_p')}, solarize p {aug.get('solarize_p')}."),
         (f"- Budget per pretraining run (every encoder, dataset and seed): {st['steps']} optimizer "

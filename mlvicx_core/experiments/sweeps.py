@@ -7,7 +7,7 @@ everywhere.
 
 - :func:`pretrain_config`: a notebook's plain parameters (dataset, preset, image size, budget, seed,
   and ``overrides``: a dict of any dotted config keys, e.g. ``{"aug.crop_scale": [0.5, 1.0]}``)
-  plus a variant name from :data:`mlvicx_core.variants.VARIANTS` -> a config;
+  plus a variant name from :data:`mlvicx_core.config.VARIANTS` -> a config;
 - :func:`eval_config` and :func:`eval_splits`: the read-outs' settings and labelled data;
 - :func:`sweep_grid` / :func:`run_sweep` / :func:`collect_results`: execute a notebook with
   papermill once per grid point and gather the ``results.csv`` each execution writes.
@@ -20,11 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import LEVELS, Config, EvalConfig, load_config
+from ..config import LEVELS, VARIANTS, Config, EvalConfig, load_config, variant_overrides
 from ..data.registry import DATASETS as REGISTRY
 from ..data.registry import build_dataset
 from ..evaluation.report import read_results
-from ..variants import VARIANTS, variant_overrides
 
 
 def check_dataset(dataset: str, data_root: str | None) -> Path | None:
@@ -50,7 +49,7 @@ def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
                     overrides: dict[str, Any] | None = None) -> Config:
     """The pretraining configuration behind a notebook's parameters.
 
-    ``variant`` names an entry of :data:`~mlvicx_core.variants.VARIANTS`; ``overrides`` is applied
+    ``variant`` names an entry of :data:`~mlvicx_core.config.VARIANTS`; ``overrides`` is applied
     last (any ``section.key``). The run folder is ``<out_dir>/<preset>-<hash>``.
 
     ``image_size`` is the side the radiographs are stored and evaluated at (``data.load_size``);

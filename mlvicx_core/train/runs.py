@@ -1,4 +1,4 @@
-"""Run folders: where a run lives, who may write it, when it is finished, and ``train_or_load``.
+"""Run folders: where a run lives, who may write it, when it is finished, and what it left behind.
 
 A run folder is ``<train.out_dir>/<train.run_name>``, by default ``<train.out_dir>/<preset>-<hash>``
 with the first 10 hex digits of :func:`~mlvicx_core.config.config_hash` (``train.max_steps`` is not
@@ -8,8 +8,9 @@ for, ``done.json`` (content hash, steps reached, steps the schedule spans).
 
 One process writes a folder at a time: :class:`RunLock` (an ``flock`` on ``<folder>/.lock``) is held
 by :func:`~mlvicx_core.train.trainer.pretrain` for the whole run. A second ``pretrain`` on the same
-folder stops at once with an error naming the holder; :func:`train_or_load` waits for the holder
-and then loads what it finished (two notebooks asking for the same run train it once).
+folder stops at once with an error naming the holder; :func:`~mlvicx_core.train.trainer.train_or_load`
+waits for the holder and then loads what it finished (two notebooks asking for the same run train it
+once).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import contextlib
 import json
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:  # POSIX; elsewhere one run folder is not protected against a second process
@@ -24,8 +26,24 @@ try:  # POSIX; elsewhere one run folder is not protected against a second proces
 except ImportError:  # pragma: no cover
     fcntl = None
 
+from torch import nn
+
 from ..checkpoints import CheckpointManager, load_model
 from ..config import Config, ConfigError, config_hash
+
+
+@dataclass
+class RunResult:
+    """What a run folder holds for its caller (:func:`~mlvicx_core.train.trainer.pretrain`,
+    :func:`load_run`). ``losses``: total loss of every step run in this call (empty when loaded)."""
+
+    run_dir: Path
+    model: nn.Module
+    step: int
+    checkpoint: Path | None
+    metrics: Path
+    trunk: Path | None
+    losses: list[float] = field(default_factory=list)
 
 
 class RunBusyError(ConfigError):
@@ -120,8 +138,6 @@ def finished_run(config: Config, run_dir: str | Path | None = None) -> Path | No
 
 def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
     """Rebuild the model of a finished run from its newest readable checkpoint (in eval mode)."""
-    from .trainer import RunResult
-
     run_dir = Path(run_dir)
     ckpt, state = CheckpointManager(run_dir / "checkpoints").load_latest()
     if ckpt is None:
@@ -134,25 +150,3 @@ def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
     trunk = run_dir / "trunk.pt"
     return RunResult(run_dir=run_dir, model=model, step=int(state["step"]), checkpoint=ckpt,
                      metrics=run_dir / "metrics.jsonl", trunk=trunk if trunk.is_file() else None)
-
-
-def train_or_load(config: Config, run_dir: str | Path | None = None, **pretrain_kwargs):
-    """The finished run of ``config`` if there is one, otherwise :func:`pretrain` it (resuming
-    from the folder's checkpoints, or continuing a shorter finished run).
-
-    ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``, ``probe``) are only used when training
-    happens. Concurrent callers wait for each other (see the module docstring). Meant for
-    single-process use; under ``torchrun`` call ``pretrain`` on every rank instead.
-    """
-    from .trainer import pretrain
-
-    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    found = finished_run(config, folder)
-    if found is not None:
-        return load_run(found, config)
-    with RunLock(folder, wait=True):
-        # Another process (a second notebook, a parallel test) may have finished it meanwhile.
-        found = finished_run(config, folder)
-        if found is not None:
-            return load_run(found, config)
-        return pretrain(config, run_dir=folder, **pretrain_kwargs)

@@ -9,7 +9,8 @@
         checkpoint when due
     finish(run)                              # last checkpoint, trunk.pt, done.json
 
-:func:`pretrain` is exactly that, plus the run-folder lock (``mlvicx_core.train.runs``).
+:func:`pretrain` is exactly that, plus the run-folder lock (``mlvicx_core.train.runs``);
+:func:`train_or_load` returns the finished run of a configuration, or pretrains it.
 
 Exact resume: the checkpoint holds model, optimizer, scheduler, every RNG, the augmentation generator
 and the step; the sampler's permutation depends only on (seed, epoch) and restarts part-way, so on CPU
@@ -39,22 +40,9 @@ from . import distributed
 from .diagnostics import embedding_diagnostics
 from .metrics import MetricsWriter
 from .online_probe import OnlineProbe
-from .runs import RunLock, requested_steps, run_dir_for
+from .runs import RunLock, RunResult, finished_run, load_run, requested_steps, run_dir_for
 from .step import (NonFiniteLossError, StepResult, StepState, build_step, check_parameters,
                    device_choices, train_step)
-
-
-@dataclass
-class RunResult:
-    """What :func:`pretrain` leaves behind. ``losses``: total loss of every step run in this call."""
-
-    run_dir: Path
-    model: nn.Module
-    step: int
-    checkpoint: Path | None
-    metrics: Path
-    trunk: Path | None
-    losses: list[float] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -329,6 +317,26 @@ def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callabl
             run.writer.close()
 
 
+def train_or_load(config: Config, run_dir: str | Path | None = None, **pretrain_kwargs):
+    """The finished run of ``config`` if there is one, otherwise :func:`pretrain` it (resuming
+    from the folder's checkpoints, or continuing a shorter finished run).
+
+    ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``, ``probe``) are only used when training
+    happens. Concurrent callers wait for each other (see the module docstring). Meant for
+    single-process use; under ``torchrun`` call ``pretrain`` on every rank instead.
+    """
+    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    found = finished_run(config, folder)
+    if found is not None:
+        return load_run(found, config)
+    with RunLock(folder, wait=True):
+        # Another process (a second notebook, a parallel test) may have finished it meanwhile.
+        found = finished_run(config, folder)
+        if found is not None:
+            return load_run(found, config)
+        return pretrain(config, run_dir=folder, **pretrain_kwargs)
+
+
 class _no_lock:
     def __enter__(self):
         return self
@@ -339,4 +347,4 @@ class _no_lock:
 
 __all__ = ["NonFiniteLossError", "Run", "RunResult", "batches", "default_augment", "finish",
            "pretrain", "probe_record", "record", "resume", "rng_state", "run_dir_for",
-           "save_checkpoint", "seed_everything", "set_rng_state", "setup"]
+           "save_checkpoint", "seed_everything", "set_rng_state", "setup", "train_or_load"]
