@@ -3,8 +3,8 @@
 A :class:`Config` nests seven frozen sections, addressed by dotted keys (``--set section.key=value``
 on every command, a dict of dotted keys in Python and in notebook parameters, nested YAML in files)::
 
-    model.*   ModelConfig   architecture only (backbone, gates, branches, projector widths)
-    loss.*    LossConfig    lambda and the VICReg weights (METHOD.md section 3)
+    model.*   ModelConfig   the method (mlvicx_core/methods) and its network
+    loss.*    LossConfig    the methods' loss weights (METHOD.md section 3)
     aug.*     AugConfig     the two views (crop, flip, jitter, blur, solarize, rotation, shift)
     data.*    DataConfig    dataset name, root, split, image size, loading
     optim.*   OptimConfig   LARS / AdamW / SGD, learning-rate schedule, clipping
@@ -196,12 +196,14 @@ class Section:
 # -- the sections ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig(Section):
-    """Everything that defines an MLVICX (or VICReg) network and nothing else (METHOD.md section 2).
-
-    The paper's network is the default; ``get_preset("teaching")`` is the small one.
+    """The self-supervised method (``mlvicx_core.methods``) and the network it trains (METHOD.md
+    section 2). The paper's method and network are the default; ``get_preset("teaching")`` is the
+    small network.
     """
 
     _name = "model"
+    method: str = opt("mlvicx", "self-supervised method: a name in mlvicx_core.methods.METHODS "
+                                "(mlvicx, vicreg, barlow_twins)")
     backbone: Literal["resnet18", "resnet34", "resnet50"] = opt("resnet18", "torchvision ResNet")
     in_channels: Literal[1, 3] = opt(1, "image channels (1 = grey, repeated to 3 in the model)")
     width: int = opt(64, "base width of the ResNet (channels of the stem and layer1; the stages "
@@ -226,6 +228,10 @@ class ModelConfig(Section):
                                                                   "literal definition")
 
     def validate(self) -> None:
+        from .methods import METHODS
+
+        if self.method not in METHODS:
+            raise self.error("method", f"expected one of {sorted(METHODS)} (mlvicx_core/methods)")
         if self.pretrained and (self.width != 64 or self.stem != "imagenet"):
             raise self.error("pretrained", "ImageNet weights exist only for model.width=64 with "
                                            "model.stem=imagenet")
@@ -241,15 +247,12 @@ class ModelConfig(Section):
             raise self.error("fusion_size", f"must be divisible by model.pool_size="
                                             f"{self.pool_size}")
 
-    @property
-    def variant(self) -> str:
-        """``"mlvicx"`` or ``"vicreg"`` (the architecture family)."""
-        return "mlvicx" if self.multilevel else "vicreg"
-
 
 @dataclass(frozen=True)
 class LossConfig(Section):
-    """``L = l(z, z') + lam * l(m, m')``, ``l = sim * s + std * (v + v') / 2 + cov * (c + c')``."""
+    """The loss weights of the methods (``mlvicx_core.methods``). VICReg and MLVICX:
+    ``L = l(z, z') + lam * l(m, m')``, ``l = sim * s + std * (v + v') / 2 + cov * (c + c')``;
+    Barlow Twins: ``sum_i (1 - C_ii)^2 + offdiag_coeff * sum_{i != j} C_ij^2``."""
 
     _name = "loss"
     lam: float = opt(1.0, "weight of the multi-level VICReg term", ge=0)
@@ -258,6 +261,8 @@ class LossConfig(Section):
     cov_coeff: float = opt(1.0, "covariance weight", ge=0)
     gamma: float = opt(1.0, "target standard deviation of the variance hinge", gt=0)
     eps: float = opt(1e-4, "added to the variance under the square root", gt=0)
+    offdiag_coeff: float = opt(0.0051, "Barlow Twins: weight of the off-diagonal cross-correlation "
+                                       "terms (lambda)", ge=0)
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,11 @@ def _stage_channels(stage: nn.Sequential) -> int:
 class MLVICX(nn.Module):
     """MLVICX (or, with ``multilevel=False, context_bottleneck=False``, VICReg) encoder + projectors.
 
-    ``forward(x)`` returns :class:`Embeddings`; :meth:`taps` returns the gated maps of all five levels;
-    :meth:`encode` returns the pooled trunk features (B, C) that are transferred downstream.
+    ``forward(x)`` returns :class:`Embeddings` (the heads ``model.method`` trains:
+    ``mlvicx_core.methods``); :meth:`taps` returns the gated maps of all five levels; :meth:`encode`
+    returns the pooled gated layer4 features (B, C). What is transferred downstream is the trunk
+    without the gates by default (``mlvicx_core.evaluation.trunk.Trunk``, ``eval.keep_gates``;
+    :meth:`trunk_state_dict`), as the released code transfers it.
     """
 
     def __init__(self, config: ModelConfig | str = "paper") -> None:

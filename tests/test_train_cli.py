@@ -40,7 +40,7 @@ def test_vicreg_presets_are_the_variant_on_top_of_their_base():
     for preset, base in (("vicreg", "paper"), ("vicreg-teaching", "teaching")):
         cfg = load_config(preset)
         assert cfg.preset == preset
-        assert cfg.model == dataclasses.replace(get_preset(base), multilevel=False,
+        assert cfg.model == dataclasses.replace(get_preset(base), method="vicreg", multilevel=False,
                                                 context_bottleneck=False)
         assert cfg.model == get_preset(preset)
         assert dataclasses.replace(cfg, preset="x") == dataclasses.replace(

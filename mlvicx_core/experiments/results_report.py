@@ -22,11 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import apply_variant, from_dict
+from ..methods import get_method
 from .results import ENCODERS
 
 #: (A, B, question) pairs summarised in the closing statement.
 COMPARISONS = [
     ("mlvicx", "vicreg", "multi-level regularisation over VICReg (the paper's claim)"),
+    ("mlvicx", "barlow-twins", "MLVICX over another self-supervised method"),
     ("mlvicx", "random", "MLVICX pretraining over no pretraining"),
     ("vicreg", "random", "VICReg pretraining over no pretraining"),
     ("mlvicx", "mlvicx-no-cb", "context bottlenecks (MLVICX vs MLVICX without them)"),
@@ -274,13 +277,18 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
     ev, opt, aug, cfg = c["eval"], c["optim"], c.get("aug", {}), c
     proj = "-".join(map(str, c["model"]["projector"]))
     warm = max(1, round(st["steps"] * opt["warmup_epochs"] / c["train"]["epochs"]))
+    base = from_dict(c)
+    methods = [f"`{e}`: {get_method(apply_variant(base, e).model.method).summary}"
+               for e in st["encoders"] if e != "random"]
     lines = [
         (f"- Encoders: {', '.join(st['encoders'])}; all built from the `{st['preset']}` preset "
          f"(ResNet-18, {st['image_size']} px views"
          + (f" of radiographs stored and evaluated at {cfg['data']['load_size']} px"
             if cfg.get("data", {}).get("load_size") else "")
          + f", projectors {proj}, {opt['name']}, base lr "
-         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.yaml`."),
+         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.yaml`, their "
+         f"methods `mlvicx_core/methods/` (`random`: the trunk at its seeded random init): "
+         + "; ".join(methods) + "."),
         (f"- Views (`aug.*`): crops of {aug.get('crop_scale')} of the area, jitter p "
          f"{aug.get('jitter_p')}, blur p {aug.get('blur_p')}, solarize p {aug.get('solarize_p')}."),
         (f"- Budget per pretraining run (every encoder, dataset and seed): {st['steps']} optimizer "

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import CheckpointManager, export_trunk, load_weights
 from ..config import NON_RESULT_KEYS, Config, ConfigError, config_hash, diff_keys, from_dict
 from ..devices import select_device
+from ..methods import embedding
 from ..model import MLVICX
 from . import distributed
 from .diagnostics import embedding_diagnostics
@@ -226,10 +227,9 @@ def record(run: Run, result: StepResult) -> dict[str, Any]:
         rec.update(lr=result.lr, grad_norm=result.grad_norm,
                    images_per_s=cfg.batch_size / max(now - run.tick, 1e-9))
     if run.env.is_main and (step % cfg.diag_every == 0 or step == 1):
-        for branch, z in (("global", result.za.global_), ("multi", result.za.multi)):
-            if z is not None:
-                for k, v in embedding_diagnostics(z).items():
-                    rec[f"diag/{branch}/{k}"] = v
+        for head in run.state.method.heads:
+            for k, v in embedding_diagnostics(embedding(result.za, head)).items():
+                rec[f"diag/{head}/{k}"] = v
     if run.probe is not None and (step % cfg.eval_every == 0 or step == run.stop_at):
         rec.update(probe_record(run))
     if len(rec) > 2 and run.writer is not None:
@@ -291,9 +291,8 @@ def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callabl
             (run.run_dir / "config.yaml").write_text(config.to_yaml())
         run.writer = MetricsWriter(run.run_dir, tensorboard=config.train.tensorboard,
                                    enabled=run.env.is_main, resume_step=run.step)
-        variant = config.model.variant
         bar = tqdm(total=run.stop_at, initial=run.step, unit="step", dynamic_ncols=True,
-                   mininterval=1.0, desc=f"pretrain {variant} ({config.preset})",
+                   mininterval=1.0, desc=f"pretrain {config.model.method} ({config.preset})",
                    disable=not (run.env.is_main and config.train.progress))
         try:
             if run.probe is not None and run.step == 0:  # the random-init level
