@@ -23,7 +23,7 @@ from torch import nn
 from mlvicx_core.model import Embeddings
 from mlvicx_core.train import distributed
 from mlvicx_core.config import apply_overrides, load_config
-from mlvicx_core.train.step import TwoViews, loss_terms
+from mlvicx_core.train.step import TwoViewForward, loss_terms
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, WORLD = 12, 2
@@ -59,7 +59,7 @@ def _worker(rank, init_file, out_dir):
                             world_size=WORLD)
     torch.manual_seed(0)
     model = LinearHeads()
-    net = distributed.wrap_ddp(TwoViews(model), torch.device("cpu"))
+    net = distributed.wrap_ddp(TwoViewForward(model), torch.device("cpu"))
     a, b = _inputs()
     n = GLOBAL_BATCH // WORLD
     za, zb = net(a[rank * n:(rank + 1) * n], b[rank * n:(rank + 1) * n])
@@ -80,7 +80,7 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
 
     torch.manual_seed(0)
     model = LinearHeads()
-    za, zb = TwoViews(model)(*_inputs())
+    za, zb = TwoViewForward(model)(*_inputs())
     ref = loss_terms(za, zb, _config(), gather=None)
     ref["loss"].backward()
     for rank in range(WORLD):

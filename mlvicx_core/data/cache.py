@@ -291,7 +291,7 @@ class CachedDataset(CXRDataset):
     """A ``CXRDataset`` served from the cache of ``source`` at ``size`` (built if missing or stale).
 
     Samples follow the base contract (image float32 (1, S, S) in [0, 1] = cached uint8 / 255), with
-    ``transform`` (e.g. ``TwoViews``) applied on top. Masks and boxes come from ``source``.
+    ``transform`` (any per-sample transform) applied on top. Masks and boxes come from ``source``.
 
     Parameters: ``root`` (default ``default_cache_root()``), ``name`` (default the source's class
     name), ``split`` (default ``source.split`` or ``"all"``), ``num_workers`` for the build,

@@ -78,7 +78,7 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-class TwoViews(nn.Module):
+class TwoViewForward(nn.Module):
     """``(view_a, view_b) -> (model(view_a), model(view_b))`` as one module, so DDP and
     ``torch.compile`` see one forward per step. Two passes (not one on the concatenated views) keep
     BatchNorm statistics per view, as in VICReg."""
@@ -109,7 +109,7 @@ class StepState:
     """Everything one step touches. ``step`` counts completed optimizer steps."""
 
     model: nn.Module  # the plain MLVICX (what is checkpointed)
-    net: nn.Module  # TwoViews(model), possibly DDP-wrapped and/or compiled
+    net: nn.Module  # TwoViewForward(model), possibly DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss: LossConfig
@@ -156,7 +156,7 @@ def build_step(config: Config, model: nn.Module, device: torch.device, steps_per
     scheduler = build_scheduler(optimizer, round(oc.warmup_epochs * steps_per_epoch), total,
                                 oc.final_lr_ratio)
     choices = device_choices(cfg, device)
-    net: nn.Module = TwoViews(model)
+    net: nn.Module = TwoViewForward(model)
     if env.is_distributed:
         net = distributed.wrap_ddp(net, device, choices.sync_batchnorm)
     if cfg.compile:

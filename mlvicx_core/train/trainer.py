@@ -103,7 +103,7 @@ def default_augment(config: Config):
     """The batch two-view augmenter ``aug.*`` describes, views of ``data.image_size``."""
     from ..data.augment import BatchTwoViews
 
-    return BatchTwoViews.from_config(config.aug, config.data.image_size)
+    return BatchTwoViews(config.aug, config.data.image_size)
 
 
 def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable | None = None,
