@@ -321,6 +321,10 @@ class DataConfig(Section):
     num_workers: int = opt(0, "DataLoader worker processes", ge=0)
     in_memory: bool = opt(False, "read (synthetic: render) the pretraining images once into memory "
                                  "instead of every epoch (float32, length x load_size^2 x 4 bytes)")
+    cache: bool = opt(False, "decode and resize every file once into a memory-mapped uint8 cache "
+                             "under data.cache_dir, rebuilt when the files change (pretraining "
+                             "and evaluation; every dataset but synthetic)")
+    cache_dir: str = opt("data/cache", "folder of the data.cache entries")
     on_error: Literal["raise", "skip"] = opt("raise", "unreadable files: stop, or skip them")
     bit_depth: int | None = opt(None, "significant bits of 16-bit PNG/TIFF files without an sBIT "
                                       "chunk, e.g. 12 (null: sBIT, else refuse unless 16-bit)",
@@ -627,9 +631,9 @@ def get_preset(name: str = "paper", **model_overrides: Any) -> ModelConfig:
 # -- identity ---------------------------------------------------------------------------------------
 #: Keys that do not change the trained weights (left out of :func:`config_hash`).
 NON_RESULT_KEYS = frozenset({
-    "preset", "data.num_workers", "data.in_memory", "train.log_every", "train.diag_every",
-    "train.eval_every", "train.ckpt_every", "train.keep_last", "train.out_dir", "train.run_name",
-    "train.progress", "train.tensorboard", "train.threads", "train.max_steps",
+    "preset", "data.num_workers", "data.in_memory", "data.cache_dir", "train.log_every",
+    "train.diag_every", "train.eval_every", "train.ckpt_every", "train.keep_last", "train.out_dir",
+    "train.run_name", "train.progress", "train.tensorboard", "train.threads", "train.max_steps",
     "train.probe_images", "train.probe_val_images",
 })
 

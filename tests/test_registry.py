@@ -181,3 +181,33 @@ def test_evaluation_reads_whole_images_at_the_stored_size():
     assert evaluation_splits(plain.data, (4, 4, 4))["test"][0]["image"].shape == (1, 64, 64)
     pre = dataset_from_config(cfg.data, length=4)
     assert pre[0]["image"].shape == (1, 64, 64)  # stored size; the augmenter cuts 32 px views
+
+
+def test_data_cache_serves_the_files_decoded_once(tmp_path):
+    """``data.cache``: a real-format dataset (RSNA DICOMs) is decoded once into the cache; the
+    pretraining set and every evaluation split read it, with the labels, boxes and pixels of the
+    files (within 0.5/255), and a second build reuses it."""
+    from mlvicx_core.data.cache import CachedDataset
+
+    (tmp_path / "rsna").mkdir()
+    root = _rsna(tmp_path / "rsna")
+    cfg = load_config("teaching", {"data.dataset": "rsna", "data.root": str(root),
+                                   "data.image_size": 16, "data.load_size": None,
+                                   "data.length": None, "data.split": "all",
+                                   "data.cache": True, "data.cache_dir": str(tmp_path / "c")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the RSNA fixture lists an image that is not on disk
+        plain = build_dataset("rsna", root=root, split="all", image_size=16)
+        cached = dataset_from_config(cfg.data)
+        again = dataset_from_config(cfg.data)
+    assert isinstance(cached, CachedDataset) and cached.built and not again.built
+    assert (tmp_path / "c" / "rsna" / "all" / "16px" / "manifest.json").is_file()
+    np.testing.assert_array_equal(cached.labels, plain.labels)
+    assert list(cached.patient_ids) == list(plain.patient_ids)
+    for i in range(len(plain)):
+        assert cached.boxes(i) == plain.boxes(i)
+        diff = (cached[i]["image"] - plain[i]["image"]).abs().max()
+        assert diff <= 0.5 / 255 + 1e-6, i
+    # without data.cache nothing is cached
+    off = dataset_from_config(cfg.data.replace(cache=False, cache_dir=str(tmp_path / "off")))
+    assert not isinstance(off, CachedDataset) and not (tmp_path / "off").exists()

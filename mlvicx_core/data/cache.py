@@ -311,6 +311,7 @@ class CachedDataset(CXRDataset):
                          on_error=on_error if on_error is not None else source.on_error)
         self.source = source
         self.has_masks = source.has_masks
+        self.metadata = getattr(source, "metadata", None)
         self.path = cache_dir(root if root is not None else default_cache_root(),
                               name or type(source).__name__,
                               split or str(getattr(source, "split", None) or "all"), size)
