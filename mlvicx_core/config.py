@@ -41,8 +41,16 @@ from typing import Any, Literal
 
 import yaml
 
+# The choices of the keys that several modules list: each written once, here, as the key's type.
+Level = Literal["stem", "layer1", "layer2", "layer3", "layer4"]
+Task = Literal["probe", "knn", "factors", "finetune", "segmentation", "gradcam", "umap"]
+FeatureKind = Literal["trunk", "layer3+layer4", "global", "multi"]
 #: Names of the five backbone taps, in trunk order.
-LEVELS: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+LEVELS: tuple[str, ...] = typing.get_args(Level)
+#: The read-outs of the evaluation, in the order they run (probe before gradcam).
+TASKS: tuple[str, ...] = typing.get_args(Task)
+#: What probe, kNN and UMAP read (``eval.features``; ``mlvicx_core.evaluation.embeddings``).
+FEATURE_KINDS: tuple[str, ...] = typing.get_args(FeatureKind)
 
 
 class ConfigError(ValueError):
@@ -214,8 +222,7 @@ class ModelConfig(Section):
     pretrained: Literal["imagenet"] | None = opt(None, "start from torchvision ImageNet weights")
     context_bottleneck: bool = opt(True, "gate every tap with channel + spatial attention")
     multilevel: bool = opt(True, "build the multi-level branch (false = VICReg)")
-    levels: tuple[Literal["stem", "layer1", "layer2", "layer3", "layer4"], ...] = opt(
-        LEVELS, "taps that feed the multi-level branch")
+    levels: tuple[Level, ...] = opt(LEVELS, "taps that feed the multi-level branch")
     projector: tuple[int, ...] = opt((4096, 4096, 4096), "global projector widths", ge=1)
     ml_projector: tuple[int, ...] = opt((4096, 4096, 4096), "multi-level MLP widths", ge=1)
     projector_last_bn: bool = opt(True, "BatchNorm after the projectors' last Linear (the "
@@ -399,15 +406,13 @@ class EvalConfig(Section):
     """Read-outs of frozen or fine-tuned encoders (``mlvicx_core.evaluation.pipeline``)."""
 
     _name = "eval"
-    tasks: tuple[Literal["probe", "knn", "factors", "finetune", "segmentation", "gradcam",
-                         "umap"], ...] = opt(
-        ("probe", "knn"), "read-outs to run")
+    tasks: tuple[Task, ...] = opt(("probe", "knn"), "read-outs to run")
     fractions: tuple[float, ...] = opt((0.01, 0.1, 1.0), "label fractions of the training "
                                                          "patients", gt=0, le=1)
     split_sizes: tuple[int | None, int | None, int | None] | None = opt(
         None, "images per evaluation split (train, val, test): synthetic renders this many "
               "(null: 1600, 200, 400); other datasets a seeded subset (null: all)", ge=1)
-    features: Literal["trunk", "layer3+layer4", "global", "multi"] = opt(
+    features: FeatureKind = opt(
         "trunk", "what probe, kNN and UMAP read")
     keep_gates: bool = opt(False, "transfer the context bottlenecks with the trunk")
     seed: int = opt(0, "seed of label fractions, bootstrap and baselines", ge=0)
@@ -425,7 +430,7 @@ class EvalConfig(Section):
     finetune_lr: float = opt(1e-4, "fine-tuning learning rate", gt=0)
     seg_epochs: int = opt(10, "segmentation epochs", ge=1)
     seg_fraction: float = opt(1.0, "label fraction for segmentation", gt=0, le=1)
-    gradcam_tap: Literal["stem", "layer1", "layer2", "layer3", "layer4"] = opt(
+    gradcam_tap: Level = opt(
         "layer4", "tap Grad-CAM explains")
     gradcam_images: int = opt(64, "positive test images scored per finding", ge=1)
     tolerance: float = opt(0.0, "pointing-game tolerance in pixels", ge=0)

@@ -29,14 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, EvalConfig
+from ..config import TASKS, ConfigError, EvalConfig
 from ..data.splits import label_fraction
 from ..data.subset import Subset
 from .embeddings import TRUNK_KINDS, extract_features
 from .metrics import bootstrap_auroc
 from .report import row, write_results
-
-TASKS = ("probe", "knn", "factors", "finetune", "segmentation", "gradcam", "umap")
 
 
 def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] | None = None

@@ -129,16 +129,17 @@ def interactive_scatter(coords: np.ndarray, table: pd.DataFrame, colour_by: str 
 def umap_panels(models: dict, dataset, kinds=("trunk", "global", "multi"), seed: int = 0,
                 cache_dir=None, progress: bool = True) -> dict[tuple[str, str], np.ndarray | None]:
     """``{(encoder, kind): (N, 2) coordinates or None}``: UMAP of every encoder's ``kind``
-    embeddings (:data:`~mlvicx_core.evaluation.embeddings.KINDS`) of the same images, seeded; a kind
-    the encoder does not have (``multi`` for VICReg) gives ``None`` (notebook 02). ``progress``: a
-    bar over the panels, named after the one being embedded and mapped."""
+    embeddings (``eval.features``: :data:`~mlvicx_core.config.FEATURE_KINDS`) of the same images,
+    seeded; a kind the encoder does not have (``multi`` for VICReg) gives ``None`` (notebook 02).
+    ``progress``: a bar over the panels, named after the one being embedded and mapped."""
     from tqdm.auto import tqdm
 
-    from .embeddings import KINDS, extract_features
+    from ..config import FEATURE_KINDS
+    from .embeddings import extract_features
 
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in FEATURE_KINDS]
     if bad:
-        raise ValueError(f"kinds {bad}: expected some of {KINDS}")
+        raise ValueError(f"kinds {bad}: expected some of {FEATURE_KINDS}")
     panels: dict[tuple[str, str], np.ndarray | None] = {}
     todo = [(name, model, kind) for name, model in models.items() for kind in kinds]
     bar = tqdm(total=len(todo), desc="embed + UMAP", unit="panel", disable=not progress)
