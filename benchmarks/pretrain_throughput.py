@@ -30,7 +30,7 @@ from mlvicx_core.config import load_config
 from mlvicx_core.data.registry import dataset_from_config
 from mlvicx_core.data.subset import Subset
 from mlvicx_core.devices import select_device
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.step import autocast_dtype
 from mlvicx_core.train.trainer import default_augment, pretrain
 

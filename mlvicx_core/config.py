@@ -617,13 +617,15 @@ def apply_overrides(config: Config, overrides: list[str] | dict[str, Any] | None
     return config
 
 
-def load_config(preset: str = "teaching", overrides: list[str] | dict | None = None) -> Config:
-    """``load_preset(preset)`` then :func:`apply_overrides`."""
+def load_config(preset: str, overrides: list[str] | dict | None = None) -> Config:
+    """The whole configuration of preset ``preset`` (a name or a YAML path), then
+    :func:`apply_overrides`."""
     return apply_overrides(load_preset(preset), overrides)
 
 
-def get_preset(name: str = "paper", **model_overrides: Any) -> ModelConfig:
-    """The ``model`` section of preset ``name`` (the same YAML files), fields overridden by keyword."""
+def get_preset(name: str, **model_overrides: Any) -> ModelConfig:
+    """Only the ``model`` section (a :class:`ModelConfig`) of preset ``name``, fields overridden by
+    keyword: what ``MLVICX(...)`` takes. ``load_config(name)`` is the whole :class:`Config`."""
     model = load_preset(name).model
     try:
         return dataclasses.replace(model, **model_overrides)

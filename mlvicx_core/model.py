@@ -124,7 +124,7 @@ class MLVICX(nn.Module):
     :meth:`trunk_state_dict`), as the released code transfers it.
     """
 
-    def __init__(self, config: ModelConfig | str = "paper") -> None:
+    def __init__(self, config: ModelConfig | str) -> None:
         super().__init__()
         if isinstance(config, str):
             config = get_preset(config)

@@ -160,7 +160,7 @@ fig = plot_loss_terms(run.run_dir, weights, lam=config.loss.lam)
 # %%
 import matplotlib.pyplot as plt
 
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.viz.training import plot_online_probe
 
 fig, ax = plt.subplots(figsize=(6.5, 3.6), constrained_layout=True)

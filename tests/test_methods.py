@@ -12,7 +12,7 @@ from mlvicx_core.loss import invariance, mlvicx_loss, variance, vicreg_loss
 from mlvicx_core.methods import METHODS, Method, register_method
 from mlvicx_core.methods.barlow_twins import barlow_twins_loss
 from mlvicx_core.model import Embeddings
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.step import loss_terms
 from mlvicx_core.train.trainer import pretrain
 

@@ -15,7 +15,7 @@ from mlvicx_core.evaluation.baselines import reference_encoder
 from mlvicx_core.evaluation.embeddings import trunk_features
 from mlvicx_core.evaluation.probe import RIDGE_ALPHAS, fit_ridge_probe
 from mlvicx_core.model import MLVICX
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.online_probe import KNN_K, OnlineProbe
 from mlvicx_core.train.trainer import pretrain, seed_everything
 

@@ -9,7 +9,7 @@ from mlvicx_core.loss import mlvicx_loss
 from mlvicx_core.model import MLVICX
 from mlvicx_core.checkpoints import CheckpointManager, load_checkpoint
 from mlvicx_core.config import ConfigError
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.optim import build_optimizer
 from mlvicx_core.train.trainer import train_or_load
 from mlvicx_core.train.trainer import NonFiniteLossError, pretrain

@@ -76,7 +76,7 @@ def run_demo(config, log=print) -> DemoReport:
     from ..evaluation.metrics import paired_auroc_difference
     from ..evaluation.pipeline import evaluate, mean_auroc
     from ..evaluation.report import write_results
-    from ..train.metrics import read_metrics
+    from ..train.metrics_log import read_metrics
     from ..train.runs import finished_run
     from ..train.trainer import train_or_load
     from ..viz.training import plot_probe_comparison, plot_training

@@ -58,7 +58,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def mean_auroc(df: pd.DataFrame) -> pd.DataFrame:
+def probe_mean_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the probe's mean AUROC (one per dataset x method x seed x fraction)."""
     m = df[(df.task == "probe") & (df.finding == "mean") & (df.metric == "auroc")]
     return m[np.isfinite(m.value)]
@@ -66,7 +66,7 @@ def mean_auroc(df: pd.DataFrame) -> pd.DataFrame:
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and count over seeds of the mean AUROC per (dataset, fraction, method)."""
-    g = mean_auroc(df).groupby(["dataset", "fraction", "encoder"]).value
+    g = probe_mean_rows(df).groupby(["dataset", "fraction", "encoder"]).value
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
 
 
@@ -348,7 +348,7 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
           ("*Written by the experiment; do not edit by hand.* Regenerate every number, table and "
           f"figure with:\n\n```bash\n{command}\n```\n"),
           "## Setup", _setup(meta, runs), ""]
-    ma = mean_auroc(df)
+    ma = probe_mean_rows(df)
     md += ["## Linear probe: mean test AUROC (mean ± std over seeds)", ""]
     rows = []
     for ds in meta["datasets"]:

@@ -39,7 +39,7 @@ from ..methods import embedding
 from ..model import MLVICX
 from . import distributed
 from .diagnostics import embedding_diagnostics
-from .metrics import MetricsWriter
+from .metrics_log import MetricsWriter
 from .online_probe import OnlineProbe
 from .runs import RunLock, RunResult, finished_run, load_run, requested_steps, run_dir_for
 from .step import (NonFiniteLossError, StepResult, StepState, build_step, check_parameters,

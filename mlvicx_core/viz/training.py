@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..methods import Method, get_method
-from ..train.metrics import read_metrics
+from ..train.metrics_log import read_metrics
 
 STYLE = {"global": "-", "multi": "--"}
 
