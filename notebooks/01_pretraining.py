@@ -48,11 +48,11 @@ from IPython.display import display
 
 from mlvicx_core.data.registry import dataset_from_config
 from mlvicx_core.experiments import diagnostics_table, pretrain_config
-from mlvicx_core.experiments.collapse_toy import collapse_demo, plot_collapse_demo
+from mlvicx_core.experiments.collapse_toy import collapse_demo
 from mlvicx_core.model import MLVICX
 from mlvicx_core.train import train_or_load
 from mlvicx_core.train.trainer import default_augment
-from mlvicx_core.viz.training import plot_collapse, plot_loss_terms, show_views
+from mlvicx_core.viz.training import plot_collapse, plot_collapse_demo, plot_loss_terms, show_views
 
 # one math thread: the order of a float sum depends on the thread count, so this is what makes
 # a run give the same weights, figures and numbers on every machine (the committed ones included)

@@ -238,8 +238,13 @@ def test_widgets_build_without_frontend():
 
 
 def test_figures_read_on_a_projector_and_do_not_exaggerate():
-    from mlvicx_core.evaluation.umap_view import category_labels
-    from mlvicx_core.viz.figures import plot_cam_grid, plot_pointing, plot_sweep, plot_umap_grid
+    from mlvicx_core.viz.figures import (
+        category_labels,
+        plot_cam_grid,
+        plot_pointing,
+        plot_sweep,
+        plot_umap_grid,
+    )
 
     assert list(category_labels([0.0, 1.0, np.nan])[:2]) == ["absent", "present"]
     assert pd.isna(category_labels([0.0, 1.0, np.nan])[2])

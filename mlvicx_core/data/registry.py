@@ -151,6 +151,13 @@ def dataset_from_config(data, split: str | None = None, length: int | None = -1,
 SYNTHETIC_EVAL_SIZES = (1600, 200, 400)
 
 
+def split_sizes(length: int, fractions=(0.7, 0.1, 0.2)) -> tuple[int, int, int]:
+    """``length`` images shared out by the split fractions (``data.split_fractions``): train and val
+    rounded, test the rest."""
+    n_train, n_val = round(fractions[0] * length), round(fractions[1] * length)
+    return n_train, n_val, length - n_train - n_val
+
+
 def evaluation_splits(data, split_sizes=None, in_memory: bool = False) -> dict[str, CXRDataset]:
     """The labelled ``train`` / ``val`` / ``test`` splits every evaluation of ``data`` (a
     :class:`~mlvicx_core.config.DataConfig`) uses, whole images at ``data.load_size`` when set (the

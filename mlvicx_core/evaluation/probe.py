@@ -207,3 +207,11 @@ def _fit_ridge_patterns(z, y, known, alphas, coef, intercept, chosen, untrainabl
             chosen[j] = best
             coef[j] = vt.T @ ((s / (s * s + best * n)) * (u.T @ yc))
             intercept[j] = yj.mean() - coef[j] @ z[rows].mean(axis=0)
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+              config: EvalConfig) -> LinearProbe:
+    """The kit's linear probe: :func:`fit_linear_probe` with ``eval.probe_cs`` and
+    ``eval.probe_max_iter`` (the evaluation pipeline, Grad-CAM's classifier)."""
+    return fit_linear_probe(x_train, y_train, x_val, y_val, Cs=config.probe_cs,
+                            max_iter=config.probe_max_iter)

@@ -39,7 +39,7 @@ import torch
 
 from ..config import VARIANTS, Config
 from ..data.paths import shared_data_dir
-from ..data.registry import build_dataset, evaluation_splits
+from ..data.registry import SYNTHETIC_EVAL_SIZES, build_dataset, evaluation_splits
 from ..data.subset import Subset
 from ..evaluation.baselines import reference_encoder
 from ..evaluation.pipeline import evaluate
@@ -53,7 +53,7 @@ ENCODERS = ("random", *VARIANTS)
 #: ``eval.split_sizes`` sets them for every dataset.
 DATASETS: dict[str, dict] = {
     "synthetic": {"title": "Synthetic phantom (embedded)", "root": None,
-                  "split_sizes": (1600, 200, 400)},
+                  "split_sizes": SYNTHETIC_EVAL_SIZES},
     "nih": {"title": "NIH ChestX-ray14 (real, 64 px)", "root": "nih/images-64px",
             "split_sizes": (None, None, None)},
     "pneumoniamnist": {"title": "PneumoniaMNIST (real, 28 px upsampled to 64)",

@@ -20,9 +20,17 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import LEVELS, VARIANTS, Config, EvalConfig, load_config, variant_overrides
+from ..config import (
+    LEVELS,
+    VARIANTS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    load_config,
+    variant_overrides,
+)
 from ..data.registry import DATASETS as REGISTRY
-from ..data.registry import build_dataset
+from ..data.registry import dataset_from_config, evaluation_splits, split_sizes
 from ..evaluation.report import read_results
 
 
@@ -91,32 +99,39 @@ def eval_config(**values: Any) -> EvalConfig:
     return load_config("teaching", {f"eval.{k}": v for k, v in values.items()}).eval
 
 
+def eval_data(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
+              seed: int = 0) -> DataConfig:
+    """The ``data.*`` section behind a notebook's data parameters (images stored and read at
+    ``image_size``)."""
+    root = check_dataset(dataset, data_root)
+    return DataConfig(dataset=dataset, root=str(root) if root is not None else None,
+                      image_size=int(image_size), seed=int(seed))
+
+
 def eval_splits(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
                 length: int = 400, seed: int = 0) -> dict[str, Any]:
-    """Labelled ``train`` / ``val`` / ``test`` splits for the read-outs, through the registry.
+    """Labelled ``train`` / ``val`` / ``test`` splits for the read-outs: the registry's
+    :func:`~mlvicx_core.data.registry.evaluation_splits`, in memory.
 
-    ``synthetic``: ``length`` radiographs in the 70/10/20 proportion, from its patient-disjoint
-    splits. Pretraining uses the train split (labels hidden), as the paper pretrains on NIH's
-    train_val list; the probes fit labels of train, pick hyper-parameters on val and score on test,
-    whose patients were never pretrained on. Other datasets: their splits, every image (``length``
-    is ignored).
+    ``synthetic``: ``length`` radiographs shared out by ``data.split_fractions`` (70/10/20), from its
+    patient-disjoint splits. Pretraining uses the train split (labels hidden), as the paper
+    pretrains on NIH's train_val list; the probes fit labels of train, pick hyper-parameters on val
+    and score on test, whose patients were never pretrained on. Other datasets: their splits, every
+    image (``length`` is ignored).
     """
-    root = check_dataset(dataset, data_root)
-    sizes = ((round(0.7 * length), round(0.1 * length), length - round(0.7 * length)
-              - round(0.1 * length)) if dataset == "synthetic" else (None, None, None))
-    return {s: build_dataset(dataset, root=root, split=s, image_size=int(image_size), length=n,
-                             seed=int(seed), in_memory=True)
-            for s, n in zip(("train", "val", "test"), sizes)}
+    data = eval_data(dataset, data_root, image_size, seed)
+    sizes = (split_sizes(int(length), data.split_fractions) if dataset == "synthetic"
+             else (None, None, None))
+    return evaluation_splits(data, sizes, in_memory=True)
 
 
 def held_out(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
              length: int = 400, seed: int = 0):
     """Labelled images of patients never pretrained on, in memory: the test split (``length``
     synthetic radiographs; every test image of another dataset)."""
-    root = check_dataset(dataset, data_root)
-    return build_dataset(dataset, root=root, split="test", image_size=int(image_size),
-                         length=int(length) if dataset == "synthetic" else None, seed=int(seed),
-                         in_memory=True)
+    data = eval_data(dataset, data_root, image_size, seed)
+    return dataset_from_config(data, split="test", in_memory=True,
+                               length=int(length) if dataset == "synthetic" else None)
 
 
 def sweep_grid(lams: Sequence[float] = (), level_sets: Sequence[Sequence[str]] = (),

@@ -4,6 +4,10 @@
 - :func:`show_views`: source images and the two augmented views the loss compares.
 - :func:`plot_loss_terms`: each loss term over training, weighted as it enters the loss.
 - :func:`plot_collapse`: collapse diagnostics of several runs on shared axes.
+- :func:`plot_learning_curves`, :func:`plot_online_probe`: the online probe over steps (runs and
+  seeds, or one run's read-outs).
+- :func:`plot_probe_comparison`: the held-out probe of encoders side by side (the demo).
+- :func:`plot_collapse_demo`: the collapse toy's curves.
 
 The run's method (``model.method`` in its ``config.yaml``; ``mlvicx_core.methods``) says which heads
 and terms there are, so every method gets its own panels.
@@ -205,46 +209,70 @@ def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
     return fig
 
 
+def plot_learning_curves(ax, curves, line: str, value: str, styles: dict | None = None,
+                         labels=None, start: str = "each") -> None:
+    """Online-probe read-outs over pretraining steps on ``ax``, one line per value of ``line``.
+
+    ``curves``: rows of (``line``, ``step``, ``value``); several rows per step (seeds) draw their
+    mean with the range shaded, or, where the rows carry ``low`` and ``high`` (a bootstrap
+    interval), that band. The random-init level (step 0) is a dashed line: one per line in its
+    colour (``start="each"``), or one black line at the mean of all (``"all"``). ``styles`` and
+    ``labels`` (a function of the line's name) set each line's style and legend text.
+    """
+    styles = styles or {}
+    for k, (name, g) in enumerate(curves.groupby(line, sort=False)):
+        s = g.groupby("step")[value].agg(["mean", "min", "max"])
+        colour = f"C{k}"
+        ax.plot(s.index, s["mean"], styles.get(name, "-"), marker=".", color=colour,
+                label=labels(name) if labels else str(name))
+        if {"low", "high"} <= set(g.columns) and g[["low", "high"]].notna().all().all():
+            band = g.groupby("step")[["low", "high"]].mean()
+            ax.fill_between(band.index, band["low"], band["high"], color=colour, alpha=0.15,
+                            lw=0, label=f"{name}: 95 % interval")
+        elif (s["min"] < s["max"]).any():
+            ax.fill_between(s.index, s["min"], s["max"], color=colour, alpha=0.15)
+        if start == "each" and 0 in s.index:
+            ax.axhline(float(s.loc[0, "mean"]), color=colour, ls="--", lw=0.9,
+                       label=f"{name}: random init (step 0)")
+    if start == "all":
+        level = curves[curves["step"] == 0][value].mean()
+        ax.axhline(level, color="k", ls="--", lw=1.2, label=f"random init ({level:.3f})")
+
+
 def plot_online_probe(df, ax, held_out: dict | None = None) -> None:
-    """The online probe's mean AUROC over steps on ``ax``: linear (solid) and kNN (dotted) with
-    their 95 % bootstrap bands over the score images (``mean_lo``/``mean_hi``, where recorded),
-    the step-0 value (random init) as a dashed line of the same colour. ``held_out``:
-    ``{encoder: (value, ci_low, ci_high)}`` of the held-out linear probe, drawn as points with
-    their intervals just right of the last step (the final answer beside the running estimate)."""
-    any_line = False
-    last = 0
-    for k, (readout, style) in enumerate((("linear", "-"), ("knn", ":"))):
+    """The online probe's mean AUROC of one run (its metrics) over steps on ``ax``
+    (:func:`plot_learning_curves`): linear (solid) and kNN (dotted) with their 95 % bootstrap
+    bands over the score images (``mean_lo``/``mean_hi``, where recorded), the step-0 value
+    (random init) as a dashed line of the same colour. ``held_out``: ``{encoder: (value, ci_low,
+    ci_high)}`` of the held-out linear probe, drawn as points with their intervals just right of
+    the last step (the final answer beside the running estimate)."""
+    import pandas as pd
+
+    parts, last = [], 0
+    for readout in ("linear", "knn"):
         key = f"probe/{readout}/mean"
-        if key not in df:
-            continue
-        d = df.dropna(subset=[key])
+        d = df.dropna(subset=[key]) if key in df else []
         if not len(d):
             continue
-        colour = f"C{k}"
-        ax.plot(d["step"], d[key], style, marker=".", color=colour, label=f"{readout} read-out")
         lo, hi = f"probe/{readout}/mean_lo", f"probe/{readout}/mean_hi"
-        if lo in d and hi in d and d[[lo, hi]].notna().all().all():
-            ax.fill_between(d["step"], d[lo], d[hi], color=colour, alpha=0.15, lw=0,
-                            label=f"{readout}: 95 % interval")
-        start = d[d["step"] == 0]
-        if len(start):
-            ax.axhline(float(start[key].iloc[0]), color=colour, ls="--", lw=0.9,
-                       label=f"{readout}: random init (step 0)")
+        parts.append(pd.DataFrame({"readout": readout, "step": d["step"], "value": d[key],
+                                   "low": d.get(lo, np.nan), "high": d.get(hi, np.nan)}))
         last = max(last, int(d["step"].max()))
-        any_line = True
+    if parts:
+        plot_learning_curves(ax, pd.concat(parts), "readout", "value",
+                             styles={"linear": "-", "knn": ":"}, labels=lambda r: f"{r} read-out")
     if held_out:
         x0 = last * 1.04 + 1
         for j, (name, (v, lo, hi)) in enumerate(held_out.items()):
             ax.errorbar([x0 + j * max(last, 1) * 0.03], [v], yerr=[[v - lo], [hi - v]],
                         fmt="s" if "random" in name else "D", color="k" if "random" in name
                         else "C3", capsize=3, label=f"held-out probe, {name}")
-        any_line = True
-    if not any_line:
+    if not parts and not held_out:
         ax.text(0.5, 0.5, "online probe off\n(train.eval_every=0)", ha="center", va="center",
                 transform=ax.transAxes)
     ax.set_title("online probe: held-out mean AUROC")
     ax.set_xlabel("step")
-    if any_line:
+    if parts or held_out:
         ax.legend(fontsize=7)
 
 
@@ -282,3 +310,23 @@ def plot_probe_comparison(results, out: str | Path, title: str = "held-out linea
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_collapse_demo(frame):
+    """The collapse toy (``mlvicx_core.experiments.collapse_toy.collapse_demo``): invariance,
+    per-dimension std and effective rank over steps, one line per ``std_coeff``."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), constrained_layout=True)
+    for k, (std_coeff, d) in enumerate(frame.groupby("std_coeff", sort=False)):
+        label = f"std_coeff={std_coeff:g}" + (" (no variance term)" if std_coeff == 0 else "")
+        axes[0].plot(d["step"], d["invariance"], color=f"C{k}", label=label)
+        axes[1].plot(d["step"], d["std_mean"], color=f"C{k}", label=f"{label}: mean")
+        axes[1].plot(d["step"], d["std_min"], "--", color=f"C{k}", label=f"{label}: min")
+        axes[2].plot(d["step"], d["eff_rank"], color=f"C{k}", label=label)
+    for ax, title in zip(axes, ["invariance s", "per-dimension std", "effective rank"]):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    return fig

@@ -36,8 +36,7 @@ def browser_figure(i: int, images: np.ndarray, view_a: np.ndarray, view_b: np.nd
     """
     import matplotlib.pyplot as plt
 
-    from ..evaluation.gradcam import overlay
-    from .figures import FONT, cam_colourbar
+    from .figures import FONT, cam_colourbar, overlay
 
     if not 0 <= i < len(images):
         raise IndexError(f"image {i}: expected 0 <= i < {len(images)}")
