@@ -115,7 +115,7 @@ def build(preset: str, size: int, batch: int, variant: str, threads: int | None)
         torch.set_num_threads(threads)
     dev = select_device()
     torch.manual_seed(0)
-    cfg = load_config(preset, {**VARIANTS[variant], "data.image_size": size,
+    cfg = load_config(preset, {**VARIANTS[variant], "data.view_size": size,
                                "train.batch_size": batch})
     model = MLVICX(cfg.model).to(dev).train()
     state = build_step(cfg, model, dev, steps_per_epoch=1000)

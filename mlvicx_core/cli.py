@@ -10,7 +10,8 @@
     mlvicx pretrain --keys          # every configuration key, its type, default and meaning
 
 Every command that reads a configuration takes ``--preset`` and ``--set section.key=value`` (the keys
-of ``mlvicx_core.config``); a few common keys also have a flag. Adding a subcommand: write
+of ``mlvicx_core.config``), the one override syntax; flags are only for what is not a key
+(checkpoints, output folders, the results experiment's seeds, datasets and encoders). Adding a subcommand: write
 ``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to :data:`SUBCOMMANDS`.
 Configuration, data and checkpoint errors exit with status 2 and a message naming the key or file;
 a run stopped by non-finite values or a failed write (a full disk) exits with status 1.
@@ -31,11 +32,10 @@ def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--keys", action="store_true", help="list every config key and exit")
 
 
-def _load(args, aliases: dict | None = None):
+def _load(args):
     from .config import load_config
 
-    flags = {k: v for k, v in (aliases or {}).items() if v is not None}
-    return load_config(args.preset, flags).set(args.overrides)
+    return load_config(args.preset, args.overrides)
 
 
 def _keys() -> int:
@@ -121,12 +121,6 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="reference encoder built with the first checkpoint's (or --preset's) "
                         "network")
     p.add_argument("--out", required=True, help="output folder for results.csv/.md and figures/")
-    aliases = p.add_argument_group("aliases of common keys (same as --set)")
-    aliases.add_argument("--dataset", help="data.dataset")
-    aliases.add_argument("--data-root", help="data.root")
-    aliases.add_argument("--image-size", type=int, help="data.image_size")
-    aliases.add_argument("--tasks", nargs="+", help="eval.tasks")
-    aliases.add_argument("--fractions", type=float, nargs="+", help="eval.fractions")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -139,11 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.keys:
         return _keys()
-    config = _load(args, {"data.dataset": args.dataset, "data.root": args.data_root,
-                          "data.image_size": args.image_size,
-                          # evaluation reads whole images: --image-size is also the stored size
-                          "data.load_size": args.image_size, "eval.tasks": args.tasks,
-                          "eval.fractions": args.fractions})
+    config = _load(args)
     pairs = {}
     for item in args.checkpoint:
         name, sep, path = item.partition("=")

@@ -322,12 +322,12 @@ class DataConfig(Section):
     length: int | None = opt(2048, "images (synthetic: rendered; others: a seeded subset; null "
                                    "= all)", ge=1)
     seed: int = opt(0, "seed of the synthetic stream, of patient splits and of subsets", ge=0)
-    image_size: int = opt(64, "side of the model input (the views) in pixels", ge=8)
-    load_size: int | None = opt(None, "side of the images before cropping (null = image_size)",
-                                ge=8)
+    view_size: int = opt(64, "side of the two views the model trains on, in pixels", ge=8)
+    stored_size: int | None = opt(None, "side the images are stored at: read, cached, cropped into "
+                                        "views and evaluated whole (null = data.view_size)", ge=8)
     num_workers: int = opt(0, "DataLoader worker processes", ge=0)
     in_memory: bool = opt(False, "read (synthetic: render) the pretraining images once into memory "
-                                 "instead of every epoch (float32, length x load_size^2 x 4 bytes)")
+                                 "instead of every epoch (float32, length x stored_size^2 x 4 bytes)")
     cache: bool = opt(False, "decode and resize every file once into a memory-mapped uint8 cache "
                              "under data.cache_dir, rebuilt when the files change (pretraining "
                              "and evaluation; every dataset but synthetic)")
@@ -490,11 +490,23 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid_keys()))
 
 
+#: Former key names still read (presets, ``--set``, the configs of older checkpoints): old -> new.
+RENAMED_KEYS = {"data.image_size": "data.view_size", "data.load_size": "data.stored_size"}
+
+
 def _update_section(name: str, base: Section, updates: dict[str, Any], source: str = ""
                     ) -> Section:
     if not isinstance(updates, dict):
         raise ConfigError(f"{source}section {name!r}: expected a mapping of keys to values, got "
                           f"{updates!r}")
+    for old, new in RENAMED_KEYS.items():
+        section, _, key = old.partition(".")
+        if section == name and key in updates:
+            new_key = new.partition(".")[2]
+            if new_key in updates:
+                raise ConfigError(f"{source}{old} and {new} are one key ({old} is its former "
+                                  f"name): give {new} only")
+            updates = {new_key if k == key else k: v for k, v in updates.items()}
     names = {f.name for f in dataclasses.fields(SECTIONS[name])}
     for k in updates:
         if k not in names:
@@ -563,9 +575,16 @@ def load_preset(name_or_path: str, _seen: tuple[str, ...] = ()) -> Config:
     return from_dict(data, preset=name, base=config, source=f"{source}: ")
 
 
+def package_yaml(name: str) -> dict[str, Any]:
+    """A YAML mapping shipped in the package (``mlvicx_core/<name>``), e.g. ``variants.yaml``."""
+    data = yaml.safe_load((resources.files("mlvicx_core") / name).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"mlvicx_core/{name}: expected a mapping at the top level")
+    return data
+
+
 def _read_variants() -> dict[str, dict[str, Any]]:
-    text = (resources.files("mlvicx_core") / "variants.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    data = package_yaml("variants.yaml")
     bad = [k for k, v in data.items() if not isinstance(v, dict)]
     if bad:
         raise ConfigError(f"mlvicx_core/variants.yaml: variant(s) {bad}: expected a mapping of "

@@ -66,7 +66,7 @@ config = pretrain_config("mlvicx", overrides=overrides, **common)
 config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0,
                                                        "model.projector_last_bn": False}, **common)
 print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch_size} steps "
-      f"of batch {config.train.batch_size} at {config.data.image_size} px")
+      f"of batch {config.train.batch_size} at {config.data.view_size} px")
 
 # %% [markdown]
 # ## 1. The two views

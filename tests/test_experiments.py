@@ -49,11 +49,11 @@ def test_pretrain_config_variants_and_sharing():
     assert ab.model.levels == ("layer3", "layer4") and ab.aug.crop_scale == (0.5, 1.0)
     assert ab.train.max_steps == 7
     # image_size is the stored/evaluated radiograph side; the views are the preset's, at most that
-    assert (m.data.load_size, m.data.image_size) == (64, 32)
+    assert (m.data.stored_size, m.data.view_size) == (64, 32)
     big = pretrain_config(image_size=128)
-    assert (big.data.load_size, big.data.image_size) == (128, 32)
+    assert (big.data.stored_size, big.data.view_size) == (128, 32)
     paper = pretrain_config(preset="paper", image_size=64)
-    assert (paper.data.load_size, paper.data.image_size) == (64, 64)
+    assert (paper.data.stored_size, paper.data.view_size) == (64, 64)
     assert (m.train.eval_every, m.train.probe_images) == (12, 256)
     with pytest.raises(ConfigError, match="aug.crop_scale"):
         pretrain_config(overrides={"aug.crop_scale": [2, 1]})

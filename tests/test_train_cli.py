@@ -21,7 +21,7 @@ def test_paper_preset_is_the_method_recipe():
     assert (o.name, o.base_lr, o.weight_decay, o.momentum, o.trust_coefficient) == \
         ("lars", 0.2, 1e-6, 0.9, 0.001)
     assert (o.warmup_epochs, o.final_lr_ratio, t.batch_size, t.epochs) == (2.0, 0.001, 64, 300)
-    assert cfg.data.image_size == 224 and cfg.data.dataset == "nih" and cfg.data.split == "train"
+    assert cfg.data.view_size == 224 and cfg.data.dataset == "nih" and cfg.data.split == "train"
     a = cfg.aug  # METHOD.md section 4: the two asymmetric views
     assert (a.crop_scale, a.flip_p, a.jitter_p, a.brightness, a.contrast) == \
         ((0.08, 1.0), 0.5, 0.8, 0.4, 0.4)
@@ -50,7 +50,7 @@ def test_vicreg_presets_are_the_variant_on_top_of_their_base():
 def test_pretrain_vicreg_preset_dry_run(capsys):
     assert main(["pretrain", "--preset", "vicreg", "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
-    assert resolved["model"]["multilevel"] is False and resolved["data"]["image_size"] == 224
+    assert resolved["model"]["multilevel"] is False and resolved["data"]["view_size"] == 224
     assert main(["pretrain", "--variant", "mlvicx-no-cb", "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
     assert resolved["model"]["context_bottleneck"] is False and resolved["model"]["multilevel"]
@@ -93,10 +93,10 @@ def test_overrides_are_typed():
     ("optim.base_lr=.inf", r"optim\.base_lr=inf: expected a finite number"),
     ("optim.name=adam", r"optim\.name='adam': expected 'lars' or 'adamw' or 'sgd'"),
     ("train.device=tpu", r"train\.device='tpu': expected auto, cpu, cuda, cuda:<n> or mps"),
-    ("data.image_size=7", r"data\.image_size=7: expected every value >= 8"),
-    ("data.image_size=-3", r"data\.image_size=-3: expected every value >= 8"),
-    ("data.image_size=abc", r"data\.image_size='abc': expected an integer"),
-    ("data.image_size=[64]", r"data\.image_size=\[64\]: expected an integer"),
+    ("data.view_size=7", r"data\.view_size=7: expected every value >= 8"),
+    ("data.view_size=-3", r"data\.view_size=-3: expected every value >= 8"),
+    ("data.view_size=abc", r"data\.view_size='abc': expected an integer"),
+    ("data.view_size=[64]", r"data\.view_size=\[64\]: expected an integer"),
     ("data.root=5", r"data\.root=5: expected a string or null"),
     ("train.run_name=[a]", r"train\.run_name=\['a'\]: expected a string or null"),
     ("loss.lam=-1", r"loss\.lam=-1: expected every value >= 0"),
@@ -110,7 +110,7 @@ def test_overrides_are_typed():
     ("model.lam=0.5", r"unknown config key 'model\.lam'"),
     ("model.lam=-1", r"unknown config key 'model\.lam'"),  # the loss weights are loss.*
     ("model.sim_coeff=-25", r"unknown config key 'model\.sim_coeff'"),
-    ("model.image_size=64", r"unknown config key 'model\.image_size'"),  # it is data.image_size
+    ("model.image_size=64", r"unknown config key 'model\.image_size'"),  # it is data.view_size
     ("model.image_size=7", r"unknown config key 'model\.image_size'"),
     ("model.image_size=32", r"unknown config key 'model\.image_size'"),
     ("optim.base_lr=-1e-3", r"optim\.base_lr='-1e-3': expected every value > 0"),
@@ -138,11 +138,11 @@ def test_yaml_1_1_floats_are_numbers(tmp_path, capsys):
 
 def test_synthetic_data_below_64_px_names_the_key(capsys):
     """The synthetic radiographs are rendered at 64-512 px (item 9: a traceback before)."""
-    assert main(["pretrain", "--set", "data.load_size=32", "--set", "train.max_steps=1"]) == 2
+    assert main(["pretrain", "--set", "data.stored_size=32", "--set", "train.max_steps=1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlvicx pretrain: error: stored image size 32 (data.load_size, else "
-                          "data.image_size): the synthetic radiographs are rendered at 64-512 px")
-    assert "keep data.load_size >= 64" in err
+    assert err.startswith("mlvicx pretrain: error: stored image size 32 (data.stored_size, else "
+                          "data.view_size): the synthetic radiographs are rendered at 64-512 px")
+    assert "keep data.stored_size >= 64" in err
 
 
 def test_config_hash_tracks_only_what_changes_the_weights():
@@ -214,7 +214,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
     out = capsys.readouterr().out
     resolved = yaml.safe_load(out.split("\n", 1)[1])
     assert resolved["train"]["epochs"] == 1 and resolved["optim"]["name"] == "lars"
-    assert resolved["data"]["image_size"] == 224
+    assert resolved["data"]["view_size"] == 224
 
 
 def test_yaml_file_preset_with_base_and_variant(tmp_path):
@@ -236,7 +236,7 @@ def test_yaml_file_preset_with_base_and_variant(tmp_path):
 def test_augmentation_keys_reach_the_augmenter(tmp_path):
     from mlvicx_core.train.trainer import default_augment
 
-    cfg = apply_overrides(load_config("teaching"), ["data.image_size=64", "aug.crop_scale=[1,1]",
+    cfg = apply_overrides(load_config("teaching"), ["data.view_size=64", "aug.crop_scale=[1,1]",
                                                     "aug.flip_p=0",
                                                     "aug.jitter_p=0", "aug.blur_p=[0,0]",
                                                     "aug.solarize_p=[0,0]"])

@@ -123,7 +123,7 @@ def _write_images(root: Path, n: int):
         Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / f"{i:03d}.png")
 
 
-TINY_SETS = ["data.image_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
+TINY_SETS = ["data.view_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
              "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
              "train.batch_size=8", "train.progress=false", "train.tensorboard=false"]
 

@@ -2,7 +2,7 @@
 
 The parameters are the ``aug.*`` keys (:class:`~mlvicx_core.config.AugConfig`: knobs shared by both
 views are single values, the two the paper makes asymmetric, ``blur_p`` and ``solarize_p``, are
-pairs ``[view 1, view 2]``); the side of the views is ``data.image_size``. Each view applies, in
+pairs ``[view 1, view 2]``); the side of the views is ``data.view_size``. Each view applies, in
 this order (the BYOL order; grayscale conversion is a no-op on 1 channel):
 
 1. random resized crop: area fraction ``a ~ U(crop_scale)``, aspect ``r ~ logU(crop_ratio)``,
@@ -232,7 +232,7 @@ class BatchTwoViews:
     """Batched two-view augmenter on any device: ``(B, 1, H, W) -> two (B, 1, S, S)``.
 
     ``aug``: an :class:`~mlvicx_core.config.AugConfig` (the ``aug.*`` keys); ``size``: the side S
-    of the views (``data.image_size``). Parameters are drawn on the CPU from ``generator`` (or an
+    of the views (``data.view_size``). Parameters are drawn on the CPU from ``generator`` (or an
     internal one seeded by ``seed``), so a seed gives the same crops, flips and factors on CPU,
     CUDA or MPS.
     """

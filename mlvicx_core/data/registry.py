@@ -137,10 +137,10 @@ def split_subset(dataset: CXRDataset, split: str, fractions=(0.7, 0.1, 0.2), see
 def dataset_from_config(data, split: str | None = None, length: int | None = -1,
                         labelled: bool = True, in_memory: bool = False) -> CXRDataset:
     """:func:`build_dataset` from a :class:`~mlvicx_core.config.DataConfig` (``split`` and ``length``
-    default to ``data.split`` / ``data.length``); images are stored at ``data.load_size`` or
-    ``data.image_size``, from the cache when ``data.cache`` is on."""
+    default to ``data.split`` / ``data.length``); images are stored at ``data.stored_size`` or
+    ``data.view_size``, from the cache when ``data.cache`` is on."""
     return build_dataset(data.dataset, root=data.root, split=split or data.split,
-                         image_size=data.load_size or data.image_size,
+                         image_size=data.stored_size or data.view_size,
                          length=data.length if length == -1 else length, seed=data.seed,
                          fractions=data.split_fractions, on_error=data.on_error,
                          labelled=labelled, in_memory=in_memory, bit_depth=data.bit_depth,
@@ -160,9 +160,9 @@ def split_sizes(length: int, fractions=(0.7, 0.1, 0.2)) -> tuple[int, int, int]:
 
 def evaluation_splits(data, split_sizes=None, in_memory: bool = False) -> dict[str, CXRDataset]:
     """The labelled ``train`` / ``val`` / ``test`` splits every evaluation of ``data`` (a
-    :class:`~mlvicx_core.config.DataConfig`) uses, whole images at ``data.load_size`` when set (the
+    :class:`~mlvicx_core.config.DataConfig`) uses, whole images at ``data.stored_size`` when set (the
     stored size the views are cut from, which the online probe also reads), else at
-    ``data.image_size`` (from the cache when ``data.cache`` is on). ``split_sizes`` (the
+    ``data.view_size`` (from the cache when ``data.cache`` is on). ``split_sizes`` (the
     ``eval.split_sizes`` key): images per split; null means all, and for the synthetic data
     :data:`SYNTHETIC_EVAL_SIZES`."""
     if split_sizes is None:
@@ -179,10 +179,10 @@ def _synthetic(*, split, image_size, length, seed, labelled, **_):
     try:
         check_size(image_size)
     except ValueError as err:
-        raise DatasetError(f"stored image size {image_size} (data.load_size, else "
-                           f"data.image_size): the synthetic radiographs are rendered at 64-512 px "
-                           f"({err}); for smaller views keep data.load_size >= 64 and lower "
-                           "data.image_size") from None
+        raise DatasetError(f"stored image size {image_size} (data.stored_size, else "
+                           f"data.view_size): the synthetic radiographs are rendered at 64-512 px "
+                           f"({err}); for smaller views keep data.stored_size >= 64 and lower "
+                           "data.view_size") from None
     return SyntheticCXR(length=2048 if length is None else length, image_size=image_size,
                         seed=seed, split=None if split == "all" else split, labelled=labelled)
 

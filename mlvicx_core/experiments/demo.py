@@ -60,10 +60,10 @@ class DemoReport:
 def _header(c) -> str:
     steps = c.train.max_steps or (c.train.epochs * (c.data.length // c.train.batch_size)
                                   if c.data.length else "all")
-    stored = f" views of {c.data.load_size} px radiographs" if c.data.load_size else ""
+    stored = f" views of {c.data.stored_size} px radiographs" if c.data.stored_size else ""
     net = f"ResNet-18 width {c.model.width}" + (f", {c.model.stem} stem"
                                                  if c.model.stem != "imagenet" else "")
-    return (f"MLVICX demo: teaching preset ({net}; {c.data.image_size} px{stored}; "
+    return (f"MLVICX demo: teaching preset ({net}; {c.data.view_size} px{stored}; "
             f"{c.data.length} {c.data.dataset} radiographs; {steps} steps of batch "
             f"{c.train.batch_size}, {c.optim.name}; online probe every "
             f"{c.train.eval_every or '-'} steps)")

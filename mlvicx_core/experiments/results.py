@@ -95,7 +95,7 @@ class ExperimentDataset:
                                   "data.seed": 0, "eval.split_sizes": sizes})
         d = self.config.data
         # whole images at the stored size the views are cut from, as every evaluation reads them
-        self.image_size = d.load_size or d.image_size
+        self.image_size = d.stored_size or d.view_size
         self.splits = evaluation_splits(d, sizes, in_memory=True)
         self.localisation = self._localisation()
         self.notes: list[str] = []
@@ -260,7 +260,7 @@ def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
     c = config
     meta = {"settings": {"encoders": list(encoders), "seeds": list(seeds), "scale": scale,
-                         "preset": c.preset, "image_size": c.data.image_size,
+                         "preset": c.preset, "view_size": c.data.view_size,
                          "steps": c.train.max_steps, "batch": c.train.batch_size,
                          "config": c.to_dict()},
             "wall_s": time.perf_counter() - t_start, "notes": notes,

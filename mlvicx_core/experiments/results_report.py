@@ -230,9 +230,9 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
                for e in st["encoders"] if e != "random"]
     lines = [
         (f"- Encoders: {', '.join(st['encoders'])}; all built from the `{st['preset']}` preset "
-         f"(ResNet-18, {st['image_size']} px views"
-         + (f" of radiographs stored and evaluated at {cfg['data']['load_size']} px"
-            if cfg.get("data", {}).get("load_size") else "")
+         f"(ResNet-18, {st['view_size']} px views"
+         + (f" of radiographs stored and evaluated at {cfg['data']['stored_size']} px"
+            if cfg.get("data", {}).get("stored_size") else "")
          + f", projectors {proj}, {opt['name']}, base lr "
          f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.yaml`, their "
          f"methods `mlvicx_core/methods/` (`random`: the trunk at its seeded random init): "

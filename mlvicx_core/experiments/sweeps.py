@@ -27,6 +27,7 @@ from ..config import (
     DataConfig,
     EvalConfig,
     load_config,
+    package_yaml,
     variant_overrides,
 )
 from ..data.registry import DATASETS as REGISTRY
@@ -60,35 +61,27 @@ def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
     ``variant`` names an entry of :data:`~mlvicx_core.config.VARIANTS`; ``overrides`` is applied
     last (any ``section.key``). The run folder is ``<out_dir>/<preset>-<hash>``.
 
-    ``image_size`` is the side the radiographs are stored and evaluated at (``data.load_size``);
-    the views are the preset's ``data.image_size`` (teaching: 32 px crops), at most ``image_size``.
-    The online probe runs every 12 steps on 256 held-out images (both outside the content hash).
+    ``image_size`` is the side the radiographs are stored and evaluated at (``data.stored_size``);
+    the views are the preset's ``data.view_size`` (teaching: 32 px crops), at most ``image_size``.
+    The settings every notebook run shares (the online probe every 12 steps on 256 held-out
+    images, diagnostics, checkpoints: all outside the content hash) are ``mlvicx_core/notebooks.yaml``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {list(VARIANTS)}")
     root = check_dataset(dataset, data_root)
-    view = min(load_config(preset).data.image_size, int(image_size))
-    config = load_config(preset, {
+    view = min(load_config(preset).data.view_size, int(image_size))
+    config = load_config(preset, package_yaml("notebooks.yaml")).set({
         "data.dataset": dataset,
         "data.root": str(root) if root is not None else None,
-        "data.image_size": view,
-        "data.load_size": int(image_size),
+        "data.view_size": view,
+        "data.stored_size": int(image_size),
         "data.length": int(data_length),
         "data.seed": int(seed),
-        "data.num_workers": 0,
         "train.epochs": int(epochs),
         "train.batch_size": int(batch_size),
         "train.seed": int(seed),
         "train.max_steps": max_steps,
         "train.out_dir": str(out_dir),
-        # diagnostics and checkpoints are not part of the content hash: set them for every run
-        # alike so figures have enough points and each run keeps one checkpoint
-        "train.diag_every": 4,
-        "train.eval_every": 12,
-        "train.probe_images": 256,
-        "train.ckpt_every": 10_000,
-        "train.keep_last": 1,
-        "train.tensorboard": False,
     })
     return config.set(variant_overrides(variant)).set(dict(overrides or {}))
 
@@ -105,7 +98,7 @@ def eval_data(dataset: str = "synthetic", data_root: str | None = None, image_si
     ``image_size``)."""
     root = check_dataset(dataset, data_root)
     return DataConfig(dataset=dataset, root=str(root) if root is not None else None,
-                      image_size=int(image_size), seed=int(seed))
+                      view_size=int(image_size), seed=int(seed))
 
 
 def eval_splits(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,

@@ -100,10 +100,10 @@ class Run:
 
 
 def default_augment(config: Config):
-    """The batch two-view augmenter ``aug.*`` describes, views of ``data.image_size``."""
+    """The batch two-view augmenter ``aug.*`` describes, views of ``data.view_size``."""
     from ..data.augment import BatchTwoViews
 
-    return BatchTwoViews(config.aug, config.data.image_size)
+    return BatchTwoViews(config.aug, config.data.view_size)
 
 
 def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable | None = None,
