@@ -168,8 +168,8 @@ def add_results(p: argparse.ArgumentParser) -> None:
                    help="where RESULTS.md, figures/ and results/ are written (default docs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
-                   help="synthetic (the default: about 50 minutes on a 2-core CPU), nih, "
-                        "pneumoniamnist (each real one adds about as much again)")
+                   help="synthetic (the default), nih, pneumoniamnist (each real one takes about "
+                        "as long again)")
     p.add_argument("--encoders", nargs="+", default=None, metavar="ENCODER",
                    help="random and the variants of mlvicx_core/variants.yaml (default: all)")
     p.add_argument("--smoke", action="store_true",
@@ -228,7 +228,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
              "that it learned", add_demo, cmd_demo),
     "evaluate": ("evaluate checkpoints: linear probe, kNN, fine-tuning, segmentation, Grad-CAM, "
                  "UMAP", add_evaluate, cmd_evaluate),
-    "results": ("the results experiment: random init, VICReg, MLVICX, ablations; writes "
+    "results": ("the results experiment: random init and the variants (VICReg, MLVICX, Barlow "
+                "Twins, ablations); writes "
                 "RESULTS.md", add_results, cmd_results),
     "export-trunk": ("save a checkpoint's trunk as a torchvision ResNet state dict",
                      add_export_trunk, cmd_export_trunk),
