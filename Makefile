@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed
 
 # jemalloc (Debian's libjemalloc2) under the long CPU jobs (demo, bench, notebooks), where it is
 # installed: with freed pages kept instead of returned to the kernel, the large tensors a step
-# allocates afresh stop page-faulting (benchmarks/results/allocator.md). Not under `test` (the
+# allocates afresh stop page-faulting (docs/TRAINING.md, "Allocator"). Not under `test` (the
 # tests check results, not speed, and run with the system's malloc). `make demo JEMALLOC=` opts out.
 JEMALLOC      ?= $(shell for f in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
                    $$(ldconfig -p 2>/dev/null | awk '/libjemalloc\.so\.2 /{print $$NF}'); \

@@ -58,7 +58,7 @@ def sync(dev: torch.device) -> None:
 def throughput(dev, method: str, amp: bool, compile_: bool, batch: int, size: int,
                repeats: int) -> dict:
     """Images per second and peak memory of the paper preset's step (two views of ``batch``)."""
-    overrides = {"data.image_size": size, "train.batch_size": batch, "train.amp": amp,
+    overrides = {"data.view_size": size, "train.batch_size": batch, "train.amp": amp,
                  "train.compile": compile_}
     cfg = load_config("paper" if method == "mlvicx" else "vicreg", overrides)
     torch.manual_seed(0)

@@ -1,6 +1,5 @@
-"""Data-loading throughput: decoding PNGs every epoch vs the uint8 memory-mapped cache, with and
-without two-view augmentation, at several sizes and DataLoader worker counts; plus per-sample
-TwoViews vs BatchTwoViews.
+"""Data-loading throughput: decoding PNGs every epoch vs the uint8 memory-mapped cache, at several
+sizes and DataLoader worker counts.
 
 Source: a temporary folder of synthetic 1024 x 1024 8-bit grey PNGs written with Pillow (smooth
 anatomy-like structure plus noise, so zlib has about as much work as on an NIH PNG), and optionally
@@ -28,7 +27,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mlvicx_core.data.augment import BatchTwoViews, TwoViewDataset, TwoViews
 from mlvicx_core.data.base import CXRDataset
 from mlvicx_core.data.cache import CachedDataset
 
@@ -75,35 +73,10 @@ def timed_epochs(dataset, workers: int, epochs: int, batch_size: int = 16) -> fl
     for _ in loader:  # warm-up: worker start-up, page cache, lazy memory maps
         pass
     t0 = time.perf_counter()
-    for e in range(epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(e + 1)
+    for _ in range(epochs):
         for _ in loader:
             pass
     return epochs * len(dataset) / (time.perf_counter() - t0)
-
-
-def augment_only(images: torch.Tensor, size: int, repeats: int, device: torch.device) -> dict:
-    """Augmentation alone on a (B, 1, H, W) batch: per-sample loop (CPU, as in DataLoader workers)
-    vs one batched call on ``device``."""
-    per, bat = TwoViews(size, seed=0), BatchTwoViews(size, seed=0)
-    on_dev = images.to(device)
-    per(images[0]), bat(on_dev[:2])  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        for img in images:
-            per(img)
-    t_per = time.perf_counter() - t0
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        bat(on_dev)
-    sync()
-    t_bat = time.perf_counter() - t0
-    n = repeats * len(images)
-    return {"per_sample_images_per_s": n / t_per, "batch_images_per_s": n / t_bat,
-            "batch_over_per_sample": t_per / t_bat, "batch_device": str(device)}
 
 
 def main() -> None:
@@ -114,14 +87,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in the main process (workers always use 1)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="device of the BatchTwoViews comparison")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "data_throughput.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows, aug_rows, real_rows = [], [], []
+    rows, real_rows = [], []
     with tempfile.TemporaryDirectory(prefix="mlvicx-throughput-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -130,31 +101,18 @@ def main() -> None:
               f"{png_bytes / args.n_images / 1e3:.0f} kB each, in {time.perf_counter() - t0:.1f} s")
         for size in args.sizes:
             t0 = time.perf_counter()
-            cached_plain = CachedDataset(PngFolder(tmp / "png", size), root=tmp / "cache")
+            CachedDataset(PngFolder(tmp / "png", size), root=tmp / "cache")
             build_s = time.perf_counter() - t0
             for workers in args.workers:
-                for aug in ("none", "two_views"):
-                    raw = PngFolder(tmp / "png", size)
-                    cache = CachedDataset(PngFolder(tmp / "png", size), root=tmp / "cache")
-                    if aug == "two_views":
-                        raw = TwoViewDataset(raw, TwoViews(size), seed=0)
-                        cache = TwoViewDataset(cache, TwoViews(size), seed=0)
-                    r_raw = timed_epochs(raw, workers, args.epochs)
-                    r_cache = timed_epochs(cache, workers, args.epochs)
-                    row = {"size": size, "workers": workers, "augment": aug,
-                           "raw_png_images_per_s": r_raw, "cache_images_per_s": r_cache,
-                           "cache_over_raw": r_cache / r_raw, "cache_build_s": build_s}
-                    rows.append(row)
-                    print(f"{size:4d} px  workers={workers}  aug={aug:9s}  raw {r_raw:8.1f}/s  "
-                          f"cache {r_cache:8.1f}/s  x{r_cache / r_raw:6.1f}  "
-                          f"(build {build_s:.1f} s)")
-            batch = torch.from_numpy(cached_plain.images[:32].astype(np.float32) / 255)[:, None]
-            speeds = augment_only(batch, size, 2, torch.device(args.device))
-            a = {"size": size, "batch": len(batch), **speeds}
-            aug_rows.append(a)
-            print(f"{size:4d} px  augmentation only, batch {len(batch)}: per-sample "
-                  f"{a['per_sample_images_per_s']:.0f}/s, batched {a['batch_images_per_s']:.0f}/s "
-                  f"on {args.device} (x{a['batch_over_per_sample']:.2f})")
+                raw = PngFolder(tmp / "png", size)
+                cache = CachedDataset(PngFolder(tmp / "png", size), root=tmp / "cache")
+                r_raw = timed_epochs(raw, workers, args.epochs)
+                r_cache = timed_epochs(cache, workers, args.epochs)
+                rows.append({"size": size, "workers": workers, "raw_png_images_per_s": r_raw,
+                             "cache_images_per_s": r_cache, "cache_over_raw": r_cache / r_raw,
+                             "cache_build_s": build_s})
+                print(f"{size:4d} px  workers={workers}  raw {r_raw:8.1f}/s  "
+                      f"cache {r_cache:8.1f}/s  x{r_cache / r_raw:6.1f}  (build {build_s:.1f} s)")
 
         data_dir = Path(os.environ.get("MLVICX_DATA_DIR", REPO.parent / "shared" / "data"))
         real = data_dir / "nih" / "images-64px"
@@ -179,7 +137,7 @@ def main() -> None:
                    "main_threads": args.threads, "cpu_count": os.cpu_count(),
                    "torch": torch.__version__, "platform": platform.platform(),
                    "note": "one warm-up epoch untimed; cache built at the view size"},
-        "loader": rows, "augment_only": aug_rows, "real_nih_64px": real_rows,
+        "loader": rows, "real_nih_64px": real_rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -30,7 +30,7 @@ from mlvicx_core.config import load_config
 from mlvicx_core.data.registry import dataset_from_config
 from mlvicx_core.data.subset import Subset
 from mlvicx_core.devices import select_device
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.step import autocast_dtype
 from mlvicx_core.train.trainer import default_augment, pretrain
 
@@ -84,7 +84,7 @@ def main() -> None:
         platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "amp_bf16": autocast_dtype(device, config.train.amp, config.train.amp_cpu) is not None,
-        "batch_size": config.train.batch_size, "image_size": config.data.image_size,
+        "batch_size": config.train.batch_size, "image_size": config.data.view_size,
         "optimizer": config.optim.name, "dataset": config.data.dataset,
         "steps": args.steps, "warmup_steps_dropped": args.warmup,
         **results,

@@ -3,7 +3,7 @@ VICReg, where the step's time goes, and peak memory.
 
 A step is the kit's own ``mlvicx_core.train.step.train_step`` (two views, forward, loss, finiteness
 checks, backward, clipping, the preset's optimizer and schedule), built by ``build_step`` from the
-preset's configuration with a variant of ``mlvicx_core.variants`` applied. For each setting the
+preset's configuration with a variant of ``mlvicx_core/variants.yaml`` applied. For each setting the
 variants run in separate child processes (so peak memory is each variant's own), one warm-up step
 then ``--repeats`` timed steps. Each child reports the math threads it really ran with
 (``torch.get_num_threads()`` inside the child, after ``--threads`` was applied) and the allocator it
@@ -46,10 +46,10 @@ from pathlib import Path
 import torch
 
 from mlvicx_core import MLVICX, load_config
+from mlvicx_core.config import VARIANTS as METHOD_VARIANTS
 from mlvicx_core.devices import select_device
 from mlvicx_core.train import step as step_module
 from mlvicx_core.train.step import build_step, train_step
-from mlvicx_core.variants import VARIANTS as METHOD_VARIANTS
 
 RESULTS = Path(__file__).parent / "results" / "step_time.json"
 TABLE = RESULTS.with_suffix(".md")
@@ -115,7 +115,7 @@ def build(preset: str, size: int, batch: int, variant: str, threads: int | None)
         torch.set_num_threads(threads)
     dev = select_device()
     torch.manual_seed(0)
-    cfg = load_config(preset, {**VARIANTS[variant], "data.image_size": size,
+    cfg = load_config(preset, {**VARIANTS[variant], "data.view_size": size,
                                "train.batch_size": batch})
     model = MLVICX(cfg.model).to(dev).train()
     state = build_step(cfg, model, dev, steps_per_epoch=1000)

@@ -73,7 +73,7 @@ class Setup:
                                            in_memory=cfg.data.in_memory)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=cfg.train.batch_size,
                                                   shuffle=True, drop_last=True)
-        self.views = BatchTwoViews.from_config(cfg.aug, cfg.data.image_size, seed=0)
+        self.views = BatchTwoViews(cfg.aug, cfg.data.view_size, seed=0)
         saved = optim._fused_ok
         if not fused:
             optim._fused_ok = lambda model: False

@@ -248,7 +248,7 @@ class ContextBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under torch.compile the plain definition is the better input: inductor fuses its
-        # elementwise work and reductions itself (benchmarks/results/cpu_options.md: the compiled
+        # elementwise work and reductions itself (docs/TRAINING.md, "Finished investigations": the compiled
         # plain gate beats the compiled fused function), so the fused function is for eager mode.
         if not self.fused or _is_compiling():
             x = self.channel(x) * x

@@ -10,7 +10,8 @@
     mlvicx pretrain --keys          # every configuration key, its type, default and meaning
 
 Every command that reads a configuration takes ``--preset`` and ``--set section.key=value`` (the keys
-of ``mlvicx_core.config``); a few common keys also have a flag. Adding a subcommand: write
+of ``mlvicx_core.config``), the one override syntax; flags are only for what is not a key
+(checkpoints, output folders, the results experiment's seeds, datasets and encoders). Adding a subcommand: write
 ``add_<name>(parser)`` and ``cmd_<name>(args) -> int`` and add one line to :data:`SUBCOMMANDS`.
 Configuration, data and checkpoint errors exit with status 2 and a message naming the key or file;
 a run stopped by non-finite values or a failed write (a full disk) exits with status 1; a run
@@ -33,11 +34,10 @@ def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--keys", action="store_true", help="list every config key and exit")
 
 
-def _load(args, aliases: dict | None = None):
+def _load(args):
     from .config import load_config
 
-    flags = {k: v for k, v in (aliases or {}).items() if v is not None}
-    return load_config(args.preset, flags).set(args.overrides)
+    return load_config(args.preset, args.overrides)
 
 
 def _keys() -> int:
@@ -50,15 +50,15 @@ def _keys() -> int:
 # -- pretrain ------------------------------------------------------------------------------------
 def add_pretrain(p: argparse.ArgumentParser) -> None:
     _config_args(p, "teaching")
-    p.add_argument("--variant", default=None, help="apply a named variant (mlvicx_core.variants: "
+    p.add_argument("--variant", default=None, help="apply a named variant (mlvicx_core/variants.yaml: "
                    "mlvicx, vicreg, mlvicx-no-cb, mlvicx-frozen)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import apply_variant
     from .train import distributed
     from .train.trainer import pretrain
-    from .variants import apply_variant
 
     if args.keys:
         return _keys()
@@ -139,12 +139,6 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="reference encoder built with the first checkpoint's (or --preset's) "
                         "network")
     p.add_argument("--out", required=True, help="output folder for results.csv/.md and figures/")
-    aliases = p.add_argument_group("aliases of common keys (same as --set)")
-    aliases.add_argument("--dataset", help="data.dataset")
-    aliases.add_argument("--data-root", help="data.root")
-    aliases.add_argument("--image-size", type=int, help="data.image_size")
-    aliases.add_argument("--tasks", nargs="+", help="eval.tasks")
-    aliases.add_argument("--fractions", type=float, nargs="+", help="eval.fractions")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -158,11 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.keys:
         return _keys()
-    config = _load(args, {"data.dataset": args.dataset, "data.root": args.data_root,
-                          "data.image_size": args.image_size,
-                          # evaluation reads whole images: --image-size is also the stored size
-                          "data.load_size": args.image_size, "eval.tasks": args.tasks,
-                          "eval.fractions": args.fractions})
+    config = _load(args)
     pairs = {}
     for item in args.checkpoint:
         name, sep, path = item.partition("=")
@@ -197,15 +187,64 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- results -------------------------------------------------------------------------------------
 def add_results(p: argparse.ArgumentParser) -> None:
-    p.add_argument("argv", nargs=argparse.REMAINDER,
-                   help="the results experiment's options (mlvicx results -- --help)")
+    _config_args(p, "results")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply pretraining steps and evaluation split sizes (default 1)")
+    p.add_argument("--out", default="runs/results", help="runs, feature cache and raw CSVs")
+    p.add_argument("--report", default="docs",
+                   help="where RESULTS.md, figures/ and results/ are written (default docs)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
+                   help="synthetic (the default), nih, pneumoniamnist (each real one takes about "
+                        "as long again)")
+    p.add_argument("--encoders", nargs="+", default=None, metavar="ENCODER",
+                   help="random and the variants of mlvicx_core/variants.yaml (default: all)")
+    p.add_argument("--smoke", action="store_true",
+                   help="the results-smoke preset (2 steps of 8, tiny splits, narrow heads), one "
+                        "seed; out and report default to a temporary folder")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report from the CSVs already in --out")
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from .experiments.results import main as results_main
+    """The results experiment (``mlvicx_core.experiments.results``), then its report."""
+    import os
+    import shlex
+    import tempfile
+    from pathlib import Path
 
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    return results_main(argv)
+    from .config import ConfigError
+    from .experiments.results import DATASETS, DEFAULT_DATASETS, ENCODERS, run_experiment
+    from .experiments.results_report import write_report
+
+    if args.keys:
+        return _keys()
+    argv = args.argv
+    for flag, given, known in (("--datasets", args.datasets, DATASETS),
+                               ("--encoders", args.encoders, ENCODERS)):
+        bad = [x for x in given or () if x not in known]
+        if bad:
+            raise ConfigError(f"{flag} {' '.join(bad)}: expected some of {' '.join(known)}")
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: set OMP_WAIT_POLICY=PASSIVE before starting Python on a shared CPU "
+              "(spinning OpenMP threads can make each step several times slower)")
+    if args.smoke and "--preset" not in argv:
+        args.preset = "results-smoke"
+    config = _load(args)
+    seeds = [0] if args.smoke and "--seeds" not in argv else args.seeds
+    out, report = Path(args.out), Path(args.report)
+    if args.smoke and "--out" not in argv:
+        out = Path(tempfile.mkdtemp(prefix="mlvicx-results-smoke-"))
+        report = out / "report" if "--report" not in argv else report
+    if not args.report_only:
+        run_experiment(config, out, seeds=tuple(seeds),
+                       datasets=tuple(args.datasets or DEFAULT_DATASETS),
+                       encoders=tuple(args.encoders or ENCODERS), scale=args.scale,
+                       log=lambda m: print(m, flush=True))
+    shown = [a for a in argv if a != "--report-only"]  # the command that recomputes everything
+    md = write_report(out, report, "OMP_WAIT_POLICY=PASSIVE mlvicx results " + shlex.join(shown))
+    print(f"report: {md}")
+    return 0
 
 
 #: name -> (help, add_arguments, run). One line per subcommand.
@@ -216,7 +255,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
              "that it learned", add_demo, cmd_demo),
     "evaluate": ("evaluate checkpoints: linear probe, kNN, fine-tuning, segmentation, Grad-CAM, "
                  "UMAP", add_evaluate, cmd_evaluate),
-    "results": ("the results experiment: random init, VICReg, MLVICX, ablations; writes "
+    "results": ("the results experiment: random init and the variants (VICReg, MLVICX, Barlow "
+                "Twins, ablations); writes "
                 "RESULTS.md", add_results, cmd_results),
     "export-trunk": ("save a checkpoint's trunk as a torchvision ResNet state dict",
                      add_export_trunk, cmd_export_trunk),
@@ -258,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     from .train.trainer import TrainingInterrupted
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv[1:]  # the subcommand's own arguments, as given (the results report shows them)
     where = f"mlvicx {args.command}"
     try:
         return args.run(args)

@@ -3,8 +3,8 @@
 A :class:`Config` nests seven frozen sections, addressed by dotted keys (``--set section.key=value``
 on every command, a dict of dotted keys in Python and in notebook parameters, nested YAML in files)::
 
-    model.*   ModelConfig   architecture only (backbone, gates, branches, projector widths)
-    loss.*    LossConfig    lambda and the VICReg weights (METHOD.md section 3)
+    model.*   ModelConfig   the method (mlvicx_core/methods) and its network
+    loss.*    LossConfig    the methods' loss weights (METHOD.md section 3)
     aug.*     AugConfig     the two views (crop, flip, jitter, blur, solarize, rotation, shift)
     data.*    DataConfig    dataset name, root, split, image size, loading
     optim.*   OptimConfig   LARS / AdamW / SGD, learning-rate schedule, clipping
@@ -20,7 +20,7 @@ the value and what was expected.
 
 Presets are YAML files in ``mlvicx_core/presets/`` (``paper``, ``teaching``, ``vicreg``,
 ``vicreg-teaching``; any other YAML file by path). A file may name a ``base`` preset to start from
-and a ``variant`` (``mlvicx_core.variants``) to apply before its own sections.
+and a ``variant`` (:data:`VARIANTS`, ``mlvicx_core/variants.yaml``) to apply before its own sections.
 
 :func:`config_hash` is a content hash of everything that changes the trained weights (model, loss,
 aug, data, optim, train minus output and logging keys, eval not at all), so renaming a run,
@@ -41,9 +41,16 @@ from typing import Any, Literal
 
 import yaml
 
+# The choices of the keys that several modules list: each written once, here, as the key's type.
+Level = Literal["stem", "layer1", "layer2", "layer3", "layer4"]
+Task = Literal["probe", "knn", "factors", "finetune", "segmentation", "gradcam", "umap"]
+FeatureKind = Literal["trunk", "layer3+layer4", "global", "multi"]
 #: Names of the five backbone taps, in trunk order.
-LEVELS: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+LEVELS: tuple[str, ...] = typing.get_args(Level)
+#: The read-outs of the evaluation, in the order they run (probe before gradcam).
+TASKS: tuple[str, ...] = typing.get_args(Task)
+#: What probe, kNN and UMAP read (``eval.features``; ``mlvicx_core.evaluation.embeddings``).
+FEATURE_KINDS: tuple[str, ...] = typing.get_args(FeatureKind)
 
 
 class ConfigError(ValueError):
@@ -197,12 +204,14 @@ class Section:
 # -- the sections ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelConfig(Section):
-    """Everything that defines an MLVICX (or VICReg) network and nothing else (METHOD.md section 2).
-
-    The paper's network is the default; ``get_preset("teaching")`` is the small one.
+    """The self-supervised method (``mlvicx_core.methods``) and the network it trains (METHOD.md
+    section 2). The paper's method and network are the default; ``get_preset("teaching")`` is the
+    small network.
     """
 
     _name = "model"
+    method: str = opt("mlvicx", "self-supervised method: a name in mlvicx_core.methods.METHODS "
+                                "(mlvicx, vicreg, barlow_twins)")
     backbone: Literal["resnet18", "resnet34", "resnet50"] = opt("resnet18", "torchvision ResNet")
     in_channels: Literal[1, 3] = opt(1, "image channels (1 = grey, repeated to 3 in the model)")
     width: int = opt(64, "base width of the ResNet (channels of the stem and layer1; the stages "
@@ -213,8 +222,7 @@ class ModelConfig(Section):
     pretrained: Literal["imagenet"] | None = opt(None, "start from torchvision ImageNet weights")
     context_bottleneck: bool = opt(True, "gate every tap with channel + spatial attention")
     multilevel: bool = opt(True, "build the multi-level branch (false = VICReg)")
-    levels: tuple[Literal["stem", "layer1", "layer2", "layer3", "layer4"], ...] = opt(
-        LEVELS, "taps that feed the multi-level branch")
+    levels: tuple[Level, ...] = opt(LEVELS, "taps that feed the multi-level branch")
     projector: tuple[int, ...] = opt((4096, 4096, 4096), "global projector widths", ge=1)
     ml_projector: tuple[int, ...] = opt((4096, 4096, 4096), "multi-level MLP widths", ge=1)
     projector_last_bn: bool = opt(True, "BatchNorm after the projectors' last Linear (the "
@@ -227,6 +235,10 @@ class ModelConfig(Section):
                                                                   "literal definition")
 
     def validate(self) -> None:
+        from .methods import METHODS
+
+        if self.method not in METHODS:
+            raise self.error("method", f"expected one of {sorted(METHODS)} (mlvicx_core/methods)")
         if self.pretrained and (self.width != 64 or self.stem != "imagenet"):
             raise self.error("pretrained", "ImageNet weights exist only for model.width=64 with "
                                            "model.stem=imagenet")
@@ -242,15 +254,12 @@ class ModelConfig(Section):
             raise self.error("fusion_size", f"must be divisible by model.pool_size="
                                             f"{self.pool_size}")
 
-    @property
-    def variant(self) -> str:
-        """``"mlvicx"`` or ``"vicreg"`` (the architecture family)."""
-        return "mlvicx" if self.multilevel else "vicreg"
-
 
 @dataclass(frozen=True)
 class LossConfig(Section):
-    """``L = l(z, z') + lam * l(m, m')``, ``l = sim * s + std * (v + v') / 2 + cov * (c + c')``."""
+    """The loss weights of the methods (``mlvicx_core.methods``). VICReg and MLVICX:
+    ``L = l(z, z') + lam * l(m, m')``, ``l = sim * s + std * (v + v') / 2 + cov * (c + c')``;
+    Barlow Twins: ``sum_i (1 - C_ii)^2 + offdiag_coeff * sum_{i != j} C_ij^2``."""
 
     _name = "loss"
     lam: float = opt(1.0, "weight of the multi-level VICReg term", ge=0)
@@ -259,6 +268,8 @@ class LossConfig(Section):
     cov_coeff: float = opt(1.0, "covariance weight", ge=0)
     gamma: float = opt(1.0, "target standard deviation of the variance hinge", gt=0)
     eps: float = opt(1e-4, "added to the variance under the square root", gt=0)
+    offdiag_coeff: float = opt(0.0051, "Barlow Twins: weight of the off-diagonal cross-correlation "
+                                       "terms (lambda)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -311,12 +322,16 @@ class DataConfig(Section):
     length: int | None = opt(2048, "images (synthetic: rendered; others: a seeded subset; null "
                                    "= all)", ge=1)
     seed: int = opt(0, "seed of the synthetic stream, of patient splits and of subsets", ge=0)
-    image_size: int = opt(64, "side of the model input (the views) in pixels", ge=8)
-    load_size: int | None = opt(None, "side of the images before cropping (null = image_size)",
-                                ge=8)
+    view_size: int = opt(64, "side of the two views the model trains on, in pixels", ge=8)
+    stored_size: int | None = opt(None, "side the images are stored at: read, cached, cropped into "
+                                        "views and evaluated whole (null = data.view_size)", ge=8)
     num_workers: int = opt(0, "DataLoader worker processes", ge=0)
     in_memory: bool = opt(False, "read (synthetic: render) the pretraining images once into memory "
-                                 "instead of every epoch (float32, length x load_size^2 x 4 bytes)")
+                                 "instead of every epoch (float32, length x stored_size^2 x 4 bytes)")
+    cache: bool = opt(False, "decode and resize every file once into a memory-mapped uint8 cache "
+                             "under data.cache_dir, rebuilt when the files change (pretraining "
+                             "and evaluation; every dataset but synthetic)")
+    cache_dir: str = opt("data/cache", "folder of the data.cache entries")
     on_error: Literal["raise", "skip"] = opt("raise", "unreadable files: stop, or skip them")
     bit_depth: int | None = opt(None, "significant bits of 16-bit PNG/TIFF files without an sBIT "
                                       "chunk, e.g. 12 (null: sBIT, else refuse unless 16-bit)",
@@ -325,13 +340,13 @@ class DataConfig(Section):
     def validate(self) -> None:
         if abs(sum(self.split_fractions) - 1) > 1e-6:
             raise self.error("split_fractions", "expected three fractions summing to 1")
-        if self.load_size is not None and self.image_size > self.load_size:
-            raise self.error("image_size", f"larger than data.load_size={self.load_size}: every "
-                                           f"view would be upsampled from {self.load_size} px "
-                                           "(blurred, no detail gained); expected data.image_size "
-                                           f"<= data.load_size: set data.load_size to at least "
-                                           f"{self.image_size}, or to null (images stored at "
-                                           "data.image_size)")
+        if self.stored_size is not None and self.view_size > self.stored_size:
+            raise self.error("view_size", f"larger than data.stored_size={self.stored_size}: every "
+                                          f"view would be upsampled from {self.stored_size} px "
+                                          "(blurred, no detail gained); expected data.view_size "
+                                          f"<= data.stored_size: set data.stored_size to at least "
+                                          f"{self.view_size}, or to null (images stored at "
+                                          "data.view_size)")
 
 
 @dataclass(frozen=True)
@@ -406,15 +421,13 @@ class EvalConfig(Section):
     """Read-outs of frozen or fine-tuned encoders (``mlvicx_core.evaluation.pipeline``)."""
 
     _name = "eval"
-    tasks: tuple[Literal["probe", "knn", "factors", "finetune", "segmentation", "gradcam",
-                         "umap"], ...] = opt(
-        ("probe", "knn"), "read-outs to run")
+    tasks: tuple[Task, ...] = opt(("probe", "knn"), "read-outs to run")
     fractions: tuple[float, ...] = opt((0.01, 0.1, 1.0), "label fractions of the training "
                                                          "patients", gt=0, le=1)
     split_sizes: tuple[int | None, int | None, int | None] | None = opt(
         None, "images per evaluation split (train, val, test): synthetic renders this many "
               "(null: 1600, 200, 400); other datasets a seeded subset (null: all)", ge=1)
-    features: Literal["trunk", "layer3+layer4", "global", "multi"] = opt(
+    features: FeatureKind = opt(
         "trunk", "what probe, kNN and UMAP read")
     keep_gates: bool = opt(False, "transfer the context bottlenecks with the trunk")
     seed: int = opt(0, "seed of label fractions, bootstrap and baselines", ge=0)
@@ -432,7 +445,7 @@ class EvalConfig(Section):
     finetune_lr: float = opt(1e-4, "fine-tuning learning rate", gt=0)
     seg_epochs: int = opt(10, "segmentation epochs", ge=1)
     seg_fraction: float = opt(1.0, "label fraction for segmentation", gt=0, le=1)
-    gradcam_tap: Literal["stem", "layer1", "layer2", "layer3", "layer4"] = opt(
+    gradcam_tap: Level = opt(
         "layer4", "tap Grad-CAM explains")
     gradcam_images: int = opt(64, "positive test images scored per finding", ge=1)
     tolerance: float = opt(0.0, "pointing-game tolerance in pixels", ge=0)
@@ -492,11 +505,23 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid_keys()))
 
 
+#: Former key names still read (presets, ``--set``, the configs of older checkpoints): old -> new.
+RENAMED_KEYS = {"data.image_size": "data.view_size", "data.load_size": "data.stored_size"}
+
+
 def _update_section(name: str, base: Section, updates: dict[str, Any], source: str = ""
                     ) -> Section:
     if not isinstance(updates, dict):
         raise ConfigError(f"{source}section {name!r}: expected a mapping of keys to values, got "
                           f"{updates!r}")
+    for old, new in RENAMED_KEYS.items():
+        section, _, key = old.partition(".")
+        if section == name and key in updates:
+            new_key = new.partition(".")[2]
+            if new_key in updates:
+                raise ConfigError(f"{source}{old} and {new} are one key ({old} is its former "
+                                  f"name): give {new} only")
+            updates = {new_key if k == key else k: v for k, v in updates.items()}
     names = {f.name for f in dataclasses.fields(SECTIONS[name])}
     for k in updates:
         if k not in names:
@@ -603,10 +628,41 @@ def load_preset(name_or_path: str, _seen: tuple[str, ...] = ()) -> Config:
     else:
         config = Config()
     if variant is not None:
-        from .variants import apply_variant
-
         config = apply_variant(config, str(variant))
     return from_dict(data, preset=name, base=config, source=f"{source}: ")
+
+
+def package_yaml(name: str) -> dict[str, Any]:
+    """A YAML mapping shipped in the package (``mlvicx_core/<name>``), e.g. ``variants.yaml``."""
+    data = yaml.safe_load((resources.files("mlvicx_core") / name).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"mlvicx_core/{name}: expected a mapping at the top level")
+    return data
+
+
+def _read_variants() -> dict[str, dict[str, Any]]:
+    data = package_yaml("variants.yaml")
+    bad = [k for k, v in data.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"mlvicx_core/variants.yaml: variant(s) {bad}: expected a mapping of "
+                          "dotted keys to values")
+    return data
+
+
+#: The named variants (``mlvicx_core/variants.yaml``): name -> ``{dotted key: value}`` overrides.
+VARIANTS: dict[str, dict[str, Any]] = _read_variants()
+
+
+def variant_overrides(name: str) -> dict[str, Any]:
+    """The overrides of variant ``name`` (a clear error for an unknown name)."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r}: expected one of {list(VARIANTS)}")
+    return dict(VARIANTS[name])
+
+
+def apply_variant(config: Config, name: str) -> Config:
+    """``config`` with variant ``name`` switched on."""
+    return apply_overrides(config, variant_overrides(name))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -625,7 +681,7 @@ def apply_overrides(config: Config, overrides: list[str] | dict[str, Any] | None
         return config
     items = (list(overrides.items()) if isinstance(overrides, dict)
              else [parse_override(t) for t in overrides])
-    # one update per section, so that checks across keys (data.image_size <= data.load_size) see
+    # one update per section, so that checks across keys (data.view_size <= data.stored_size) see
     # the final values whatever the order they were given in; a key given twice: the last wins
     updates: dict[str, dict[str, Any]] = {}
     for key, value in items:
@@ -639,13 +695,15 @@ def apply_overrides(config: Config, overrides: list[str] | dict[str, Any] | None
     return config
 
 
-def load_config(preset: str = "teaching", overrides: list[str] | dict | None = None) -> Config:
-    """``load_preset(preset)`` then :func:`apply_overrides`."""
+def load_config(preset: str, overrides: list[str] | dict | None = None) -> Config:
+    """The whole configuration of preset ``preset`` (a name or a YAML path), then
+    :func:`apply_overrides`."""
     return apply_overrides(load_preset(preset), overrides)
 
 
-def get_preset(name: str = "paper", **model_overrides: Any) -> ModelConfig:
-    """The ``model`` section of preset ``name`` (the same YAML files), fields overridden by keyword."""
+def get_preset(name: str, **model_overrides: Any) -> ModelConfig:
+    """Only the ``model`` section (a :class:`ModelConfig`) of preset ``name``, fields overridden by
+    keyword: what ``MLVICX(...)`` takes. ``load_config(name)`` is the whole :class:`Config`."""
     model = load_preset(name).model
     try:
         return dataclasses.replace(model, **model_overrides)
@@ -658,9 +716,9 @@ def get_preset(name: str = "paper", **model_overrides: Any) -> ModelConfig:
 # -- identity ---------------------------------------------------------------------------------------
 #: Keys that do not change the trained weights (left out of :func:`config_hash`).
 NON_RESULT_KEYS = frozenset({
-    "preset", "data.num_workers", "data.in_memory", "train.log_every", "train.diag_every",
-    "train.eval_every", "train.ckpt_every", "train.keep_last", "train.out_dir", "train.run_name",
-    "train.progress", "train.tensorboard", "train.threads", "train.max_steps",
+    "preset", "data.num_workers", "data.in_memory", "data.cache_dir", "train.log_every",
+    "train.diag_every", "train.eval_every", "train.ckpt_every", "train.keep_last", "train.out_dir",
+    "train.run_name", "train.progress", "train.tensorboard", "train.threads", "train.max_steps",
     "train.probe_images", "train.probe_val_images",
 })
 

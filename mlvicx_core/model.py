@@ -114,14 +114,36 @@ def _stage_channels(stage: nn.Sequential) -> int:
     return bns[-1].num_features
 
 
-class MLVICX(nn.Module):
+class GatedTrunk(nn.Module):
+    """A ResNet trunk with a gate after every tap (a context bottleneck or the identity), taking
+    [0, 1] images: what the MLVICX network and the transferable trunk
+    (``mlvicx_core.evaluation.trunk.Trunk``) share. Subclasses hold ``backbone``, ``gates`` and
+    the ``mean`` / ``std`` buffers."""
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images with 1 or 3 channels -> ImageNet-normalised 3-channel tensors."""
+        return normalize_images(x, self.mean, self.std)
+
+    def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gated maps of all five levels (stem before maxpool, layer1..layer4)."""
+        return gated_taps(self.backbone, self.gates, self.normalize(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled gated layer4 features, (B, feature_dim)."""
+        return self.taps(x)["layer4"].mean(dim=(2, 3))
+
+
+class MLVICX(GatedTrunk):
     """MLVICX (or, with ``multilevel=False, context_bottleneck=False``, VICReg) encoder + projectors.
 
-    ``forward(x)`` returns :class:`Embeddings`; :meth:`taps` returns the gated maps of all five levels;
-    :meth:`encode` returns the pooled trunk features (B, C) that are transferred downstream.
+    ``forward(x)`` returns :class:`Embeddings` (the heads ``model.method`` trains:
+    ``mlvicx_core.methods``); :meth:`taps` returns the gated maps of all five levels; :meth:`encode`
+    returns the pooled gated layer4 features (B, C). What is transferred downstream is the trunk
+    without the gates by default (``mlvicx_core.evaluation.trunk.Trunk``, ``eval.keep_gates``;
+    :meth:`trunk_state_dict`), as the released code transfers it.
     """
 
-    def __init__(self, config: ModelConfig | str = "paper") -> None:
+    def __init__(self, config: ModelConfig | str) -> None:
         super().__init__()
         if isinstance(config, str):
             config = get_preset(config)
@@ -160,21 +182,6 @@ class MLVICX(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    # -- input ---------------------------------------------------------------------------------
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images with 1 or 3 channels -> ImageNet-normalised 3-channel tensors."""
-        return normalize_images(x, self.mean, self.std)
-
-    # -- trunk ---------------------------------------------------------------------------------
-    def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gated maps of all five levels (stem before maxpool, layer1..layer4)."""
-        return gated_taps(self.backbone, self.gates, self.normalize(x))
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Global-average-pooled gated layer4 features, (B, feature_dim)."""
-        return self.taps(x)["layer4"].mean(dim=(2, 3))
-
-    # -- heads ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Embeddings:
         maps = self.taps(x)
         z = self.projector(maps["layer4"].mean(dim=(2, 3)))

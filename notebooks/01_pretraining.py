@@ -48,11 +48,11 @@ from IPython.display import display
 
 from mlvicx_core.data.registry import dataset_from_config
 from mlvicx_core.experiments import diagnostics_table, pretrain_config
-from mlvicx_core.experiments.collapse_toy import collapse_demo, plot_collapse_demo
+from mlvicx_core.experiments.collapse_toy import collapse_demo
 from mlvicx_core.model import MLVICX
 from mlvicx_core.train import train_or_load
 from mlvicx_core.train.trainer import default_augment
-from mlvicx_core.viz.training import plot_collapse, plot_loss_terms, show_views
+from mlvicx_core.viz.training import plot_collapse, plot_collapse_demo, plot_loss_terms, show_views
 
 # one math thread: the order of a float sum depends on the thread count, so this is what makes
 # a run give the same weights, figures and numbers on every machine (the committed ones included)
@@ -66,7 +66,7 @@ config = pretrain_config("mlvicx", overrides=overrides, **common)
 config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0,
                                                        "model.projector_last_bn": False}, **common)
 print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch_size} steps "
-      f"of batch {config.train.batch_size} at {config.data.image_size} px")
+      f"of batch {config.train.batch_size} at {config.data.view_size} px")
 
 # %% [markdown]
 # ## 1. The two views
@@ -160,7 +160,7 @@ fig = plot_loss_terms(run.run_dir, weights, lam=config.loss.lam)
 # %%
 import matplotlib.pyplot as plt
 
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.viz.training import plot_online_probe
 
 fig, ax = plt.subplots(figsize=(6.5, 3.6), constrained_layout=True)

@@ -1,4 +1,7 @@
-"""Two-view augmentation: determinism, contract, per-op rates and effects on hand-made signals."""
+"""Two-view augmentation: determinism, contract, per-op rates and effects on hand-made signals.
+
+The parameters are ``AugConfig`` (the ``aug.*`` keys); the references are written here (Pillow's
+bicubic resize, a per-crop ``F.interpolate``, windows of a ramp, binomial rates)."""
 import math
 
 import numpy as np
@@ -6,21 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader
 
+from mlvicx_core.config import AugConfig, ConfigError
 from mlvicx_core.data.augment import (
     BatchTwoViews,
-    TwoViewDataset,
-    TwoViews,
-    ViewParams,
     crop_resize_batch,
-    crop_resize_one,
     gaussian_blur,
-    no_randomness,
+    kernel_size,
     sample_crop_boxes,
     sample_view,
 )
-from mlvicx_core.data.base import CXRDataset
 
 S = 32
 
@@ -49,120 +47,41 @@ def ramp(h=S, w=S):
     return ((x + w * y).float() / (h * w - 1))[None]
 
 
-class Tiny(CXRDataset):
-    findings = ["a", "b"]
+#: every random op off: a full-image crop, no flip, jitter, blur or solarize (a plain resize)
+STILL = AugConfig(crop_scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, blur_p=(0.0, 0.0),
+                  solarize_p=(0.0, 0.0))
 
-    def __init__(self, n=6, **kw):
-        super().__init__(image_size=S, **kw)
-        self.labels = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
-        self.patient_ids = np.array([f"p{i}" for i in range(n)], dtype=object)
 
-    def load_image(self, i):
-        return np.random.default_rng(i).random((40, 40)).astype(np.float32)
+def crop_resize_one(img, box, flip, size):
+    """Per-crop reference of the batched resize: crop, ``F.interpolate`` (bicubic, antialiased, =
+    Pillow), clamp, flip."""
+    top, left, h, w = (int(v) for v in box)
+    out = img[:, top:top + h, left:left + w]
+    if (h, w) != (size, size):
+        out = F.interpolate(out[None], size=(size, size), mode="bicubic", align_corners=False,
+                            antialias=True)[0].clamp_(0, 1)
+    return out.flip(-1) if flip else out
 
 
 # -- contract and determinism ----------------------------------------------------------------------
-def test_shapes_dtype_range_and_seeded_determinism():
-    img = torch.rand(1, 50, 40)
-    tv = TwoViews(S)
-    a1, b1 = tv(img, generator=gen(3))
-    a2, b2 = tv(img, generator=gen(3))
-    a3, _ = tv(img, generator=gen(4))
-    for v in (a1, b1):
-        assert v.shape == (1, S, S) and v.dtype == torch.float32
-        assert 0 <= v.min() and v.max() <= 1
-    assert torch.equal(a1, a2) and torch.equal(b1, b2)
-    assert not torch.equal(a1, a3)
-    assert not torch.equal(a1, b1)
-    # the internal generator: same seed -> same sequence
-    x1, x2 = TwoViews(S, seed=7), TwoViews(S, seed=7)
-    assert torch.equal(x1(img)[0], x2(img)[0])
-
-
 def test_bad_inputs_name_the_problem():
-    with pytest.raises(ValueError, match="scale"):
-        ViewParams(S, scale=(0.5, 0.2))
-    with pytest.raises(ValueError, match="blur_kernel"):
-        ViewParams(S, blur_kernel=4)
-    with pytest.raises(ValueError, match=r"\(1, H, W\)"):
-        TwoViews(S)(torch.rand(3, 20, 20))
-    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
-        BatchTwoViews(S)(torch.rand(1, 20, 20))
-    with pytest.raises(ValueError, match="transform must be None"):
-        TwoViewDataset(Tiny(transform=lambda x: x), TwoViews(S))
+    with pytest.raises(ConfigError, match="aug.crop_scale"):
+        AugConfig(crop_scale=(0.5, 0.2))
+    with pytest.raises(ConfigError, match="aug.blur_kernel"):
+        AugConfig(blur_kernel=4)
+    with pytest.raises(ValueError, match=r"BatchTwoViews input: expected a float tensor of shape "
+                                         r"\(B, 1, H, W\), got \(1, 20, 20\)"):
+        BatchTwoViews(AugConfig(), S)(torch.rand(1, 20, 20))
 
 
 def test_kernel_scales_with_image_size():
-    assert [ViewParams(s).kernel_size for s in (224, 128, 64, 32)] == [23, 13, 7, 3]
-    assert ViewParams(64, blur_kernel=23).kernel_size == 23
-
-
-def test_dataset_seeds_by_seed_epoch_index_independent_of_workers():
-    ds = TwoViewDataset(Tiny(), TwoViews(S), seed=11)
-    s0 = ds[2]
-    assert torch.equal(s0["view_a"], ds[2]["view_a"])           # same (seed, epoch, index)
-    assert not torch.equal(s0["view_a"], ds[3]["view_a"])       # other index
-    assert s0["index"] == 2 and s0["patient_id"] == "p2"
-    assert torch.equal(s0["labels"], torch.tensor([4.0, 5.0]))
-    ds.set_epoch(1)
-    assert not torch.equal(s0["view_a"], ds[2]["view_a"])       # other epoch
-    ds.set_epoch(0)
-    other = TwoViewDataset(Tiny(), TwoViews(S), seed=12)
-    assert not torch.equal(s0["view_a"], other[2]["view_a"])    # other seed
-    # a worker process gives exactly what the main process gives
-    batch = next(iter(DataLoader(ds, batch_size=6, num_workers=1)))
-    for i in range(6):
-        assert torch.equal(batch["view_b"][i], ds[i]["view_b"])
-
-
-class Same(Tiny):
-    def load_image(self, i):  # every index the same image: only the random draws differ
-        return np.random.default_rng(0).random((40, 40)).astype(np.float32)
-
-
-def test_transform_in_workers_never_repeats_and_is_reproducible():
-    def run():
-        torch.manual_seed(123)  # the DataLoader derives each worker's initial seed from this
-        ds = Same(n=4, transform=TwoViews(S, seed=5))
-        return [b["image"][0] for b in DataLoader(ds, batch_size=1, num_workers=2)]
-    first, again = run(), run()
-    # samples 0 and 1 are the first draw of worker 0 and of worker 1: same seed, different worker
-    assert not torch.equal(first[0], first[1])
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert [kernel_size(AugConfig(), s) for s in (224, 128, 64, 32)] == [23, 13, 7, 3]
+    assert kernel_size(AugConfig(blur_kernel=23), 64) == 23
 
 
 # -- geometric ops ---------------------------------------------------------------------------------
-def test_full_crop_without_randomness_is_a_plain_bicubic_resize():
-    img = torch.rand(1, 48, 48)
-    p = no_randomness(ViewParams(S))
-    a, b = TwoViews(S, view1=p, view2=p)(img, generator=gen(0))
-    # independent reference: Pillow's bicubic resize of the float image
-    ref = np.asarray(Image.fromarray(img[0].numpy(), mode="F").resize((S, S), Image.BICUBIC))
-    ref = torch.from_numpy(ref.clip(0, 1))[None]
-    assert torch.allclose(a, ref, atol=1e-5) and torch.equal(a, b)
-    ref2 = F.interpolate(img[None], size=(S, S), mode="bicubic", antialias=True)[0].clamp(0, 1)
-    assert torch.allclose(a, ref2, atol=1e-6)
-
-
-def test_crop_is_a_window_of_the_requested_area_and_flip_rate():
-    img = ramp(64, 64)
-    p = ViewParams(S, scale=(0.25, 0.25), ratio=(1, 1), jitter_p=0, blur_p=0, solarize_p=0)
-    tv = TwoViews(S, view1=p, view2=p)
-    g, flips, n = gen(1), 0, 200
-    for _ in range(n):
-        v, _ = tv(img, generator=g)
-        flipped = v[0, 0, 0] > v[0, 0, -1]
-        flips += int(flipped)
-        v = v.flip(-1) if flipped else v
-        # a 32x32 crop of a ramp resized to 32x32 is the window itself: locate it by its corner
-        top, left = divmod(int(round(float(v[0, 0, 0]) * (64 * 64 - 1))), 64)
-        assert torch.allclose(v, img[:, top:top + S, left:left + S], atol=1e-6)
-    assert abs(flips / n - 0.5) < rate_tol(0.5, n)
-
-
 def test_crop_box_statistics():
-    p = ViewParams(S, scale=(0.08, 1.0))
-    boxes = sample_crop_boxes(p, 4000, 100, 100, gen(2)).double()
+    boxes = sample_crop_boxes(AugConfig(crop_scale=(0.08, 1.0)), 4000, 100, 100, gen(2)).double()
     top, left, h, w = boxes.T
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= 100).all() and (left + w <= 100).all()
@@ -176,18 +95,18 @@ def test_crop_box_statistics():
 
 # -- photometric ops -------------------------------------------------------------------------------
 def _rate(view, img, n=1500, **over):
-    """Fraction of n draws in which predicate holds, for one view of TwoViews (photometric only)."""
-    p = getattr(ViewParams, view)(S, scale=(1, 1), flip_p=0, **over)
-    tv, g = TwoViews(S, view1=p, view2=p), gen(5)
-    return torch.stack([tv(img, generator=g)[0] for _ in range(n)])
+    """n draws of view ``view`` (0 or 1; photometric only: full crop, no flip) of ``img``."""
+    aug = AugConfig(**{"crop_scale": (1, 1), "flip_p": 0, **over})
+    a, b = BatchTwoViews(aug, S)(img[None].expand(n, -1, -1, -1).contiguous(), generator=gen(5))
+    return (a, b)[view]
 
 
 def test_blur_rate_view1_always_view2_ten_percent():
     delta = torch.zeros(1, S, S)
     delta[0, S // 2, S // 2] = 1.0
     # sigma >= 1 so every blur moves most of the centre's mass (centre weight <= 0.16)
-    for view, rate in (("view1", 1.0), ("view2", 0.1)):
-        out = _rate(view, delta, jitter_p=0, solarize_p=0, blur_sigma=(1.0, 2.0))
+    for view, rate in ((0, 1.0), (1, 0.1)):
+        out = _rate(view, delta, jitter_p=0, solarize_p=(0, 0), blur_sigma=(1.0, 2.0))
         blurred = (out[:, 0, S // 2, S // 2] < 0.5).float()
         assert abs(blurred.mean() - rate) <= rate_tol(rate, len(out))
         assert torch.allclose(out.sum(dim=(1, 2, 3)), torch.ones(len(out)), atol=1e-5)
@@ -214,20 +133,20 @@ def test_blur_sigma_matches_second_moment_of_a_blurred_delta():
 
 def test_solarize_rate_and_values():
     img = torch.full((1, S, S), 0.75)
-    for view, rate in (("view1", 0.0), ("view2", 0.2)):
+    for view, rate in ((0, 0.0), (1, 0.2)):
         out = _rate(view, img, jitter_p=0)
         vals = out[:, 0, 0, 0]  # blurring a constant changes it only by float rounding
         solarized = (vals - 0.25).abs() < 1e-5
         assert torch.all(solarized | ((vals - 0.75).abs() < 1e-5))
         assert abs(solarized.float().mean() - rate) <= rate_tol(rate, len(out))
-    below = _rate("view2", torch.full((1, S, S), 0.3), n=200, jitter_p=0)
+    below = _rate(1, torch.full((1, S, S), 0.3), n=200, jitter_p=0)
     # below the 0.5 threshold nothing changes
     assert torch.allclose(below, torch.full_like(below, 0.3), atol=1e-5)
 
 
 def test_brightness_factor_range_and_jitter_rate():
     img = torch.full((1, S, S), 0.5)  # contrast is a no-op on a constant image
-    out = _rate("view2", img, n=2000, blur_p=0, solarize_p=0)[:, 0, 0, 0]
+    out = _rate(1, img, n=2000, blur_p=(0, 0), solarize_p=(0, 0))[:, 0, 0, 0]
     b = out / 0.5
     assert b.min() >= 0.6 - 1e-6 and b.max() <= 1.4 + 1e-6
     jittered = b != 1
@@ -247,8 +166,7 @@ def test_contrast_blends_towards_the_mean():
 
 # -- batched path ----------------------------------------------------------------------------------
 def test_batch_without_randomness_equals_plain_resize():
-    p = no_randomness(ViewParams(S))
-    bt = BatchTwoViews(S, view1=p, view2=p)
+    bt = BatchTwoViews(STILL, S)
     for side in (16, 48, 2 * S, S):  # up, down by 1.5, down by 2, same size
         x = torch.rand(3, 1, side, side)
         a, b = bt(x, generator=gen(0))
@@ -257,12 +175,14 @@ def test_batch_without_randomness_equals_plain_resize():
         ref = torch.from_numpy(ref.clip(0, 1))[:, None]  # Pillow: an independent implementation
         assert torch.allclose(a, ref, atol=1e-5) and torch.equal(a, b), side
     assert torch.allclose(bt(x, generator=gen(0))[0], x, atol=1e-6)  # same size: identity
+    x = torch.rand(1, 1, 48, 48)  # and the torch filter it implements
+    ref2 = F.interpolate(x, size=(S, S), mode="bicubic", antialias=True).clamp(0, 1)
+    assert torch.allclose(bt(x, generator=gen(0))[0], ref2, atol=1e-6)
 
 
 def test_batch_crop_resize_equals_per_sample_crop_resize():
     x = torch.rand(40, 1, 57, 45)
-    p = ViewParams(S, scale=(0.05, 1.0), ratio=(0.5, 2.0))
-    d = sample_view(p, 40, 57, 45, gen(4))
+    d = sample_view(AugConfig(crop_scale=(0.05, 1.0), crop_ratio=(0.5, 2.0)), 0, 40, 57, 45, gen(4))
     batch = crop_resize_batch(x, d.boxes, d.flip, S)
     single = torch.stack([crop_resize_one(x[i], d.boxes[i], bool(d.flip[i]), S) for i in range(40)])
     assert d.flip.any() and (~d.flip).any()
@@ -271,8 +191,9 @@ def test_batch_crop_resize_equals_per_sample_crop_resize():
 
 def test_batch_crops_and_flips_match_windows_of_a_ramp():
     img = ramp(64, 64)[None].expand(300, 1, 64, 64)
-    p = ViewParams(S, scale=(0.25, 0.25), ratio=(1, 1), jitter_p=0, blur_p=0, solarize_p=0)
-    v, _ = BatchTwoViews(S, view1=p, view2=p)(img, generator=gen(3))
+    aug = AugConfig(crop_scale=(0.25, 0.25), crop_ratio=(1, 1), jitter_p=0, blur_p=(0, 0),
+                    solarize_p=(0, 0))
+    v, _ = BatchTwoViews(aug, S)(img, generator=gen(3))
     flipped = v[:, 0, 0, 0] > v[:, 0, 0, -1]
     assert abs(flipped.float().mean() - 0.5) <= rate_tol(0.5, 300)
     for i in range(0, 300, 7):
@@ -285,18 +206,18 @@ def test_batch_statistics_and_determinism():
     n = 1500
     delta = torch.zeros(n, 1, S, S)
     delta[:, 0, S // 2, S // 2] = 1.0
-    over = dict(scale=(1, 1), flip_p=0, jitter_p=0, solarize_p=0, blur_sigma=(1.0, 2.0))
-    bt = BatchTwoViews(S, **over)
+    bt = BatchTwoViews(AugConfig(crop_scale=(1, 1), flip_p=0, jitter_p=0, solarize_p=(0, 0),
+                                 blur_sigma=(1.0, 2.0)), S)
     a, b = bt(delta, generator=gen(9))
     assert (a[:, 0, S // 2, S // 2] < 0.5).all()
     assert abs((b[:, 0, S // 2, S // 2] < 0.5).float().mean() - 0.1) <= rate_tol(0.1, n)
     const = torch.full((n, 1, S, S), 0.75)
-    a, b = BatchTwoViews(S, scale=(1, 1), jitter_p=0)(const, generator=gen(9))
+    a, b = BatchTwoViews(AugConfig(crop_scale=(1, 1), jitter_p=0), S)(const, generator=gen(9))
     assert torch.allclose(a, torch.full_like(a, 0.75), atol=1e-5)
     solarized = (b[:, 0, 0, 0] - 0.25).abs() < 1e-5
     assert abs(solarized.float().mean() - 0.2) <= rate_tol(0.2, n)
     x = torch.rand(4, 1, 40, 40)
-    r1, r2, r3 = (BatchTwoViews(S)(x, generator=gen(s)) for s in (1, 1, 2))
+    r1, r2, r3 = (BatchTwoViews(AugConfig(), S)(x, generator=gen(s)) for s in (1, 1, 2))
     assert torch.equal(r1[0], r2[0]) and torch.equal(r1[1], r2[1])
     assert not torch.equal(r1[0], r3[0])
     assert r1[0].shape == (4, 1, S, S) and r1[0].dtype == torch.float32

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlvicx_core.data.augment import TwoViewDataset, TwoViews
+from mlvicx_core.config import AugConfig
+from mlvicx_core.data.augment import BatchTwoViews
 from mlvicx_core.data.base import CXRDataset, resize_image
 from mlvicx_core.data.cache import (
     CachedDataset,
@@ -84,8 +85,8 @@ def test_transform_applies_on_top_and_two_views_work(src, tmp_path):
     plain = CachedDataset(NpyFolder(src), root=tmp_path / "c")
     flipped = CachedDataset(NpyFolder(src), root=tmp_path / "c", transform=lambda x: x.flip(-1))
     assert torch.equal(flipped[2]["image"], plain[2]["image"].flip(-1))
-    views = TwoViewDataset(plain, TwoViews(8), seed=0)[4]
-    assert views["view_a"].shape == (1, 8, 8) and views["patient_id"] == "pat2"
+    view_a, _ = BatchTwoViews(AugConfig(), 8, seed=0)(plain[4]["image"][None])
+    assert view_a.shape == (1, 1, 8, 8) and plain[4]["patient_id"] == "pat2"
 
 
 def test_interrupted_build_leaves_nothing_usable_and_next_build_succeeds(src, tmp_path):
@@ -267,8 +268,8 @@ def test_real_nih_pngs_cache_and_augment(tmp_path):
         with Image.open(paths[i]) as im:
             grey = np.asarray(im.convert("L"))
         assert np.array_equal(cached.images[i], grey)  # 64 px in, 64 px out: the very bytes
-    views = TwoViewDataset(cached, TwoViews(32), seed=0)[5]
-    assert views["view_a"].shape == (1, 32, 32) and views["patient_id"] == paths[5].name[:8]
+    view_a, _ = BatchTwoViews(AugConfig(), 32, seed=0)(cached[5]["image"][None])
+    assert view_a.shape == (1, 1, 32, 32) and cached[5]["patient_id"] == paths[5].name[:8]
 
 
 def test_dead_temporaries_are_cleaned_when_the_host_name_has_dashes(src, tmp_path, monkeypatch):

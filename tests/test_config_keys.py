@@ -7,12 +7,13 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
 
 from mlvicx_core.cli import main
 from mlvicx_core.config import (ConfigError, apply_overrides, config_hash, from_dict, load_config,
                                 valid_keys)
-from mlvicx_core.data.augment import views_from_config
+from mlvicx_core.data.augment import BatchTwoViews, kernel_size
 
 AUG_KEYS = ("crop_scale", "crop_ratio", "flip_p", "jitter_p", "brightness", "contrast", "blur_p",
             "blur_sigma", "blur_kernel", "solarize_p", "solarize_threshold")
@@ -99,8 +100,8 @@ def test_bad_values_name_the_key_from_yaml_files_and_dicts(tmp_path, override, m
 ])
 def test_edge_values_are_accepted_and_build_the_views(override):
     cfg = apply_overrides(load_config("teaching"), [override])
-    view1, view2 = views_from_config(cfg.aug, cfg.data.image_size)  # the augmenter takes them too
-    assert view1.image_size == view2.image_size == cfg.data.image_size == 32
+    a, b = BatchTwoViews(cfg.aug, cfg.data.view_size)(torch.rand(2, 1, 64, 64))  # the views work
+    assert a.shape == b.shape == (2, 1, 32, 32) == (2, 1, cfg.data.view_size, cfg.data.view_size)
 
 
 def test_every_new_key_reaches_the_config_and_the_views():
@@ -109,15 +110,8 @@ def test_every_new_key_reaches_the_config_and_the_views():
         section, name = key.split(".")
         got = getattr(getattr(cfg, section), name)
         assert got == (tuple(value) if isinstance(value, list) else value), key
-    view1, view2 = views_from_config(cfg.aug, 64)
-    for v, view in enumerate((view1, view2)):
-        assert (view.scale, view.ratio) == ((0.5, 1.0), (0.9, 1.1))
-        assert (view.flip_p, view.jitter_p, view.brightness, view.contrast) == (0.25, 0.45, 0.2,
-                                                                               0.15)
-        assert (view.blur_p, view.solarize_p) == (CHANGED["aug.blur_p"][v],
-                                                  CHANGED["aug.solarize_p"][v])
-        assert (view.blur_sigma, view.kernel_size, view.solarize_threshold) == ((0.1, 0.5), 5,
-                                                                                0.75)
+    views = BatchTwoViews(cfg.aug, 64)  # the augmenter reads the aug.* section itself
+    assert views.aug is cfg.aug and views.kernel == kernel_size(cfg.aug, 64) == 5
 
 
 def test_new_keys_round_trip_through_yaml(tmp_path):
@@ -186,3 +180,22 @@ def test_probe_keys_reach_the_online_probe():
     assert probe.fit_images.shape == (16, 1, 64, 64) and probe.features == "layer3+layer4"
     assert probe.score_images.shape == (12, 1, 64, 64)
     assert probe.fit_labels.shape == (16, 5) and probe.score_labels.shape == (12, 5)
+
+
+def test_former_size_keys_are_read_under_their_new_names(tmp_path):
+    """``data.image_size`` / ``data.load_size`` became ``data.view_size`` / ``data.stored_size``;
+    presets, ``--set`` and the configs of older checkpoints that use the former names still load,
+    to the same configuration and content hash."""
+    new = load_config("teaching", {"data.view_size": 48, "data.stored_size": 96})
+    old = load_config("teaching", {"data.image_size": 48, "data.load_size": 96})
+    assert old == new and (old.data.view_size, old.data.stored_size) == (48, 96)
+    saved = new.to_dict()
+    saved["data"]["image_size"] = saved["data"].pop("view_size")
+    saved["data"]["load_size"] = saved["data"].pop("stored_size")
+    assert config_hash(from_dict(saved)) == config_hash(new)
+    path = tmp_path / "old.yaml"
+    path.write_text("base: teaching\ndata: {image_size: 40, view_size: 40}\n")
+    with pytest.raises(ConfigError, match=r"data.image_size and data.view_size are one key "
+                                          r"\(data.image_size is its former name\): give "
+                                          r"data.view_size only"):
+        load_config(str(path))

@@ -13,8 +13,8 @@ from mlvicx_core.checkpoints import save_model
 from mlvicx_core.cli import main
 from mlvicx_core.config import load_config
 from mlvicx_core.data.registry import split_subset
-from mlvicx_core.evaluation.pipeline import ROW_COLUMNS, evaluate
-from mlvicx_core.evaluation.report import markdown_table, results_frame, write_results
+from mlvicx_core.evaluation.pipeline import evaluate
+from mlvicx_core.evaluation.report import ROW_COLUMNS, markdown_table, results_frame, write_results
 
 TESTS = str(Path(__file__).parent)
 
@@ -58,10 +58,11 @@ def test_evaluate_command_end_to_end(tmp_path, monkeypatch, capsys):
         "evaluate", "--checkpoint", f"mlvicx={tmp_path / 'mlvicx.pt'}",
         "--checkpoint", f"vicreg={tmp_path / 'vicreg.pt'}",
         "--baseline", "random", "--baseline", "imagenet",
-        "--dataset", "eval_fakes:make_blobs", "--image-size", "32",
+        "--set", "data.dataset=eval_fakes:make_blobs", "--set", "data.stored_size=32",
         "--set", "data.length=60", "--set", "eval.split_sizes=null",
-        "--fractions", "0.5", "1.0", "--tasks", "probe", "knn", "gradcam", "umap", "finetune",
-        "segmentation", "--set", "eval.finetune_epochs=1", "--set", "eval.seg_epochs=1",
+        "--set", "eval.fractions=[0.5,1.0]",
+        "--set", "eval.tasks=[probe,knn,gradcam,umap,finetune,segmentation]",
+        "--set", "eval.finetune_epochs=1", "--set", "eval.seg_epochs=1",
         "--set", "eval.n_boot=50", "--set", "eval.gradcam_images=6",
         "--set", f"eval.cache_dir={tmp_path / 'cache'}", "--out", str(out),
         "--set", "eval.colour_by=[disc,bar]",
@@ -93,14 +94,14 @@ def test_evaluate_command_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_evaluate_command_bad_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit, match="nothing to evaluate"):
-        main(["evaluate", "--dataset", "synthetic", "--out", str(tmp_path)])
+        main(["evaluate", "--set", "data.dataset=synthetic", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="expected NAME=PATH"):
         main(["evaluate", "--checkpoint", "x.pt", "--out", "o"])
-    assert main(["evaluate", "--baseline", "random", "--dataset", "no_such_module:X",
+    assert main(["evaluate", "--baseline", "random", "--set", "data.dataset=no_such_module:X",
                  "--out", str(tmp_path)]) == 2
     assert "cannot import X from no_such_module" in capsys.readouterr().err
     # a wrong colour column is refused before any work, naming the key and the choices
-    assert main(["evaluate", "--baseline", "random", "--tasks", "probe", "umap",
+    assert main(["evaluate", "--baseline", "random", "--set", "eval.tasks=[probe,umap]",
                  "--set", "eval.colour_by=[Sex]", "--set", "eval.split_sizes=[20,10,10]",
                  "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -154,8 +155,8 @@ def test_a_failing_task_keeps_the_others(tmp_path):
 
 
 def _evaluate(tmp_path, *argv) -> int:
-    return main(["evaluate", "--image-size", "32", "--set", "eval.n_boot=20",
-                 "--fractions", "1.0", *argv, "--out", str(tmp_path / "eval")])
+    return main(["evaluate", "--set", "data.stored_size=32", "--set", "eval.n_boot=20",
+                 "--set", "eval.fractions=[1.0]", *argv, "--out", str(tmp_path / "eval")])
 
 
 def test_evaluate_command_keeps_finished_tasks_when_one_fails(tmp_path, monkeypatch, capsys):
@@ -163,10 +164,11 @@ def test_evaluate_command_keeps_finished_tasks_when_one_fails(tmp_path, monkeypa
     note (issue 12, item 11: nothing was written before)."""
     monkeypatch.syspath_prepend(TESTS)
     with pytest.warns(UserWarning, match="random / umap failed, continuing"):
-        code = _evaluate(tmp_path, "--baseline", "random", "--dataset", "eval_fakes:make_blobs",
+        code = _evaluate(tmp_path, "--baseline", "random",
+                         "--set", "data.dataset=eval_fakes:make_blobs",
                          "--set", "data.length=40", "--set", "eval.split_sizes=null",
                          "--set", "data.split_fractions=[0.85,0.1,0.05]",
-                         "--tasks", "probe", "knn", "umap")
+                         "--set", "eval.tasks=[probe,knn,umap]")
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert out.index("random / probe done") < out.index("random / knn done") < \
@@ -188,9 +190,9 @@ def test_evaluate_checks_colour_columns_before_any_work(tmp_path, capsys):
 
     _fixture(tmp_path)  # tmp_path/images/... and tmp_path/Data_Entry_2017.csv
     missing = tmp_path / "no-such-checkpoint.pt"
-    argv = ["evaluate", "--dataset", "nih", "--data-root", str(tmp_path), "--image-size", "32",
-            "--checkpoint", f"m={missing}", "--tasks", "probe", "umap", "--out",
-            str(tmp_path / "eval")]
+    argv = ["evaluate", "--set", "data.dataset=nih", "--set", f"data.root={tmp_path}",
+            "--set", "data.stored_size=32", "--checkpoint", f"m={missing}",
+            "--set", "eval.tasks=[probe,umap]", "--out", str(tmp_path / "eval")]
     assert main([*argv, "--set", "eval.colour_by=[Patient Gender,View Position]"]) == 2
     err = capsys.readouterr().err
     assert "eval.colour_by=['Patient Gender', 'View Position']: ['Patient Gender', " \
@@ -208,15 +210,16 @@ def test_evaluate_command_on_unlabelled_data_says_so(tmp_path, monkeypatch, caps
     images.mkdir()
     for i in range(4):
         Image.fromarray(np.full((40, 40), 20 * i, np.uint8)).save(images / f"{i}.png")
-    assert _evaluate(tmp_path, "--baseline", "random", "--dataset", "folder", "--data-root",
-                     str(images), "--tasks", "probe") == 2
+    assert _evaluate(tmp_path, "--baseline", "random", "--set", "data.dataset=folder",
+                     "--set", f"data.root={images}", "--set", "eval.tasks=[probe]") == 2
     assert capsys.readouterr().err == ("mlvicx evaluate: error: data.dataset='folder' is "
                                        "unlabelled pretraining data: it has no 'val' split to "
                                        "evaluate on\n")
     monkeypatch.syspath_prepend(TESTS)
-    assert _evaluate(tmp_path, "--baseline", "random", "--dataset", "eval_fakes:make_unlabelled",
+    assert _evaluate(tmp_path, "--baseline", "random",
+                     "--set", "data.dataset=eval_fakes:make_unlabelled",
                      "--set", "data.length=40", "--set", "eval.split_sizes=null",
-                     "--tasks", "probe", "knn") == 0
+                     "--set", "eval.tasks=[probe,knn]") == 0
     frame = pd.read_csv(tmp_path / "eval" / "results.csv")
     assert list(zip(frame.task, frame.note)) == [("probe", "skipped: the dataset has no labels"),
                                                  ("knn", "skipped: the dataset has no labels")]
@@ -229,10 +232,10 @@ def test_evaluate_report_lists_each_note_once_and_one_knn_table(tmp_path, monkey
     monkeypatch.syspath_prepend(TESTS)
     save_model(tiny_model(seed=1), tmp_path / "m.pt")
     assert _evaluate(tmp_path, "--checkpoint", f"m={tmp_path / 'm.pt'}", "--baseline", "random",
-                     "--dataset", "eval_fakes:make_blobs", "--set", "data.length=60",
-                     "--set", "eval.split_sizes=null", "--fractions", "0.5", "1.0",
+                     "--set", "data.dataset=eval_fakes:make_blobs", "--set", "data.length=60",
+                     "--set", "eval.split_sizes=null", "--set", "eval.fractions=[0.5,1.0]",
                      "--set", "eval.knn_ks=[1,3,5,10]", "--set", "eval.gradcam_images=4",
-                     "--tasks", "probe", "knn", "gradcam") == 0, capsys.readouterr().err
+                     "--set", "eval.tasks=[probe,knn,gradcam]") == 0, capsys.readouterr().err
     frame = pd.read_csv(tmp_path / "eval" / "results.csv")
     ks = frame[frame.task == "knn"].groupby(["encoder", "fraction"]).k.first()
     assert ks.nunique() > 1  # several chosen k: the old report made one table per k

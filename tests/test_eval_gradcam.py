@@ -14,7 +14,6 @@ from mlvicx_core.evaluation.gradcam import (
     cam_maps,
     finding_cams,
     localisation_eval,
-    overlay,
     similarity_cams,
 )
 from mlvicx_core.evaluation.localisation import energy_inside, pointing_hit
@@ -100,6 +99,8 @@ def test_no_hook_or_memory_growth_over_many_images():
 
 
 def test_overlay_respects_the_intensity_contract():
+    from mlvicx_core.viz.figures import overlay
+
     img = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
     cam = np.zeros((4, 4), np.float32)
     out = overlay(img, cam, alpha=0.0)

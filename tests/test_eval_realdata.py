@@ -25,9 +25,10 @@ def _data_dir() -> Path:
 def test_evaluate_on_the_phantom(tmp_path):
     save_model(tiny_model(), tmp_path / "m.pt")
     assert main(["evaluate", "--checkpoint", f"mlvicx={tmp_path / 'm.pt'}", "--baseline", "random",
-                 "--dataset", "synthetic", "--set", "eval.split_sizes=[56,8,16]",
-                 "--image-size", "64", "--fractions", "0.1", "1.0", "--tasks", "probe", "knn",
-                 "gradcam", "--set", "eval.n_boot=50", "--out", str(tmp_path / "out")]) == 0
+                 "--set", "data.dataset=synthetic", "--set", "eval.split_sizes=[56,8,16]",
+                 "--set", "data.stored_size=64", "--set", "eval.fractions=[0.1,1.0]",
+                 "--set", "eval.tasks=[probe,knn,gradcam]", "--set", "eval.n_boot=50",
+                 "--out", str(tmp_path / "out")]) == 0
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     means = frame[(frame.task == "probe") & (frame.finding == "mean")]
     assert set(means.encoder) == {"mlvicx", "random"} and means.value.between(0, 1).all()
@@ -40,9 +41,10 @@ def test_evaluate_on_real_nih_images(tmp_path):
     if not (nih / "images-64px").is_dir():
         pytest.skip(f"real NIH images not found under {nih} (set MLVICX_DATA_DIR)")
     save_model(tiny_model(), tmp_path / "m.pt")
-    assert main(["evaluate", "--checkpoint", f"mlvicx={tmp_path / 'm.pt'}", "--dataset", "nih",
-                 "--data-root", str(nih / "images-64px"), "--image-size", "64",
-                 "--fractions", "1.0", "--tasks", "probe", "umap",
+    assert main(["evaluate", "--checkpoint", f"mlvicx={tmp_path / 'm.pt'}",
+                 "--set", "data.dataset=nih", "--set", f"data.root={nih / 'images-64px'}",
+                 "--set", "data.stored_size=64", "--set", "eval.fractions=[1.0]",
+                 "--set", "eval.tasks=[probe,umap]",
                  "--set", "eval.colour_by=[sex,view]", "--set", "eval.n_boot=20",
                  "--out", str(tmp_path / "out")]) == 0
     frame = pd.read_csv(tmp_path / "out" / "results.csv")

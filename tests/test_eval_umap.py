@@ -1,14 +1,10 @@
-"""UMAP: shape, seed reproducibility, separation kept, saved figure, widget without a frontend."""
+"""UMAP: shape, seed reproducibility, separation kept, the colour table, saved figures."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from mlvicx_core.evaluation.umap_view import (
-    colour_table,
-    interactive_scatter,
-    plot_umap,
-    umap_embed,
-)
+from mlvicx_core.evaluation.umap_view import colour_table, umap_embed
+from mlvicx_core.viz.figures import plot_umap_grid, save
 
 
 def test_umap_shape_reproducible_and_keeps_clusters(tmp_path):
@@ -27,19 +23,7 @@ def test_umap_shape_reproducible_and_keeps_clusters(tmp_path):
     assert list(table.columns) == ["disc", "bar", "Patient Gender", "Patient Age"]
     for col in table.columns:
         path = tmp_path / f"{col}.png"
-        plot_umap(a, table[col], col, path)
+        save(plot_umap_grid({("A", "trunk"): a}, table[col], col), path)
         assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match=r"features \(3, \d+\): expected \(N, D\) with N >= 4"):
         umap_embed(x[:3])  # scipy's "k >= N" before (issue 19)
-
-
-def test_interactive_scatter_without_frontend():
-    coords = np.random.default_rng(0).normal(size=(20, 2))
-    table = pd.DataFrame({"disc": [0, 1] * 10, "view": ["PA", "AP"] * 10})
-    box = interactive_scatter(coords, table, "disc")
-    dropdown = box.children[0]
-    assert list(dropdown.options) == ["disc", "view"]
-    dropdown.value = "view"  # triggers a redraw; must not need a frontend
-    assert dropdown.value == "view"
-    with pytest.raises(ValueError, match="colour_by='age'"):
-        interactive_scatter(coords, table, "age")

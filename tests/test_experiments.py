@@ -49,11 +49,11 @@ def test_pretrain_config_variants_and_sharing():
     assert ab.model.levels == ("layer3", "layer4") and ab.aug.crop_scale == (0.5, 1.0)
     assert ab.train.max_steps == 7
     # image_size is the stored/evaluated radiograph side; the views are the preset's, at most that
-    assert (m.data.load_size, m.data.image_size) == (64, 32)
+    assert (m.data.stored_size, m.data.view_size) == (64, 32)
     big = pretrain_config(image_size=128)
-    assert (big.data.load_size, big.data.image_size) == (128, 32)
+    assert (big.data.stored_size, big.data.view_size) == (128, 32)
     paper = pretrain_config(preset="paper", image_size=64)
-    assert (paper.data.load_size, paper.data.image_size) == (64, 64)
+    assert (paper.data.stored_size, paper.data.view_size) == (64, 64)
     assert (m.train.eval_every, m.train.probe_images) == (12, 256)
     with pytest.raises(ConfigError, match="aug.crop_scale"):
         pretrain_config(overrides={"aug.crop_scale": [2, 1]})
@@ -238,8 +238,13 @@ def test_widgets_build_without_frontend():
 
 
 def test_figures_read_on_a_projector_and_do_not_exaggerate():
-    from mlvicx_core.evaluation.umap_view import category_labels
-    from mlvicx_core.viz.figures import plot_cam_grid, plot_pointing, plot_sweep, plot_umap_grid
+    from mlvicx_core.viz.figures import (
+        category_labels,
+        plot_cam_grid,
+        plot_pointing,
+        plot_sweep,
+        plot_umap_grid,
+    )
 
     assert list(category_labels([0.0, 1.0, np.nan])[:2]) == ["absent", "present"]
     assert pd.isna(category_labels([0.0, 1.0, np.nan])[2])

@@ -33,7 +33,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
-TINY = ["data.image_size=32", "data.load_size=null", "train.eval_every=0",
+TINY = ["data.view_size=32", "data.stored_size=null", "train.eval_every=0",
         "model.projector=[32,32]", "model.ml_projector=[32,32]",
         "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
         "train.batch_size=8", "train.tensorboard=false", "train.ckpt_every=1",
@@ -384,7 +384,7 @@ def test_evaluate_and_export_trunk_name_a_corrupt_or_mismatched_file(ref, tmp_pa
     del state
 
     assert main(["evaluate", "--checkpoint", f"m={corrupt}", "--set", "eval.split_sizes=[8,8,8]",
-                 "--tasks", "probe", "--out", str(tmp_path / "eval")]) == 2
+                 "--set", "eval.tasks=[probe]", "--out", str(tmp_path / "eval")]) == 2
     assert capsys.readouterr().err.startswith(
         f"mlvicx evaluate: error: {corrupt} is not a readable checkpoint (RuntimeError: "
         "PytorchStreamReader failed")

@@ -10,7 +10,7 @@ import torchvision
 from mlvicx_core import MLVICX, get_preset, load_config, mlvicx_loss, preset_names
 
 PRESETS = preset_names()
-SIZE = {p: load_config(p).data.image_size for p in PRESETS}
+SIZE = {p: load_config(p).data.view_size for p in PRESETS}
 from mlvicx_core.multilevel import MultiLevelFusion
 
 

@@ -15,7 +15,7 @@ from mlvicx_core.evaluation.baselines import reference_encoder
 from mlvicx_core.evaluation.embeddings import trunk_features
 from mlvicx_core.evaluation.probe import RIDGE_ALPHAS, fit_ridge_probe
 from mlvicx_core.model import MLVICX
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.online_probe import KNN_K, OnlineProbe
 from mlvicx_core.train.trainer import pretrain, seed_everything
 
@@ -222,7 +222,7 @@ def test_probe_refuses_bad_shapes_and_labels():
 # -- (d) in a pretraining run ----------------------------------------------------------------------
 def probe_run_config(tmp_path, eval_every):
     # the synthetic data (64 px, the smallest it renders) feeds the probe's train and val splits
-    return tiny_config(tmp_path, **{"data.image_size": 64, "data.length": 24,
+    return tiny_config(tmp_path, **{"data.view_size": 64, "data.length": 24,
                                     "train.max_steps": 5, "train.eval_every": eval_every,
                                     "train.probe_images": 40, "train.probe_val_images": 32,
                                     "train.diag_every": 100})

@@ -90,8 +90,8 @@ def test_unknown_and_misconfigured_entries_are_named(tmp_path):
         build_dataset("nih")
     with pytest.raises(DatasetError, match=f"data.root='{tmp_path / 'nope'}' does not exist"):
         build_dataset("nih", root=tmp_path / "nope")
-    with pytest.raises(DatasetError, match=r"stored image size 32 \(data.load_size, else "
-                                           r"data.image_size\): the synthetic radiographs are "
+    with pytest.raises(DatasetError, match=r"stored image size 32 \(data.stored_size, else "
+                                           r"data.view_size\): the synthetic radiographs are "
                                            r"rendered at 64-512 px"):
         build_dataset("synthetic", image_size=32)
     with pytest.raises(DatasetError, match="no 'test' split"):
@@ -106,8 +106,8 @@ def test_register_dataset_is_one_call(tmp_path):
     register_dataset("tiny", lambda *, split, image_size, fractions, seed, **_: split_subset(
         TinyCXR(20, image_size), split, fractions, seed))
     try:
-        cfg = load_config("teaching", {"data.dataset": "tiny", "data.image_size": 32,
-                                       "data.load_size": None, "data.length": 10})
+        cfg = load_config("teaching", {"data.dataset": "tiny", "data.view_size": 32,
+                                       "data.stored_size": None, "data.length": 10})
         ds = dataset_from_config(cfg.data)
         # length is a seeded subset of the train split
         assert len(ds) == 10 and ds[0]["image"].shape == (1, 32, 32)
@@ -172,12 +172,42 @@ def test_one_patient_split_rule_for_every_loader(tmp_path):
 
 
 def test_evaluation_reads_whole_images_at_the_stored_size():
-    """With data.load_size set, the views are data.image_size crops but every evaluation (and the
-    online probe) reads the whole radiograph at data.load_size."""
-    cfg = load_config("teaching", {"data.image_size": 32, "data.load_size": 64})
+    """With data.stored_size set, the views are data.view_size crops but every evaluation (and the
+    online probe) reads the whole radiograph at data.stored_size."""
+    cfg = load_config("teaching", {"data.view_size": 32, "data.stored_size": 64})
     splits = evaluation_splits(cfg.data, (4, 4, 4))
     assert {tuple(s[0]["image"].shape) for s in splits.values()} == {(1, 64, 64)}
-    plain = load_config("teaching", {"data.image_size": 64, "data.load_size": None})
+    plain = load_config("teaching", {"data.view_size": 64, "data.stored_size": None})
     assert evaluation_splits(plain.data, (4, 4, 4))["test"][0]["image"].shape == (1, 64, 64)
     pre = dataset_from_config(cfg.data, length=4)
     assert pre[0]["image"].shape == (1, 64, 64)  # stored size; the augmenter cuts 32 px views
+
+
+def test_data_cache_serves_the_files_decoded_once(tmp_path):
+    """``data.cache``: a real-format dataset (RSNA DICOMs) is decoded once into the cache; the
+    pretraining set and every evaluation split read it, with the labels, boxes and pixels of the
+    files (within 0.5/255), and a second build reuses it."""
+    from mlvicx_core.data.cache import CachedDataset
+
+    (tmp_path / "rsna").mkdir()
+    root = _rsna(tmp_path / "rsna")
+    cfg = load_config("teaching", {"data.dataset": "rsna", "data.root": str(root),
+                                   "data.view_size": 16, "data.stored_size": None,
+                                   "data.length": None, "data.split": "all",
+                                   "data.cache": True, "data.cache_dir": str(tmp_path / "c")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the RSNA fixture lists an image that is not on disk
+        plain = build_dataset("rsna", root=root, split="all", image_size=16)
+        cached = dataset_from_config(cfg.data)
+        again = dataset_from_config(cfg.data)
+    assert isinstance(cached, CachedDataset) and cached.built and not again.built
+    assert (tmp_path / "c" / "rsna" / "all" / "16px" / "manifest.json").is_file()
+    np.testing.assert_array_equal(cached.labels, plain.labels)
+    assert list(cached.patient_ids) == list(plain.patient_ids)
+    for i in range(len(plain)):
+        assert cached.boxes(i) == plain.boxes(i)
+        diff = (cached[i]["image"] - plain[i]["image"]).abs().max()
+        assert diff <= 0.5 / 255 + 1e-6, i
+    # without data.cache nothing is cached
+    off = dataset_from_config(cfg.data.replace(cache=False, cache_dir=str(tmp_path / "off")))
+    assert not isinstance(off, CachedDataset) and not (tmp_path / "off").exists()

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlvicx_core.experiments.results import ENCODERS, SMOKE, main, schedule
+from mlvicx_core.cli import main
+from mlvicx_core.config import load_config
+from mlvicx_core.experiments.results import ENCODERS, schedule
 from mlvicx_core.experiments.results_report import compare, fmt
 
 METHODS = ENCODERS
@@ -26,7 +28,7 @@ METHODS = ENCODERS
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     out, report = root / "out", root / "report"
-    assert main(["--smoke", "--out", str(out), "--report", str(report)]) == 0
+    assert main(["results", "--smoke", "--out", str(out), "--report", str(report)]) == 0
     runs = pd.read_csv(report / "results" / "runs.csv")
     done = [(Path(d) / "done.json").is_file() for d in runs[runs.encoder != "random"].run_dir]
     shutil.rmtree(out / "runs")  # checkpoints: ~100 MB per run, not needed by the checks
@@ -87,7 +89,7 @@ def test_smoke_writes_report_figures_and_csv(smoke):
 def test_every_pretraining_run_has_the_same_budget(smoke):
     runs = smoke["runs"]
     trained = runs[runs.encoder != "random"]
-    assert set(trained.steps) == {SMOKE["train.max_steps"]}
+    assert set(trained.steps) == {load_config("results-smoke").train.max_steps}
     for ds, g in trained.groupby("dataset"):
         assert g.images.nunique() == 1, ds  # same images per run for every method
         assert len(g) == len(METHODS) - 1
@@ -174,6 +176,7 @@ def test_cell_format_and_comparison_arithmetic():
 
 
 def test_unknown_dataset_is_refused_by_the_command_line(capsys):
-    with pytest.raises(SystemExit):
-        main(["--datasets", "chexpert"])
-    assert "invalid choice: 'chexpert'" in capsys.readouterr().err
+    assert main(["results", "--datasets", "chexpert"]) == 2
+    err = capsys.readouterr().err
+    assert "mlvicx results: error: --datasets chexpert: expected some of synthetic nih " \
+           "pneumoniamnist" in err

@@ -254,7 +254,7 @@ def test_metrics_line_torn_by_a_crash_is_dropped_on_resume(tmp_path):
     JSONDecodeError traceback on it before."""
     import json
 
-    from mlvicx_core.train.metrics import MetricsWriter
+    from mlvicx_core.train.metrics_log import MetricsWriter
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')

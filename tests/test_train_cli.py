@@ -11,7 +11,7 @@ from mlvicx_core.cli import SUBCOMMANDS, main
 from mlvicx_core.config import (ConfigError, apply_overrides, config_hash, get_preset, load_config,
                                 preset_names, valid_keys)
 from mlvicx_core.train.trainer import pretrain
-from mlvicx_core.variants import VARIANTS
+from mlvicx_core.config import VARIANTS
 
 
 def test_paper_preset_is_the_method_recipe():
@@ -21,7 +21,7 @@ def test_paper_preset_is_the_method_recipe():
     assert (o.name, o.base_lr, o.weight_decay, o.momentum, o.trust_coefficient) == \
         ("lars", 0.2, 1e-6, 0.9, 0.001)
     assert (o.warmup_epochs, o.final_lr_ratio, t.batch_size, t.epochs) == (2.0, 0.001, 64, 300)
-    assert cfg.data.image_size == 224 and cfg.data.dataset == "nih" and cfg.data.split == "train"
+    assert cfg.data.view_size == 224 and cfg.data.dataset == "nih" and cfg.data.split == "train"
     a = cfg.aug  # METHOD.md section 4: the two asymmetric views
     assert (a.crop_scale, a.flip_p, a.jitter_p, a.brightness, a.contrast) == \
         ((0.08, 1.0), 0.5, 0.8, 0.4, 0.4)
@@ -40,7 +40,7 @@ def test_vicreg_presets_are_the_variant_on_top_of_their_base():
     for preset, base in (("vicreg", "paper"), ("vicreg-teaching", "teaching")):
         cfg = load_config(preset)
         assert cfg.preset == preset
-        assert cfg.model == dataclasses.replace(get_preset(base), multilevel=False,
+        assert cfg.model == dataclasses.replace(get_preset(base), method="vicreg", multilevel=False,
                                                 context_bottleneck=False)
         assert cfg.model == get_preset(preset)
         assert dataclasses.replace(cfg, preset="x") == dataclasses.replace(
@@ -50,7 +50,7 @@ def test_vicreg_presets_are_the_variant_on_top_of_their_base():
 def test_pretrain_vicreg_preset_dry_run(capsys):
     assert main(["pretrain", "--preset", "vicreg", "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
-    assert resolved["model"]["multilevel"] is False and resolved["data"]["image_size"] == 224
+    assert resolved["model"]["multilevel"] is False and resolved["data"]["view_size"] == 224
     assert main(["pretrain", "--variant", "mlvicx-no-cb", "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])
     assert resolved["model"]["context_bottleneck"] is False and resolved["model"]["multilevel"]
@@ -93,10 +93,10 @@ def test_overrides_are_typed():
     ("optim.base_lr=.inf", r"optim\.base_lr=inf: expected a finite number"),
     ("optim.name=adam", r"optim\.name='adam': expected 'lars' or 'adamw' or 'sgd'"),
     ("train.device=tpu", r"train\.device='tpu': expected auto, cpu, cuda, cuda:<n> or mps"),
-    ("data.image_size=7", r"data\.image_size=7: expected every value >= 8"),
-    ("data.image_size=-3", r"data\.image_size=-3: expected every value >= 8"),
-    ("data.image_size=abc", r"data\.image_size='abc': expected an integer"),
-    ("data.image_size=[64]", r"data\.image_size=\[64\]: expected an integer"),
+    ("data.view_size=7", r"data\.view_size=7: expected every value >= 8"),
+    ("data.view_size=-3", r"data\.view_size=-3: expected every value >= 8"),
+    ("data.view_size=abc", r"data\.view_size='abc': expected an integer"),
+    ("data.view_size=[64]", r"data\.view_size=\[64\]: expected an integer"),
     ("data.root=5", r"data\.root=5: expected a string or null"),
     ("train.run_name=[a]", r"train\.run_name=\['a'\]: expected a string or null"),
     ("loss.lam=-1", r"loss\.lam=-1: expected every value >= 0"),
@@ -110,7 +110,7 @@ def test_overrides_are_typed():
     ("model.lam=0.5", r"unknown config key 'model\.lam'"),
     ("model.lam=-1", r"unknown config key 'model\.lam'"),  # the loss weights are loss.*
     ("model.sim_coeff=-25", r"unknown config key 'model\.sim_coeff'"),
-    ("model.image_size=64", r"unknown config key 'model\.image_size'"),  # it is data.image_size
+    ("model.image_size=64", r"unknown config key 'model\.image_size'"),  # it is data.view_size
     ("model.image_size=7", r"unknown config key 'model\.image_size'"),
     ("model.image_size=32", r"unknown config key 'model\.image_size'"),
     ("optim.base_lr=-1e-3", r"optim\.base_lr='-1e-3': expected every value > 0"),
@@ -125,23 +125,25 @@ def test_overrides_are_typed():
     ("train.run_name=a/b", r"train\.run_name='a/b': expected a folder name inside"),
     ("train.run_name=' '", r"train\.run_name=' ': expected a folder name inside"),
     # issue 19 item 7: views larger than the stored images would be upsampled
-    ("data.image_size=128",
-     (r"data\.image_size=128: larger than data\.load_size=64: every view would be upsampled "
-      r"from 64 px .*set data\.load_size to at least 128")),
+    ("data.view_size=128",
+     (r"data\.view_size=128: larger than data\.stored_size=64: every view would be upsampled "
+      r"from 64 px .*set data\.stored_size to at least 128")),
 ])
 def test_bad_values_name_the_key_and_the_expectation(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(load_config("teaching"), [override])
 
 
-def test_image_size_and_load_size_are_checked_together_in_any_order():
-    """The check across the two keys sees the final values of one command line (issue 19)."""
-    for order in (["data.image_size=128", "data.load_size=128"],
+def test_view_size_and_stored_size_are_checked_together_in_any_order():
+    """The check across the two keys sees the final values of one command line (issue 19), also
+    under their former names (RENAMED_KEYS)."""
+    for order in (["data.view_size=128", "data.stored_size=128"],
+                  ["data.stored_size=128", "data.view_size=128"],
                   ["data.load_size=128", "data.image_size=128"]):
         cfg = apply_overrides(load_config("teaching"), order)
-        assert (cfg.data.image_size, cfg.data.load_size) == (128, 128)
-    cfg = apply_overrides(load_config("teaching"), ["data.image_size=128", "data.load_size=null"])
-    assert (cfg.data.image_size, cfg.data.load_size) == (128, None)
+        assert (cfg.data.view_size, cfg.data.stored_size) == (128, 128)
+    cfg = apply_overrides(load_config("teaching"), ["data.view_size=128", "data.stored_size=null"])
+    assert (cfg.data.view_size, cfg.data.stored_size) == (128, None)
     assert apply_overrides(load_config("teaching"), ["train.run_name=my-run"]).train.run_name == \
         "my-run"
 
@@ -192,11 +194,11 @@ def test_yaml_1_1_floats_are_numbers(tmp_path, capsys):
 
 def test_synthetic_data_below_64_px_names_the_key(capsys):
     """The synthetic radiographs are rendered at 64-512 px (item 9: a traceback before)."""
-    assert main(["pretrain", "--set", "data.load_size=32", "--set", "train.max_steps=1"]) == 2
+    assert main(["pretrain", "--set", "data.stored_size=32", "--set", "train.max_steps=1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlvicx pretrain: error: stored image size 32 (data.load_size, else "
-                          "data.image_size): the synthetic radiographs are rendered at 64-512 px")
-    assert "keep data.load_size >= 64" in err
+    assert err.startswith("mlvicx pretrain: error: stored image size 32 (data.stored_size, else "
+                          "data.view_size): the synthetic radiographs are rendered at 64-512 px")
+    assert "keep data.stored_size >= 64" in err
 
 
 def test_config_hash_tracks_only_what_changes_the_weights():
@@ -258,7 +260,8 @@ def test_bad_yaml_files_are_named(tmp_path, capsys):
 
 def test_unknown_preset_lists_presets(capsys):
     assert main(["pretrain", "--preset", "huge"]) == 2
-    assert "expected one of ['paper', 'teaching', 'vicreg', 'vicreg-teaching']" in \
+    assert ("expected one of ['paper', 'results', 'results-smoke', 'teaching', 'vicreg', "
+            "'vicreg-teaching']") in \
         capsys.readouterr().err
 
 
@@ -267,7 +270,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
     out = capsys.readouterr().out
     resolved = yaml.safe_load(out.split("\n", 1)[1])
     assert resolved["train"]["epochs"] == 1 and resolved["optim"]["name"] == "lars"
-    assert resolved["data"]["image_size"] == 224
+    assert resolved["data"]["view_size"] == 224
 
 
 def test_yaml_file_preset_with_base_and_variant(tmp_path):
@@ -289,12 +292,12 @@ def test_yaml_file_preset_with_base_and_variant(tmp_path):
 def test_augmentation_keys_reach_the_augmenter(tmp_path):
     from mlvicx_core.train.trainer import default_augment
 
-    cfg = apply_overrides(load_config("teaching"), ["data.image_size=64", "aug.crop_scale=[1,1]",
+    cfg = apply_overrides(load_config("teaching"), ["data.view_size=64", "aug.crop_scale=[1,1]",
                                                     "aug.flip_p=0",
                                                     "aug.jitter_p=0", "aug.blur_p=[0,0]",
                                                     "aug.solarize_p=[0,0]"])
     aug = default_augment(cfg)
-    assert aug.view1.scale == (1.0, 1.0) and aug.view2.blur_p == 0.0
+    assert aug.aug is cfg.aug and aug.size == 64
     images = torch.rand(3, 1, 64, 64)
     a, b = aug(images, generator=torch.Generator().manual_seed(0))
     # every random op is off: both views are the image (a full-size crop resized to itself)

@@ -25,7 +25,7 @@ from torch import nn
 from mlvicx_core.model import Embeddings
 from mlvicx_core.train import distributed
 from mlvicx_core.config import apply_overrides, load_config
-from mlvicx_core.train.step import TwoViews, loss_terms
+from mlvicx_core.train.step import TwoViewForward, loss_terms
 
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, WORLD = 12, 2
@@ -61,7 +61,7 @@ def _worker(rank, init_file, out_dir):
                             world_size=WORLD)
     torch.manual_seed(0)
     model = LinearHeads()
-    net = distributed.wrap_ddp(TwoViews(model), torch.device("cpu"))
+    net = distributed.wrap_ddp(TwoViewForward(model), torch.device("cpu"))
     a, b = _inputs()
     n = GLOBAL_BATCH // WORLD
     za, zb = net(a[rank * n:(rank + 1) * n], b[rank * n:(rank + 1) * n])
@@ -82,7 +82,7 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
 
     torch.manual_seed(0)
     model = LinearHeads()
-    za, zb = TwoViews(model)(*_inputs())
+    za, zb = TwoViewForward(model)(*_inputs())
     ref = loss_terms(za, zb, _config(), gather=None)
     ref["loss"].backward()
     for rank in range(WORLD):
@@ -145,7 +145,7 @@ def _write_images(root: Path, n: int):
         Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / f"{i:03d}.png")
 
 
-TINY_SETS = ["data.image_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
+TINY_SETS = ["data.view_size=32", "model.projector=[32,32]", "model.ml_projector=[32,32]",
              "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
              "train.batch_size=8", "train.progress=false", "train.tensorboard=false"]
 

@@ -9,9 +9,9 @@ from mlvicx_core.loss import mlvicx_loss
 from mlvicx_core.model import MLVICX
 from mlvicx_core.checkpoints import CheckpointManager, load_checkpoint
 from mlvicx_core.config import ConfigError
-from mlvicx_core.train.metrics import read_metrics
+from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.train.optim import build_optimizer
-from mlvicx_core.train.runs import train_or_load
+from mlvicx_core.train.trainer import train_or_load
 from mlvicx_core.train.trainer import NonFiniteLossError, pretrain
 
 TERMS = ("loss", "invariance", "variance", "covariance")
@@ -212,7 +212,7 @@ def test_train_or_load_retrains_a_run_of_other_code_in_a_fresh_folder(tmp_path, 
     silently nor destroyed: the run is trained afresh next to it, with one line naming both
     fingerprints, and the fresh run is what later calls reuse."""
     from mlvicx_core.train.fingerprint import code_fingerprint, kit_version
-    from mlvicx_core.train.runs import fresh_run_dir
+    from mlvicx_core.train.trainer import fresh_run_dir
 
     cfg = tiny_config(tmp_path, **{"train.max_steps": 2})
     kwargs = {"dataset": TinyCXR(32), "augment": simple_augment}
@@ -251,7 +251,8 @@ def test_an_interrupted_run_resumes_with_its_own_code_and_not_with_other_code(tm
     from other code is trained afresh next to it; ``mlvicx pretrain`` (the folder chosen by the
     user) resumes it anyway and warns naming both fingerprints."""
     from mlvicx_core.train.fingerprint import code_fingerprint
-    from mlvicx_core.train.runs import fresh_run_dir, run_dir_for
+    from mlvicx_core.train.runs import run_dir_for
+    from mlvicx_core.train.trainer import fresh_run_dir
 
     kwargs = {"dataset": TinyCXR(32), "augment": simple_augment}
     short = pretrain(tiny_config(tmp_path, **{"train.max_steps": 2}), **kwargs)

@@ -50,7 +50,7 @@ def tiny_config(tmp_path, **overrides) -> Config:
         "train.batch_size": 8, "train.epochs": 2, "train.progress": False,
         "train.tensorboard": False, "train.out_dir": str(tmp_path), "train.diag_every": 2,
         "train.ckpt_every": 100, "optim.warmup_epochs": 1, "data.length": 32,
-        "data.image_size": 32, "data.load_size": None,
+        "data.view_size": 32, "data.stored_size": None,
         # the preset's online probe and read-out are the teaching recipe's; these tests set them
         "train.eval_every": 0, "eval.features": "trunk",
     }

@@ -1,5 +1,5 @@
 """Chest X-ray data: the dataset contract, the synthetic default and the real-format loaders."""
-from .augment import BatchTwoViews, TwoViewDataset, TwoViews, ViewParams
+from .augment import BatchTwoViews
 from .base import CXRDataset, resize_image
 from .cache import CachedDataset
 from .dicom import read_dicom
@@ -18,7 +18,7 @@ from .splits import patient_split
 from .vindr import VINDR_FINDINGS, VinDrCXR
 
 __all__ = [
-    "BatchTwoViews", "CachedDataset", "TwoViewDataset", "TwoViews", "ViewParams",
+    "BatchTwoViews", "CachedDataset",
     "CXRDataset", "FINDINGS", "ImageFolderDataset", "ImageReadError", "MedMNISTChest", "NIHChestXray14",
     "NIH_FINDINGS", "RSNAPneumonia", "SIIMPneumothorax", "VINDR_FINDINGS", "VinDrCXR",
     "default_data_root", "patient_split", "read_dicom", "read_image", "resize_image",

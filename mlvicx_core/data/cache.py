@@ -291,7 +291,7 @@ class CachedDataset(CXRDataset):
     """A ``CXRDataset`` served from the cache of ``source`` at ``size`` (built if missing or stale).
 
     Samples follow the base contract (image float32 (1, S, S) in [0, 1] = cached uint8 / 255), with
-    ``transform`` (e.g. ``TwoViews``) applied on top. Masks and boxes come from ``source``.
+    ``transform`` (any per-sample transform) applied on top. Masks and boxes come from ``source``.
 
     Parameters: ``root`` (default ``default_cache_root()``), ``name`` (default the source's class
     name), ``split`` (default ``source.split`` or ``"all"``), ``num_workers`` for the build,
@@ -311,6 +311,7 @@ class CachedDataset(CXRDataset):
                          on_error=on_error if on_error is not None else source.on_error)
         self.source = source
         self.has_masks = source.has_masks
+        self.metadata = getattr(source, "metadata", None)
         self.path = cache_dir(root if root is not None else default_cache_root(),
                               name or type(source).__name__,
                               split or str(getattr(source, "split", None) or "all"), size)

@@ -96,6 +96,21 @@ def default_image_dir(root: Path, name: str) -> Path:
     return root / name if (root / name).is_dir() else root
 
 
+def kaggle_layout(root, csv, image_dir, *, folder: str, table: str, bundled: str,
+                  images: str) -> tuple[Path, Path, Path]:
+    """``(root, csv, image_dir)`` of a Kaggle-style dataset, each defaulted when None: ``root`` is
+    ``<default data root>/<folder>``; the label table is the user's ``root/<table>``, else the copy
+    bundled with torchxrayvision (``bundled``), else ``root/<table>`` (named when missing);
+    ``image_dir`` is ``root/<images>`` (or ``root`` itself when that folder does not exist)."""
+    from .paths import default_data_root, torchxrayvision_data_file
+
+    root = Path(root) if root is not None else default_data_root() / folder
+    if csv is None:
+        csv = first_existing(root / table) or torchxrayvision_data_file(bundled) or root / table
+    image_dir = Path(image_dir) if image_dir is not None else default_image_dir(root, images)
+    return root, Path(csv), image_dir
+
+
 def is_dicom(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in DICOM_SUFFIXES
 

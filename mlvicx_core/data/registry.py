@@ -5,14 +5,18 @@ Pretraining (``data.*`` keys), ``mlvicx evaluate``, the notebooks and the result
 images, split the same way, everywhere.
 
     build_dataset(name, *, root=None, split="train", image_size=64, length=None, seed=0,
-                  fractions=(0.7, 0.1, 0.2), on_error="raise", labelled=True)
+                  fractions=(0.7, 0.1, 0.2), on_error="raise", labelled=True, cache_dir=None)
 
 ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"all"``: the dataset's official split where it
 has one (MedMNIST; NIH's ``train_val_list.txt``/``test_list.txt`` when they lie in ``root``, with
 val carved from train_val), otherwise the patient-disjoint rule of :mod:`mlvicx_core.data.splits`
 with ``fractions`` and ``seed``. ``length`` caps the images: the synthetic data renders that many;
 every other dataset keeps a seeded subset (``seed``), in dataset order. ``labelled=False`` hides the
-labels of the synthetic data (NaN), as self-supervised pretraining should see them.
+labels of the synthetic data (NaN), as self-supervised pretraining should see them. ``cache_dir``
+(``data.cache`` on: ``data.cache_dir``) serves every dataset but the synthetic one from a
+decode-once cache (:class:`~mlvicx_core.data.cache.CachedDataset`, entry ``<cache_dir>/<name>/
+<split>/<image_size>px``): the files are decoded and resized once, later epochs and evaluations
+read memory-mapped uint8 pixels (within 0.5/255 of the decoded ones).
 
 Built in:
 
@@ -77,7 +81,7 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str = "tr
                   image_size: int = 64, length: int | None = None, seed: int = 0,
                   fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
                   on_error: str = "raise", labelled: bool = True, in_memory: bool = False,
-                  bit_depth: int | None = None) -> CXRDataset:
+                  bit_depth: int | None = None, cache_dir: str | Path | None = None) -> CXRDataset:
     """The registered dataset ``name`` (see the module docstring); ``in_memory`` reads it once."""
     if split not in SPLIT_NAMES:
         raise DatasetError(f"split={split!r}: expected one of {SPLIT_NAMES}")
@@ -95,6 +99,11 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str = "tr
         # a missing file, or a table or array that is not what the dataset expects (an empty
         # 'Finding Labels' cell, a wrong column): the message names the file, line or column
         raise DatasetError(f"data.dataset={name!r}: {err}") from err
+    if cache_dir is not None and name != "synthetic":
+        from .cache import CachedDataset
+
+        dataset = CachedDataset(dataset, size=int(image_size), root=Path(cache_dir).expanduser(),
+                                name=name.replace(":", "-"), split=split)
     if name != "synthetic":
         dataset = seeded_subset(dataset, length, seed, in_memory)
     elif in_memory:
@@ -133,32 +142,37 @@ def split_subset(dataset: CXRDataset, split: str, fractions=(0.7, 0.1, 0.2), see
 def dataset_from_config(data, split: str | None = None, length: int | None = -1,
                         labelled: bool = True, in_memory: bool = False) -> CXRDataset:
     """:func:`build_dataset` from a :class:`~mlvicx_core.config.DataConfig` (``split`` and ``length``
-    default to ``data.split`` / ``data.length``); images are stored at ``data.load_size`` or
-    ``data.image_size``."""
+    default to ``data.split`` / ``data.length``); images are stored at ``data.stored_size`` or
+    ``data.view_size``, from the cache when ``data.cache`` is on."""
     return build_dataset(data.dataset, root=data.root, split=split or data.split,
-                         image_size=data.load_size or data.image_size,
+                         image_size=data.stored_size or data.view_size,
                          length=data.length if length == -1 else length, seed=data.seed,
                          fractions=data.split_fractions, on_error=data.on_error,
-                         labelled=labelled, in_memory=in_memory, bit_depth=data.bit_depth)
+                         labelled=labelled, in_memory=in_memory, bit_depth=data.bit_depth,
+                         cache_dir=data.cache_dir if data.cache else None)
 
 
 #: Evaluation split sizes (train, val, test) of the synthetic data when ``eval.split_sizes`` is null.
 SYNTHETIC_EVAL_SIZES = (1600, 200, 400)
 
 
+def split_sizes(length: int, fractions=(0.7, 0.1, 0.2)) -> tuple[int, int, int]:
+    """``length`` images shared out by the split fractions (``data.split_fractions``): train and val
+    rounded, test the rest."""
+    n_train, n_val = round(fractions[0] * length), round(fractions[1] * length)
+    return n_train, n_val, length - n_train - n_val
+
+
 def evaluation_splits(data, split_sizes=None, in_memory: bool = False) -> dict[str, CXRDataset]:
     """The labelled ``train`` / ``val`` / ``test`` splits every evaluation of ``data`` (a
-    :class:`~mlvicx_core.config.DataConfig`) uses, whole images at ``data.load_size`` when set (the
+    :class:`~mlvicx_core.config.DataConfig`) uses, whole images at ``data.stored_size`` when set (the
     stored size the views are cut from, which the online probe also reads), else at
-    ``data.image_size``. ``split_sizes`` (the
+    ``data.view_size`` (from the cache when ``data.cache`` is on). ``split_sizes`` (the
     ``eval.split_sizes`` key): images per split; null means all, and for the synthetic data
     :data:`SYNTHETIC_EVAL_SIZES`."""
     if split_sizes is None:
         split_sizes = SYNTHETIC_EVAL_SIZES if data.dataset == "synthetic" else (None, None, None)
-    size = data.load_size or data.image_size
-    return {s: build_dataset(data.dataset, root=data.root, split=s, image_size=size, length=n, seed=data.seed, fractions=data.split_fractions,
-                             on_error=data.on_error, in_memory=in_memory,
-                             bit_depth=data.bit_depth)
+    return {s: dataset_from_config(data, split=s, length=n, in_memory=in_memory)
             for s, n in zip(("train", "val", "test"), split_sizes)}
 
 
@@ -170,10 +184,10 @@ def _synthetic(*, split, image_size, length, seed, labelled, **_):
     try:
         check_size(image_size)
     except ValueError as err:
-        raise DatasetError(f"stored image size {image_size} (data.load_size, else "
-                           f"data.image_size): the synthetic radiographs are rendered at 64-512 px "
-                           f"({err}); for smaller views keep data.load_size >= 64 and lower "
-                           "data.image_size") from None
+        raise DatasetError(f"stored image size {image_size} (data.stored_size, else "
+                           f"data.view_size): the synthetic radiographs are rendered at 64-512 px "
+                           f"({err}); for smaller views keep data.stored_size >= 64 and lower "
+                           "data.view_size") from None
     return SyntheticCXR(length=2048 if length is None else length, image_size=image_size,
                         seed=seed, split=None if split == "all" else split, labelled=labelled)
 

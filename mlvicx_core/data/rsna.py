@@ -15,14 +15,17 @@ Boxes are in the pixel frame of the DICOM; ``boxes(i)`` scales them by ``S / Col
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .files import (FileDataset, box_scale, default_image_dir, first_existing, index_images,
-                    match_listed)
-from .paths import default_data_root, torchxrayvision_data_file
+from .files import (
+    FileDataset,
+    box_scale,
+    index_images,
+    kaggle_layout,
+    match_listed,
+)
 from .splits import select_split
 from .tables import read_table, row_ref
 
@@ -51,13 +54,9 @@ class RSNAPneumonia(FileDataset):
                  missing: str = "exclude", image_size: int | None = 224, transform=None,
                  on_error: str = "raise") -> None:
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
-        root = Path(root) if root is not None else default_data_root() / "rsna-pneumonia"
-        if csv is None:  # the user's copy, else the one bundled with torchxrayvision
-            csv = first_existing(root / "stage_2_train_labels.csv") or torchxrayvision_data_file(
-                "kaggle_stage_2_train_labels.csv.zip") or root / "stage_2_train_labels.csv"
-        csv = Path(csv)
-        image_dir = (Path(image_dir) if image_dir is not None
-                     else default_image_dir(root, "stage_2_train_images"))
+        root, csv, image_dir = kaggle_layout(
+            root, csv, image_dir, folder="rsna-pneumonia", table="stage_2_train_labels.csv",
+            bundled="kaggle_stage_2_train_labels.csv.zip", images="stage_2_train_images")
         df = read_table(csv, RSNA_COLUMNS)
         ids: list[str] = []
         target: dict[str, int] = {}

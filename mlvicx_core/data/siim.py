@@ -20,10 +20,13 @@ from typing import Sequence
 import numpy as np
 
 from .dicom import dicom_header, dicom_shape
-from .files import (FileDataset, default_image_dir, first_existing, index_images,
-                    match_listed)
+from .files import (
+    FileDataset,
+    index_images,
+    kaggle_layout,
+    match_listed,
+)
 from .imageio import ImageReadError
-from .paths import default_data_root, torchxrayvision_data_file
 from .rle import rle_decode, rle_encode, rle_runs
 from .splits import select_split
 from .tables import read_table, row_ref
@@ -54,13 +57,9 @@ class SIIMPneumothorax(FileDataset):
                  missing: str = "exclude", image_size: int | None = 224, transform=None,
                  on_error: str = "raise") -> None:
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
-        root = Path(root) if root is not None else default_data_root() / "siim-acr-pneumothorax"
-        if csv is None:  # the user's copy, else the one bundled with torchxrayvision
-            csv = first_existing(root / "train-rle.csv") or torchxrayvision_data_file(
-                "siim-pneumothorax-train-rle.csv.gz") or root / "train-rle.csv"
-        csv = Path(csv)
-        image_dir = (Path(image_dir) if image_dir is not None
-                     else default_image_dir(root, "dicom-images-train"))
+        root, csv, image_dir = kaggle_layout(
+            root, csv, image_dir, folder="siim-acr-pneumothorax", table="train-rle.csv",
+            bundled="siim-pneumothorax-train-rle.csv.gz", images="dicom-images-train")
         df = read_table(csv, ["ImageId", "EncodedPixels"], dtype=str, keep_default_na=False)
         rles: dict[str, list[str]] = {}
         for r, (iid, rle) in enumerate(zip(df["ImageId"].str.strip(), df["EncodedPixels"])):

@@ -20,15 +20,18 @@ Checks (errors name ``file:line`` and the column): ``class_name`` is one of the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .files import (FileDataset, box_scale, default_image_dir, first_existing, index_images,
-                    match_listed)
-from .paths import default_data_root, torchxrayvision_data_file
+from .files import (
+    FileDataset,
+    box_scale,
+    index_images,
+    kaggle_layout,
+    match_listed,
+)
 from .splits import select_split
 from .tables import read_table, row_ref
 
@@ -68,13 +71,9 @@ class VinDrCXR(FileDataset):
         super().__init__(image_size=image_size, transform=transform, on_error=on_error)
         if not (isinstance(min_readers, (int, np.integer)) and min_readers >= 1):
             raise ValueError(f"min_readers={min_readers!r}: expected an integer >= 1")
-        root = Path(root) if root is not None else default_data_root() / "vindr-cxr"
-        if csv is None:  # the user's copy, else the one bundled with torchxrayvision
-            csv = first_existing(root / "train.csv") or torchxrayvision_data_file(
-                "vinbigdata-train.csv.gz") or root / "train.csv"
-        csv = Path(csv)
-        image_dir = (Path(image_dir) if image_dir is not None
-                     else default_image_dir(root, "train"))
+        root, csv, image_dir = kaggle_layout(
+            root, csv, image_dir, folder="vindr-cxr", table="train.csv",
+            bundled="vinbigdata-train.csv.gz", images="train")
         df = read_table(csv, VINDR_COLUMNS)
         col = {name: k for k, name in enumerate(VINDR_FINDINGS)} | {NO_FINDING: 14}
         image = df["image_id"].astype(str).str.strip().to_numpy()

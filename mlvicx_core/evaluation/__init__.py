@@ -10,17 +10,17 @@ Markdown), ``baselines`` (random / ImageNet reference encoders), ``trunk`` (the 
 functions that need them.
 """
 from .baselines import BASELINES, BaselineUnavailable, reference_encoder
-from .embeddings import KINDS, Features, extract_features
+from .embeddings import Features, extract_features
 from .knn import knn_scores, select_k
 from .localisation import boxes_to_mask, energy_inside, localisation_scores, pointing_hit
 from .metrics import AurocResult, auroc, bootstrap_auroc, dice, per_finding_auroc
-from .pipeline import ROW_COLUMNS, TASKS, evaluate, mean_auroc
+from .pipeline import evaluate, mean_auroc
 from .probe import LinearProbe, fit_linear_probe
-from .report import read_results, write_results
+from .report import ROW_COLUMNS, read_results, write_results
 from .trunk import Trunk
 
 __all__ = [
-    "BASELINES", "KINDS", "ROW_COLUMNS", "TASKS", "AurocResult", "BaselineUnavailable", "Features",
+    "BASELINES", "ROW_COLUMNS", "AurocResult", "BaselineUnavailable", "Features",
     "LinearProbe", "Trunk", "auroc", "bootstrap_auroc", "boxes_to_mask", "dice", "energy_inside",
     "evaluate", "extract_features", "fit_linear_probe", "knn_scores", "localisation_scores",
     "mean_auroc", "per_finding_auroc", "pointing_hit", "read_results", "reference_encoder",

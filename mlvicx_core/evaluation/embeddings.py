@@ -11,7 +11,7 @@ Three kinds of features:
 
 Extraction runs in eval mode under ``torch.no_grad()``, batched, on any device. With ``cache_dir``
 the result is stored as ``<cache_dir>/<kind>-<model hash>-<dataset hash>.npz``: the model hash covers
-every weight (:func:`~.checkpoint.state_fingerprint`), the dataset hash covers every image
+every weight (:func:`state_fingerprint`), the dataset hash covers every image
 (:func:`dataset_fingerprint` states exactly what it detects and what it does not).
 """
 from __future__ import annotations
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import FEATURE_KINDS
 from ..devices import select_device
 from ..model import MLVICX
 from .trunk import Trunk
 
-KINDS = ("trunk", "layer3+layer4", "global", "multi")
-TRUNK_KINDS = ("trunk", "layer3+layer4")
+TRUNK_KINDS = ("trunk", "layer3+layer4")  # the kinds read from the transferable trunk
 #: Enters every dataset key; bump it when a change of the kit alters the pixels that a dataset
 #: serves from unchanged files (a reader fix), so that features cached before are not reused.
 FINGERPRINT_VERSION = 2
@@ -155,8 +155,8 @@ def batch_features(net: torch.nn.Module, images: torch.Tensor, kind: str) -> tor
 
 
 def _network(model: MLVICX, kind: str, gates: bool) -> torch.nn.Module:
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {FEATURE_KINDS}")
     if kind == "multi" and getattr(model, "fusion", None) is None:
         raise ValueError("kind='multi' needs an MLVICX with a multi-level branch (this is VICReg)")
     return Trunk(model, keep_gates=gates) if kind in TRUNK_KINDS else model
@@ -210,8 +210,8 @@ def extract_features(model: MLVICX, dataset: Dataset, kind: str = "trunk", *, ga
     Returns :class:`Features`; with ``cache_dir`` a second call with the same weights and dataset
     loads the stored arrays instead of running the network.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {FEATURE_KINDS}")
     if len(dataset) == 0:
         raise ValueError(f"{type(dataset).__name__} is empty: nothing to extract")
     path = None

@@ -33,6 +33,13 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
 
+    @classmethod
+    def with_probe(cls, model: nn.Module, probe, keep_gates: bool = False) -> Classifier:
+        """The frozen trunk of ``model`` (a copy, gates kept when ``keep_gates``) with a fitted
+        :class:`~.probe.LinearProbe` as head, in eval mode: the classifier Grad-CAM explains."""
+        head = probe.as_torch_head()
+        return cls(Trunk(model, keep_gates=keep_gates), head.out_features, head=head).eval()
+
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean BCE-with-logits over the known (non-NaN) labels; 0 when none is known."""

@@ -10,11 +10,9 @@ Any tap can be the target layer: ``stem``, ``layer1`` ... ``layer4`` (the output
 gate, which is the tap itself). Maps are (B, H, W) in [0, 1] at the input size (grad-cam applies a
 ReLU, upsamples and min-max scales each map). Every call builds its CAM object inside a ``with``
 block, so the forward hooks are removed and the stored activations dropped after each batch: memory
-stays flat over any number of images.
+stays flat over any number of images. Drawing the maps is ``mlvicx_core.viz.figures``.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .localisation import boxes_to_mask, localisation_scores
+from .localisation import localisation_scores, positive_examples
 
 
 class SimilarityTarget:
@@ -96,83 +94,23 @@ def similarity_cams(model: nn.Module, images: torch.Tensor, reference: torch.Ten
     return cam_maps(net, images, _tap_module(inner, tap), [SimilarityTarget(r) for r in refs])
 
 
-def overlay(image: np.ndarray | torch.Tensor, cam: np.ndarray, alpha: float = 0.4,
-            cmap: str = "jet") -> np.ndarray:
-    """RGB (H, W, 3) float in [0, 1]: the grey image as shown (0 black, 1 white) under the heatmap.
-
-    ``image`` is (H, W) or (1, H, W) in [0, 1] (the kit's intensity contract; anything outside is an
-    error rather than silently rescaled); ``cam`` is (H, W) in [0, 1].
-    """
-    import matplotlib
-
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3 and img.shape[0] == 1:
-        img = img[0]
-    cam = np.asarray(cam, dtype=np.float32)
-    if img.ndim != 2 or cam.shape != img.shape:
-        raise ValueError(f"image {img.shape} and cam {cam.shape}: expected one shape (H, W)")
-    if img.min() < 0 or img.max() > 1:
-        raise ValueError(f"image values in [{img.min():.3g}, {img.max():.3g}]: expected [0, 1]")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha={alpha}: expected a value in [0, 1]")
-    heat = matplotlib.colormaps[cmap](np.clip(cam, 0, 1))[..., :3]
-    return (1 - alpha) * np.repeat(img[..., None], 3, axis=2) + alpha * heat
-
-
 def localisation_eval(classifier: nn.Module, dataset, finding: int, *, tap: str = "layer4",
                       tolerance: float = 0.0, batch_size: int = 16, max_images: int | None = None,
                       ) -> dict[str, float]:
     """Pointing game and energy-inside of one finding's Grad-CAM on the dataset's positive images.
 
-    Regions: ``sample["mask"][finding]`` when the dataset has masks, else ``dataset.boxes(i)`` boxes
-    of that finding; positives without a region are left out, at most ``max_images`` are scored.
+    The images and regions are :func:`~.localisation.positive_examples` (masks, else boxes;
+    positives without a region left out), at most ``max_images``.
     Scores, counts and chance levels as in :func:`~.localisation.localisation_scores` (tie-aware
     pointing; constant maps, e.g. all-zero, are undefined and counted in ``n_constant``; the
     uniform-map chance levels are computed on the images scored).
     """
-    name = dataset.findings[finding]
-    positives = [i for i in range(len(dataset)) if dataset.labels[i, finding] == 1]
-    # gather images whose region is non-empty first: Grad-CAM is only run where it can be scored
-    images, regions = [], []
-    for i in positives:
-        if max_images is not None and len(images) >= max_images:
-            break
-        sample = dataset[i]
-        if getattr(dataset, "has_masks", False):
-            region = sample["mask"][finding].numpy()
-        else:
-            region = boxes_to_mask(dataset.boxes(i), tuple(sample["image"].shape[-2:]), name)
-        if region.any():
-            images.append(sample["image"])
-            regions.append(region)
-    if not images:
+    # the positives with a region first: Grad-CAM is only run where it can be scored
+    images, regions, _ = positive_examples(dataset, None, finding, max_images)
+    if images is None:
         return {"pointing_game": float("nan"), "energy_inside": float("nan"), "n": 0,
                 "n_energy": 0, "n_constant": 0,
                 "chance_pointing": float("nan"), "chance_energy": float("nan")}
-    maps = [finding_cams(classifier, torch.stack(images[s:s + batch_size]), finding, tap)
+    maps = [finding_cams(classifier, images[s:s + batch_size], finding, tap)
             for s in range(0, len(images), batch_size)]
-    return localisation_scores(np.concatenate(maps), np.stack(regions), tolerance)
-
-
-def cam_gallery(classifier, images, findings: list[str], tap: str, path: str | Path):
-    """Rows: findings; columns: ``images`` (N, 1, S, S); each cell the Grad-CAM of that finding's
-    logit at ``tap`` over the image. Saved to ``path`` (PNG); returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    fig, axes = plt.subplots(len(findings), n, figsize=(2 * n, 2 * len(findings)), squeeze=False)
-    for k, f in enumerate(findings):
-        maps = finding_cams(classifier, images, k, tap)
-        for j, ax in enumerate(axes[k]):
-            ax.imshow(overlay(images[j, 0].numpy(), maps[j]))
-            ax.set_axis_off()
-            ax.set_title(f if j == 0 else "", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return localisation_scores(np.concatenate(maps), regions, tolerance)

@@ -16,7 +16,9 @@
   pointer scores the share of the image covered by the dilated region (``chance_pointing``), a
   uniform map the region's share (``chance_energy``).
 
-Regions come from the generator's masks directly, or from NIH boxes via :func:`boxes_to_mask`.
+Regions come from the generator's masks directly, or from NIH boxes via :func:`boxes_to_mask`;
+:func:`positive_examples` picks the positive images that have one (what every Grad-CAM score and
+figure of the kit is computed on).
 """
 from __future__ import annotations
 
@@ -88,6 +90,35 @@ def boxes_to_mask(boxes: list[tuple[str, float, float, float, float]], size: int
         inside_r = (rows >= y) & (rows < y + h)
         mask |= inside_r[:, None] & inside_c[None, :]
     return mask
+
+
+def positive_examples(dataset, indices, finding: int, n: int | None = None):
+    """Up to ``n`` images (N, 1, S, S) of ``dataset`` (restricted to ``indices``, all when None),
+    in order, that are positive for finding index ``finding`` and have a non-empty region; their
+    regions (N, S, S) bool and their dataset indices. Regions: ``sample["mask"][finding]`` when the
+    dataset has masks, else the finding's ``dataset.boxes(i)``. ``(None, None, [])`` when none."""
+    import torch
+
+    name = dataset.findings[finding]
+    labels = np.asarray(dataset.labels)
+    images, regions, picked = [], [], []
+    for i in range(len(dataset)) if indices is None else indices:
+        if n is not None and len(images) >= n:
+            break
+        if labels[i, finding] != 1:
+            continue
+        sample = dataset[int(i)]
+        if getattr(dataset, "has_masks", False):
+            region = sample["mask"][finding].numpy().astype(bool)
+        else:
+            region = boxes_to_mask(dataset.boxes(int(i)), tuple(sample["image"].shape[-2:]), name)
+        if region.any():
+            images.append(sample["image"])
+            regions.append(region)
+            picked.append(int(i))
+    if not images:
+        return None, None, []
+    return torch.stack(images), np.stack(regions), picked
 
 
 def localisation_scores(heatmaps: np.ndarray, regions: np.ndarray,

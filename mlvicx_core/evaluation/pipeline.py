@@ -8,7 +8,7 @@ fractions are drawn from the training split per patient (:func:`~mlvicx_core.dat
 identically for every encoder; hyper-parameters (probe C, kNN k, fine-tuning epoch) are chosen on
 ``val``; every score is on ``test``.
 
-Rows have one schema, :data:`ROW_COLUMNS`::
+Rows have one schema, :data:`~.report.ROW_COLUMNS`::
 
     dataset, encoder, seed, task, k, fraction, finding, metric, value, ci_low, ci_high, n, note
 
@@ -29,24 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError, EvalConfig
+from ..config import TASKS, ConfigError, EvalConfig
 from ..data.splits import label_fraction
 from ..data.subset import Subset
-from .embeddings import TRUNK_KINDS, extract_features
+from .embeddings import extract_features
 from .metrics import bootstrap_auroc
-
-TASKS = ("probe", "knn", "factors", "finetune", "segmentation", "gradcam", "umap")
-ROW_COLUMNS = ["dataset", "encoder", "seed", "task", "k", "fraction", "finding", "metric",
-               "value", "ci_low", "ci_high", "n", "note"]
-
-
-def row(**fields) -> dict:
-    """One result row (unknown fields are an error; missing ones are empty)."""
-    unknown = sorted(set(fields) - set(ROW_COLUMNS))
-    if unknown:
-        raise ValueError(f"result row has unknown field(s) {unknown}; expected {ROW_COLUMNS}")
-    return {c: fields.get(c, np.nan if c in ("value", "ci_low", "ci_high") else None)
-            for c in ROW_COLUMNS}
+from .report import row, write_results
 
 
 def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] | None = None
@@ -55,9 +43,8 @@ def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] |
     missing = [s for s in ("train", "val", "test") if s not in splits]
     if missing:
         raise ConfigError(f"evaluation needs the splits train, val and test; missing {missing}")
-    if "gradcam" in config.tasks and config.features not in TRUNK_KINDS[:1]:
-        raise ConfigError("eval.tasks has 'gradcam', which explains a probe on the pooled trunk: "
-                         "set eval.features=trunk")
+    if "gradcam" in config.tasks:
+        check_gradcam_features(config)
     if "gradcam" in config.tasks and "probe" not in config.tasks:
         raise ConfigError("eval.tasks has 'gradcam', which explains the linear probe: add 'probe'")
     if "umap" in config.tasks and config.colour_by:
@@ -66,6 +53,14 @@ def check_settings(config: EvalConfig, splits: dict, colour_columns: list[str] |
         if bad:
             raise ConfigError(f"eval.colour_by={list(config.colour_by)}: {bad} unknown; expected "
                              f"findings or metadata columns of the test split: {columns}")
+
+
+def check_gradcam_features(config: EvalConfig) -> None:
+    """Grad-CAM explains a probe on the pooled trunk (the classifier's input): ``eval.features``
+    must be ``trunk``."""
+    if config.features != "trunk":
+        raise ConfigError(f"eval.features={config.features!r}: Grad-CAM explains a probe on the "
+                          "pooled trunk: set eval.features=trunk")
 
 
 def colour_choices(dataset) -> list[str]:
@@ -149,13 +144,12 @@ class Evaluation:
 
     # -- tasks ----------------------------------------------------------------------------------
     def probe(self) -> list[dict]:
-        from .probe import fit_linear_probe
+        from .probe import fit_probe
 
         tr, va, te = self.feats["train"], self.feats["val"], self.feats["test"]
 
         def score(f, sub):
-            probe = fit_linear_probe(tr.x[sub], tr.labels[sub], va.x, va.labels,
-                                     Cs=self.cfg.probe_cs, max_iter=self.cfg.probe_max_iter)
+            probe = fit_probe(tr.x[sub], tr.labels[sub], va.x, va.labels, self.cfg)
             if f == max(self.cfg.fractions):
                 self.full_probe = probe
             return te.labels, probe.scores(te.x), f"C={probe.C:g}; {len(sub)} training images", None
@@ -235,10 +229,8 @@ class Evaluation:
     def classifier(self):
         """The frozen trunk with the full-label probe as head (what Grad-CAM explains)."""
         from .finetune import Classifier
-        from .trunk import Trunk
 
-        return Classifier(Trunk(self.model, keep_gates=self.cfg.keep_gates), len(self.findings),
-                          head=self.full_probe.as_torch_head()).eval()
+        return Classifier.with_probe(self.model, self.full_probe, self.cfg.keep_gates)
 
     def gradcam(self) -> list[dict]:
         from .gradcam import localisation_eval
@@ -271,16 +263,21 @@ class Evaluation:
         return rows
 
     def gradcam_gallery(self, clf) -> Path:
-        from .gradcam import cam_gallery
+        """Rows: the first localisation images; columns: the Grad-CAM of each finding's logit at
+        ``eval.gradcam_tap``."""
+        from ..viz.figures import plot_cam_grid, save
+        from .gradcam import finding_cams
 
         images = torch.stack([self.localisation[i]["image"]
                               for i in range(min(4, len(self.localisation)))])
-        path = self.out_dir / "figures" / f"gradcam-{self.name}.png"
-        cam_gallery(clf, images, self.findings, self.cfg.gradcam_tap, path)
-        return path
+        tap = self.cfg.gradcam_tap
+        cams = {f: finding_cams(clf, images, k, tap) for k, f in enumerate(self.findings)}
+        fig = plot_cam_grid(images[:, 0].numpy(), cams, None, f"{self.name}: Grad-CAM at {tap}")
+        return save(fig, self.out_dir / "figures" / f"gradcam-{self.name}.png", dpi=100)
 
     def umap(self) -> list[dict]:
-        from .umap_view import UMAP_MIN_POINTS, colour_table, plot_umap, umap_embed
+        from ..viz.figures import plot_umap_grid, save
+        from .umap_view import UMAP_MIN_POINTS, colour_table, umap_embed
 
         te = self.feats["test"]
         ds = self.splits["test"]
@@ -296,7 +293,9 @@ class Evaluation:
             safe = "".join(ch if ch.isalnum() else "_" for ch in col)
             path = (self.out_dir / "figures" / f"umap-{self.name}-{safe}.png"
                     if self.out_dir is not None else None)
-            plot_umap(coords, table[col], col, path)
+            fig = plot_umap_grid({(self.name, self.cfg.features): coords}, table[col], col)
+            if path is not None:
+                save(fig, path, dpi=120)
             rows.append(self.base(task="umap", finding=col, metric="figure", n=len(te.x),
                                   note=str(path) if path else ""))
         return rows
@@ -313,8 +312,6 @@ def evaluate(encoders: dict, splits: dict, config: EvalConfig, *, dataset: str =
     each encoder's tasks (its features, its full-label probe and ``classifier()`` are there).
     ``progress``: a bar over encoder x task, named after the pair that runs (the notebooks)."""
     from tqdm.auto import tqdm
-
-    from .report import write_results
 
     check_settings(config, splits)
     out = Path(out_dir) if out_dir is not None else None

@@ -17,9 +17,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from ..config import EvalConfig
 from .metrics import nanmean_or_nan, per_finding_auroc
-
-DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 @dataclass
@@ -76,9 +75,11 @@ def _fit_one_c(z: np.ndarray, y: np.ndarray, C: float, max_iter: int):
 
 
 def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                     y_val: np.ndarray, Cs: tuple[float, ...] = DEFAULT_CS,
-                     max_iter: int = 2000) -> LinearProbe:
+                     y_val: np.ndarray, Cs: tuple[float, ...] | None = None,
+                     max_iter: int | None = None) -> LinearProbe:
     """Fit one probe per ``C`` on train, keep the one with the best mean validation AUROC.
+
+    ``Cs`` and ``max_iter`` default to the ``eval.probe_cs`` and ``eval.probe_max_iter`` defaults.
 
     Shapes: x (N, D) features, y (N, K) in {0, 1, NaN}. Ties go to the smaller ``C`` (stronger
     regularisation). If no finding has both classes in validation, the middle ``C`` is kept.
@@ -92,6 +93,9 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     if x_val.shape[1:] != x_train.shape[1:] or y_val.shape[1:] != y_train.shape[1:]:
         raise ValueError(f"validation shapes {x_val.shape}, {y_val.shape} do not match training "
                          f"{x_train.shape}, {y_train.shape}")
+    defaults = EvalConfig()
+    Cs = defaults.probe_cs if Cs is None else Cs
+    max_iter = defaults.probe_max_iter if max_iter is None else max_iter
     if not Cs:
         raise ValueError("Cs: give at least one C")
     mean = x_train.mean(axis=0)
@@ -203,3 +207,11 @@ def _fit_ridge_patterns(z, y, known, alphas, coef, intercept, chosen, untrainabl
             chosen[j] = best
             coef[j] = vt.T @ ((s / (s * s + best * n)) * (u.T @ yc))
             intercept[j] = yj.mean() - coef[j] @ z[rows].mean(axis=0)
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+              config: EvalConfig) -> LinearProbe:
+    """The kit's linear probe: :func:`fit_linear_probe` with ``eval.probe_cs`` and
+    ``eval.probe_max_iter`` (the evaluation pipeline, Grad-CAM's classifier)."""
+    return fit_linear_probe(x_train, y_train, x_val, y_val, Cs=config.probe_cs,
+                            max_iter=config.probe_max_iter)

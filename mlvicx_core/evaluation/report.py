@@ -1,5 +1,5 @@
 """The results files of an evaluation: one long CSV (a row per dataset x encoder x task x fraction x
-finding x metric, columns :data:`~mlvicx_core.evaluation.pipeline.ROW_COLUMNS`) and a Markdown
+finding x metric, columns :data:`ROW_COLUMNS`) and a Markdown
 summary: one table per task and metric (rows: encoder and label fraction, plus the chosen k for
 kNN; columns: findings and their mean; cells: value [95 % CI]; "undefined" where a metric has no
 value), then each distinct note once.
@@ -9,9 +9,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .pipeline import ROW_COLUMNS, row
+#: The one row schema of every evaluation (``mlvicx_core.evaluation.pipeline`` fills it).
+ROW_COLUMNS = ["dataset", "encoder", "seed", "task", "k", "fraction", "finding", "metric",
+               "value", "ci_low", "ci_high", "n", "note"]
+
+
+def row(**fields) -> dict:
+    """One result row (unknown fields are an error; missing ones are empty)."""
+    unknown = sorted(set(fields) - set(ROW_COLUMNS))
+    if unknown:
+        raise ValueError(f"result row has unknown field(s) {unknown}; expected {ROW_COLUMNS}")
+    return {c: fields.get(c, np.nan if c in ("value", "ci_low", "ci_high") else None)
+            for c in ROW_COLUMNS}
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:

@@ -1,9 +1,11 @@
 """Grad-CAM at every tap of a pretrained encoder, scored against the true lesion (pointing game).
 
 A self-supervised encoder has no "finding" output, so, as in the paper's analysis, a linear probe is
-fitted on its frozen trunk features first (:func:`probe_classifier`); Grad-CAM then explains that
-probe's logit for one finding, at any of the five taps (``stem`` ... ``layer4``). The question is
-whether the peak of the heatmap falls on the lesion (pointing game), and how that changes with depth.
+fitted on its frozen trunk features first (:func:`probe_classifier`: the evaluation pipeline's
+probe and classifier, with the ``eval.*`` keys); Grad-CAM then explains that probe's logit for one
+finding, at any of the five taps (``stem`` ... ``layer4``), on the positive images with a region
+(:func:`~.localisation.positive_examples`). The question is whether the peak of the heatmap falls on
+the lesion (pointing game), and how that changes with depth.
 """
 from __future__ import annotations
 
@@ -13,49 +15,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import LEVELS
+from ..config import LEVELS, EvalConfig
 from ..data.subset import Subset
 from .embeddings import extract_features
 from .finetune import Classifier
 from .gradcam import finding_cams, localisation_eval
-from .probe import fit_linear_probe
-from .trunk import Trunk
+from .localisation import positive_examples
+from .probe import fit_probe
 
 
-def probe_classifier(model, splits: dict, cache_dir=None) -> Classifier:
-    """The frozen trunk of ``model`` with a linear probe (fitted on ``splits['train']``, its ``C``
-    chosen on ``splits['val']``) as head: a classifier Grad-CAM can explain, in eval mode."""
-    tr = extract_features(model, splits["train"], "trunk", cache_dir=cache_dir)
-    va = extract_features(model, splits["val"], "trunk", cache_dir=cache_dir)
-    probe = fit_linear_probe(tr.x, tr.labels, va.x, va.labels)
-    clf = Classifier(Trunk(model), len(splits["train"].findings), head=probe.as_torch_head())
-    return clf.eval()
+def probe_classifier(model, splits: dict, cache_dir=None, *,
+                     config: EvalConfig | None = None) -> Classifier:
+    """The frozen trunk of ``model`` with the kit's linear probe (:func:`~.probe.fit_probe`, fitted
+    on ``splits['train']``, its ``C`` from ``eval.probe_cs`` chosen on ``splits['val']``) as head:
+    the classifier the evaluation pipeline's Grad-CAM explains, in eval mode. ``config``: the
+    ``eval.*`` keys (default: their defaults); ``cache_dir`` replaces ``eval.cache_dir``."""
+    from .pipeline import check_gradcam_features
 
-
-def positive_examples(dataset, indices: np.ndarray, finding: int, n: int):
-    """Up to ``n`` images (N, 1, S, S) of ``indices`` positive for ``finding`` with a non-empty
-    region, their regions (N, S, S) bool and dataset indices. Regions: masks, else NIH boxes."""
-    from .localisation import boxes_to_mask
-
-    name = dataset.findings[finding]
-    images, regions, picked = [], [], []
-    for i in indices:
-        if len(images) >= n:
-            break
-        if np.asarray(dataset.labels)[i, finding] != 1:
-            continue
-        sample = dataset[int(i)]
-        if getattr(dataset, "has_masks", False):
-            region = sample["mask"][finding].numpy().astype(bool)
-        else:
-            region = boxes_to_mask(dataset.boxes(int(i)), tuple(sample["image"].shape[-2:]), name)
-        if region.any():
-            images.append(sample["image"])
-            regions.append(region)
-            picked.append(int(i))
-    if not images:
-        return None, None, []
-    return torch.stack(images), np.stack(regions), picked
+    c = config if config is not None else EvalConfig()
+    if cache_dir is not None:
+        c = c.replace(cache_dir=str(cache_dir))
+    check_gradcam_features(c)
+    tr, va = (extract_features(model, splits[s], c.features, gates=c.keep_gates,
+                               batch_size=c.batch_size, device=c.device, cache_dir=c.cache_dir)
+              for s in ("train", "val"))
+    probe = fit_probe(tr.x, tr.labels, va.x, va.labels, c)
+    return Classifier.with_probe(model, probe, c.keep_gates)
 
 
 def cams_per_tap(classifier: Classifier, images: torch.Tensor, finding: int,

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..config import LEVELS
-from ..model import MLVICX, gated_taps, normalize_images
+from ..model import MLVICX, GatedTrunk
 
 
-class Trunk(nn.Module):
+class Trunk(GatedTrunk):
     """ResNet trunk taking [0, 1] images (B, 1 or 3, H, W).
 
     ``forward(x)`` -> global-average-pooled layer4 features (B, feature_dim);
@@ -37,14 +37,8 @@ class Trunk(nn.Module):
         self.register_buffer("mean", model.mean.clone(), persistent=False)
         self.register_buffer("std", model.std.clone(), persistent=False)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize_images(x, self.mean, self.std)
-
-    def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return gated_taps(self.backbone, self.gates, self.normalize(x))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.taps(x)["layer4"].mean(dim=(2, 3))
+        return self.encode(x)
 
     def tap_module(self, level: str) -> nn.Module:
         if level not in LEVELS:

@@ -12,6 +12,7 @@ Without the variance term, invariance (views agree) and covariance (a shrinking 
 shrinking covariance) both reward shrinking every embedding towards one point: ``std`` falls to 0 and
 the loss falls with it, which looks like success. With it, ``std`` stays near 1 and the views still
 agree. The encoder ends in a Linear layer (no BatchNorm), so the scale is free to collapse quickly.
+``mlvicx_core.viz.training.plot_collapse_demo`` draws the result.
 """
 from __future__ import annotations
 
@@ -58,23 +59,3 @@ def collapse_demo(std_coeffs: tuple[float, ...] = (25.0, 0.0), steps: int = 200,
                          **{k: float(v.detach()) for k, v in terms.items()},
                          **embedding_diagnostics(za)})
     return pd.DataFrame(rows)
-
-
-def plot_collapse_demo(frame: pd.DataFrame):
-    """Invariance, per-dimension std and effective rank over steps, one line per ``std_coeff``."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), constrained_layout=True)
-    for k, (std_coeff, d) in enumerate(frame.groupby("std_coeff", sort=False)):
-        label = f"std_coeff={std_coeff:g}" + (" (no variance term)" if std_coeff == 0 else "")
-        axes[0].plot(d["step"], d["invariance"], color=f"C{k}", label=label)
-        axes[1].plot(d["step"], d["std_mean"], color=f"C{k}", label=f"{label}: mean")
-        axes[1].plot(d["step"], d["std_min"], "--", color=f"C{k}", label=f"{label}: min")
-        axes[2].plot(d["step"], d["eff_rank"], color=f"C{k}", label=label)
-    for ax, title in zip(axes, ["invariance s", "per-dimension std", "effective rank"]):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    axes[0].set_yscale("log")
-    axes[1].axhline(1.0, color="grey", lw=0.8)
-    return fig

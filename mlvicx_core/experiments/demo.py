@@ -1,6 +1,6 @@
 """The demo (``make demo`` = ``mlvicx demo``): pretrain the teaching recipe, then tell the truth.
 
-1. :func:`~mlvicx_core.train.runs.train_or_load` the ``teaching`` preset on the synthetic radiographs
+1. :func:`~mlvicx_core.train.trainer.train_or_load` the ``teaching`` preset on the synthetic radiographs
    (a finished run with the same configuration is reused), with the online probe on;
 2. score the frozen trunk and the *same network at random init* on radiographs of patients never
    pretrained on, with the kit's one evaluation pipeline: the linear probe on pooled layer4 and on
@@ -60,10 +60,10 @@ class DemoReport:
 def _header(c) -> str:
     steps = c.train.max_steps or (c.train.epochs * (c.data.length // c.train.batch_size)
                                   if c.data.length else "all")
-    stored = f" views of {c.data.load_size} px radiographs" if c.data.load_size else ""
+    stored = f" views of {c.data.stored_size} px radiographs" if c.data.stored_size else ""
     net = f"ResNet-18 width {c.model.width}" + (f", {c.model.stem} stem"
                                                  if c.model.stem != "imagenet" else "")
-    return (f"MLVICX demo: teaching preset ({net}; {c.data.image_size} px{stored}; "
+    return (f"MLVICX demo: teaching preset ({net}; {c.data.view_size} px{stored}; "
             f"{c.data.length} {c.data.dataset} radiographs; {steps} steps of batch "
             f"{c.train.batch_size}, {c.optim.name}; online probe every "
             f"{c.train.eval_every or '-'} steps)")
@@ -76,8 +76,8 @@ def run_demo(config, log=print) -> DemoReport:
     from ..evaluation.metrics import paired_auroc_difference
     from ..evaluation.pipeline import evaluate, mean_auroc
     from ..evaluation.report import write_results
-    from ..train.metrics import read_metrics
-    from ..train.runs import train_or_load
+    from ..train.metrics_log import read_metrics
+    from ..train.trainer import train_or_load
     from ..viz.training import plot_probe_comparison, plot_training
 
     c = config

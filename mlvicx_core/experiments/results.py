@@ -3,17 +3,18 @@
 Encoders (all at the preset's size, by default ``teaching``)::
 
     random        no pretraining: the trunk at its seeded random init (mlvicx_core.evaluation.baselines)
-    vicreg, mlvicx, mlvicx-no-cb, mlvicx-frozen     the variants of mlvicx_core.variants
+    vicreg, mlvicx, mlvicx-no-cb, mlvicx-frozen     the variants of mlvicx_core/variants.yaml
 
 Budget: every pretraining run takes exactly ``train.max_steps`` optimizer steps of
 ``train.batch_size`` two-view images, the same for every encoder, dataset and seed, with a cosine
-schedule spanning exactly those steps (20 % linear warmup). The pretraining set is the first
+schedule spanning exactly those steps (the preset's warmup share: one epoch of the teaching
+preset's twelve, 16 of 192 steps). The pretraining set is the first
 ``n = spe * batch`` images of the train split, ``spe = ceil(steps / epochs)``,
 ``epochs = ceil(steps * batch / N)`` (:func:`schedule`). Runs go through the engine
 (``train_or_load``): a run folder ``<out>/runs/<dataset>/<encoder>/seed<k>`` with the same
 configuration is reused, an interrupted one resumes.
 
-Data (:data:`BENCHMARKS`, through the dataset registry): the synthetic phantom (patient-disjoint
+Data (:data:`DATASETS`, through the dataset registry): the synthetic phantom (patient-disjoint
 splits by construction; every finding has a mask; Grad-CAM on the test split), the 1,000 real NIH
 images at 64 px (patient-disjoint 70/10/20 split; Grad-CAM on every image with an expert box) and
 PneumoniaMNIST (official splits; no regions). A dataset whose files are absent is skipped with a
@@ -21,7 +22,8 @@ note.
 
 Read-outs: the evaluation pipeline (``mlvicx_core.evaluation.pipeline``) with the ``eval.*`` keys:
 linear probe at every label fraction and Grad-CAM of the full-label probe, per (dataset, encoder,
-seed). The command line is ``mlvicx results`` (``python -m mlvicx_core.experiments.results``).
+seed). Settings: the ``results`` preset (``results-smoke`` for the test suite's budget). The command
+line is ``mlvicx results`` (``mlvicx_core.cli``); the report is :mod:`.results_report`.
 """
 from __future__ import annotations
 
@@ -35,42 +37,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import Config, load_config
+from ..config import VARIANTS, Config
 from ..data.paths import shared_data_dir
-from ..data.registry import build_dataset
+from ..data.registry import SYNTHETIC_EVAL_SIZES, build_dataset, evaluation_splits
 from ..data.subset import Subset
 from ..evaluation.baselines import reference_encoder
-from ..evaluation.pipeline import ROW_COLUMNS, evaluate
+from ..evaluation.pipeline import evaluate
+from ..evaluation.report import ROW_COLUMNS
 from ..train import train_or_load
 from ..train.online_probe import OnlineProbe
-from ..variants import VARIANTS
 
 ENCODERS = ("random", *VARIANTS)
 #: What each dataset of the experiment is: registry name, where its files live below the shared
-#: data folder, evaluation split sizes at scale 1 (train, val, test; None = all).
-BENCHMARKS: dict[str, dict] = {
+#: data folder, evaluation split sizes at scale 1 (train, val, test; None = all), used unless
+#: ``eval.split_sizes`` sets them for every dataset.
+DATASETS: dict[str, dict] = {
     "synthetic": {"title": "Synthetic phantom (embedded)", "root": None,
-                  "split_sizes": (1600, 200, 400)},
+                  "split_sizes": SYNTHETIC_EVAL_SIZES},
     "nih": {"title": "NIH ChestX-ray14 (real, 64 px)", "root": "nih/images-64px",
             "split_sizes": (None, None, None)},
     "pneumoniamnist": {"title": "PneumoniaMNIST (real, 28 px upsampled to 64)",
                        "root": "medmnist", "split_sizes": (1500, None, None)},
 }
-#: The experiment's own defaults on top of the preset (every key overridable with --set).
-DEFAULTS = {
-    # the teaching recipe's budget (192 steps of batch 64), the online probe every 24 steps for the
-    # learning curves; the read-out is pooled layer4 (eval.features=trunk) because Grad-CAM explains
-    # that probe (benchmarks/results/recipe_search.md compares it with layer3+layer4)
-    "train.max_steps": 192, "train.batch_size": 64, "train.threads": 2, "train.progress": False,
-    "train.tensorboard": False, "train.eval_every": 24, "eval.features": "trunk",
-    "eval.tasks": ["probe", "gradcam"],
-    "eval.fractions": [0.01, 0.1, 1.0], "eval.min_patients": 5, "eval.n_boot": 500,
-    "eval.probe_cs": [0.001, 0.01, 0.1, 1.0], "eval.probe_max_iter": 200,
-    # layer2 is 8 x 8 at 64 px (layer4 is 2 x 2 and cannot point); 4 px ~ 15 px at 224 px
-    "eval.gradcam_tap": "layer2", "eval.tolerance": 4.0, "eval.gradcam_images": 32,
-}
 #: What ``mlvicx results`` runs by default (``--datasets`` adds the real ones).
-DATASETS = ("synthetic",)
+DEFAULT_DATASETS = ("synthetic",)
 FIGURE_IMAGES = 4  # synthetic test images in the heatmap figure
 
 
@@ -93,25 +83,20 @@ def scaled(config: Config, scale: float) -> Config:
     return config.set({"train.max_steps": steps})
 
 
-class Benchmark:
+class ExperimentDataset:
     """One dataset of the experiment: labelled splits in memory, localisation set, config."""
 
-    def __init__(self, name: str, config: Config, root: Path | None, scale: float = 1.0,
-                 split_sizes: tuple | None = None) -> None:
-        spec = BENCHMARKS[name]
+    def __init__(self, name: str, config: Config, root: Path | None, scale: float = 1.0) -> None:
+        spec = DATASETS[name]
         self.name, self.title = name, spec["title"]
-        sizes = split_sizes or [None if s is None else max(8, round(s * scale))
-                                for s in spec["split_sizes"]]
+        sizes = config.eval.split_sizes or [None if s is None else max(8, round(s * scale))
+                                            for s in spec["split_sizes"]]
         self.config = config.set({"data.dataset": name, "data.root": str(root) if root else None,
                                   "data.seed": 0, "eval.split_sizes": sizes})
         d = self.config.data
-        # whole images at the stored size the views are cut from (data.load_size, else the view
-        # size): what the online probe reads too (mlvicx_core.data.registry.evaluation_splits)
-        self.image_size = d.load_size or d.image_size
-        self.splits = {s: build_dataset(name, root=d.root, split=s, image_size=self.image_size,
-                                        length=n, seed=0, fractions=d.split_fractions,
-                                        in_memory=True)
-                       for s, n in zip(("train", "val", "test"), sizes)}
+        # whole images at the stored size the views are cut from, as every evaluation reads them
+        self.image_size = d.stored_size or d.view_size
+        self.splits = evaluation_splits(d, sizes, in_memory=True)
         self.localisation = self._localisation()
         self.notes: list[str] = []
 
@@ -166,19 +151,19 @@ class Benchmark:
         return cfg, sch
 
 
-def pretrain_encoder(bench: Benchmark, encoder: str, seed: int, out: Path
+def pretrain_encoder(data: ExperimentDataset, encoder: str, seed: int, out: Path
                      ) -> tuple[torch.nn.Module, dict]:
     """Train (or reuse) one run; returns the model and a record for ``runs.csv``."""
-    rec = {"dataset": bench.name, "encoder": encoder, "seed": seed}
+    rec = {"dataset": data.name, "encoder": encoder, "seed": seed}
     if encoder == "random":
-        return reference_encoder("random", bench.config.model, seed=seed), {
+        return reference_encoder("random", data.config.model, seed=seed), {
             **rec, "steps": 0, "images": 0, "wall_s": 0.0, "final_loss": float("nan"),
             "run_dir": ""}
-    cfg, sch = bench.run_config(encoder, seed, out)
+    cfg, sch = data.run_config(encoder, seed, out)
     t0 = time.perf_counter()
-    run = train_or_load(cfg, run_dir=out / "runs" / bench.name / encoder / f"seed{seed}",
-                        dataset=bench.pretrain_set(sch["images"]),
-                        probe=bench.online_probe() or False)
+    run = train_or_load(cfg, run_dir=out / "runs" / data.name / encoder / f"seed{seed}",
+                        dataset=data.pretrain_set(sch["images"]),
+                        probe=data.online_probe() or False)
     run_dir = run.run_dir  # <seed folder>-code<fingerprint> when the seed folder is other code's
     timing = run_dir / "experiment.json"
     if run.losses:  # trained now (not reused): record how long it took
@@ -190,15 +175,15 @@ def pretrain_encoder(bench: Benchmark, encoder: str, seed: int, out: Path
                               "run_dir": str(run_dir)}
 
 
-def figure_cases(bench: Benchmark) -> list[tuple[int, int]]:
+def figure_cases(data: ExperimentDataset) -> list[tuple[int, int]]:
     """(image index in the localisation set, finding) pairs shown in the heatmap figure."""
-    loc = bench.localisation
+    loc = data.localisation
     if loc is None:
         return []
-    if bench.name != "synthetic":  # NIH: the boxed images, their first boxed finding
-        return [(i, bench.findings.index(loc.boxes(i)[0][0])) for i in range(min(3, len(loc)))]
-    order = [bench.findings.index(f) for f in ("nodule", "mass", "pneumothorax", "effusion")
-             if f in bench.findings]
+    if data.name != "synthetic":  # NIH: the boxed images, their first boxed finding
+        return [(i, data.findings.index(loc.boxes(i)[0][0])) for i in range(min(3, len(loc)))]
+    order = [data.findings.index(f) for f in ("nodule", "mass", "pneumothorax", "effusion")
+             if f in data.findings]
     masks = loc.masks
     cases = []
     for i in range(len(loc)):
@@ -210,30 +195,29 @@ def figure_cases(bench: Benchmark) -> list[tuple[int, int]]:
     return cases
 
 
-def _save_figure_data(bench: Benchmark, maps: dict, out: Path) -> None:
+def _save_figure_data(data: ExperimentDataset, maps: dict, out: Path) -> None:
     from ..evaluation.localisation import boxes_to_mask
 
-    cases = figure_cases(bench)
+    cases = figure_cases(data)
     if not cases or not maps:
         return
-    loc = bench.localisation
+    loc = data.localisation
     regions = [loc[i]["mask"][k].numpy() if loc.has_masks
-               else boxes_to_mask(loc.boxes(i), loc.image_size, bench.findings[k])
+               else boxes_to_mask(loc.boxes(i), loc.image_size, data.findings[k])
                for i, k in cases]
-    np.savez(out / f"gradcam_{bench.name}.npz",
+    np.savez(out / f"gradcam_{data.name}.npz",
              images=np.stack([loc[i]["image"][0].numpy() for i, _ in cases]),
-             regions=np.stack(regions), findings=np.array([bench.findings[k] for _, k in cases]),
+             regions=np.stack(regions), findings=np.array([data.findings[k] for _, k in cases]),
              methods=np.array(list(maps)), maps=np.stack([maps[m] for m in maps]))
 
 
 def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
-                   datasets=tuple(BENCHMARKS), encoders=ENCODERS, scale: float = 1.0,
-                   split_sizes: tuple | None = None, log: Callable[[str], None] = print
-                   ) -> dict[str, Path]:
+                   datasets=DEFAULT_DATASETS, encoders=ENCODERS, scale: float = 1.0,
+                   log: Callable[[str], None] = print) -> dict[str, Path]:
     """Run everything; writes ``results.csv``, ``runs.csv``, ``settings.json``, ``gradcam_*.npz``.
 
-    ``scale`` multiplies the steps and the evaluation split sizes; ``split_sizes`` (train, val,
-    test) replaces the sizes of every dataset (the smoke test's tiny splits)."""
+    ``scale`` multiplies the steps and the evaluation split sizes (``eval.split_sizes``, when set,
+    are every dataset's sizes, unscaled: the smoke test's tiny splits)."""
     from ..evaluation.gradcam import finding_cams
 
     out = Path(out)
@@ -242,42 +226,42 @@ def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     t_start = time.perf_counter()
-    root, benches, notes = shared_data_dir(), [], []
+    root, sets, notes = shared_data_dir(), [], []
     for name in datasets:
-        rel = BENCHMARKS[name]["root"]
+        rel = DATASETS[name]["root"]
         folder = root / rel if rel and root else None
         if rel and (folder is None or not folder.exists()):
             notes.append(f"{name} skipped: {folder or 'MLVICX_DATA_DIR'} not found")
             continue
-        benches.append(Benchmark(name, config, folder, scale, split_sizes))
+        sets.append(ExperimentDataset(name, config, folder, scale))
     rows, runs = [], []
-    for bench in benches:
+    for data in sets:
         maps: dict[str, np.ndarray] = {}
-        cases = figure_cases(bench)
+        cases = figure_cases(data)
         for seed in seeds:
             for encoder in encoders:
                 t0 = time.perf_counter()
-                model, rec = pretrain_encoder(bench, encoder, seed, out)
-                ecfg = bench.config.eval.replace(seed=seed, cache_dir=str(out / "features"))
+                model, rec = pretrain_encoder(data, encoder, seed, out)
+                ecfg = data.config.eval.replace(seed=seed, cache_dir=str(out / "features"))
 
-                def keep_maps(ev, encoder=encoder, seed=seed):
+                def keep_maps(ev, encoder=encoder, seed=seed, data=data):
                     if seed == min(seeds) and cases and ev.full_probe is not None:
                         clf = ev.classifier()
                         maps[encoder] = np.stack([finding_cams(
-                            clf, bench.localisation[i]["image"][None], k, ecfg.gradcam_tap)[0]
+                            clf, data.localisation[i]["image"][None], k, ecfg.gradcam_tap)[0]
                             for i, k in cases])
 
-                rows += evaluate({encoder: model}, bench.splits, ecfg, dataset=bench.name,
-                                 localisation=bench.localisation, on_encoder=keep_maps)
+                rows += evaluate({encoder: model}, data.splits, ecfg, dataset=data.name,
+                                 localisation=data.localisation, on_encoder=keep_maps)
                 runs.append(rec)
-                log(f"[{time.perf_counter() - t_start:7.0f} s] {bench.name} {encoder} seed {seed}: "
+                log(f"[{time.perf_counter() - t_start:7.0f} s] {data.name} {encoder} seed {seed}: "
                     f"pretrain {rec['wall_s']:.0f} s, total {time.perf_counter() - t0:.0f} s")
                 pd.DataFrame(rows, columns=ROW_COLUMNS).to_csv(out / "results.csv", index=False)
-        _save_figure_data(bench, maps, out)
+        _save_figure_data(data, maps, out)
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
     c = config
     meta = {"settings": {"encoders": list(encoders), "seeds": list(seeds), "scale": scale,
-                         "preset": c.preset, "image_size": c.data.image_size,
+                         "preset": c.preset, "view_size": c.data.view_size,
                          "steps": c.train.max_steps, "batch": c.train.batch_size,
                          "config": c.to_dict()},
             "wall_s": time.perf_counter() - t_start, "notes": notes,
@@ -287,79 +271,8 @@ def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
                                   "train_patients": len(np.unique(b.splits["train"].patient_ids)),
                                   "schedule": schedule(c.train.max_steps, c.train.batch_size,
                                                        len(b.splits["train"]))}
-                         for b in benches},
+                         for b in sets},
             "threads": torch.get_num_threads()}
     (out / "settings.json").write_text(json.dumps(meta, indent=1, default=str))
     return {"results": out / "results.csv", "runs": out / "runs.csv",
             "settings": out / "settings.json"}
-
-
-def experiment_config(preset: str = "teaching", overrides=None, smoke: bool = False) -> Config:
-    """The experiment's config: the preset, :data:`DEFAULTS`, the smoke budget, then overrides."""
-    config = load_config(preset, DEFAULTS)
-    if smoke:
-        config = config.set(SMOKE)
-    return config.set(overrides or [])
-
-
-#: ``--smoke``: the tiny budget the test suite runs (same code, narrow heads, tiny splits).
-SMOKE = {"train.max_steps": 2, "train.batch_size": 8, "eval.min_patients": 1, "eval.n_boot": 10,
-         "eval.gradcam_images": 2, "model.projector": [128, 128], "model.ml_projector": [128, 128],
-         "model.fusion_channels": 32}
-SMOKE_SIZES = (16, 12, 16)  # images per split (train, val, test) of every dataset
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import os
-    import shlex
-    import sys
-    import tempfile
-
-    from .results_report import write_report
-
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="mlvicx results", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="teaching", help="preset the encoders are built from")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key (train.max_steps is the budget per run)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply pretraining steps and evaluation split sizes (default 1)")
-    p.add_argument("--out", default="runs/results", help="runs, feature cache and raw CSVs")
-    p.add_argument("--report", default="docs",
-                   help="where RESULTS.md, figures/ and results/ are written (default docs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--datasets", nargs="+", choices=list(BENCHMARKS), default=list(DATASETS),
-                   help=f"default {' '.join(DATASETS)}: the 60-minute budget on a 2-core CPU; add "
-                        "nih pneumoniamnist for the real images (each adds about as much again)")
-    p.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny budget (2 steps of 8, 1 seed, tiny splits, narrow heads); out and "
-                        "report default to a temporary folder")
-    p.add_argument("--report-only", action="store_true",
-                   help="rewrite the report from the CSVs already in --out")
-    args = p.parse_args(argv)
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        print("note: set OMP_WAIT_POLICY=PASSIVE before starting Python on a shared CPU "
-              "(spinning OpenMP threads can make each step several times slower)")
-    config = experiment_config(args.preset, args.overrides, smoke=args.smoke)
-    seeds = args.seeds if not (args.smoke and "--seeds" not in argv) else [0]
-    scale = args.scale
-    out, report = Path(args.out), Path(args.report)
-    if args.smoke and "--out" not in argv:
-        out = Path(tempfile.mkdtemp(prefix="mlvicx-results-smoke-"))
-        report = out / "report" if "--report" not in argv else report
-    if not args.report_only:
-        run_experiment(config, out, seeds=tuple(seeds), datasets=tuple(args.datasets),
-                       encoders=tuple(args.encoders), scale=scale,
-                       split_sizes=SMOKE_SIZES if args.smoke else None,
-                       log=lambda m: print(m, flush=True))
-    shown = [a for a in argv if a != "--report-only"]  # the command that recomputes everything
-    command = "OMP_WAIT_POLICY=PASSIVE mlvicx results " + shlex.join(shown)
-    md = write_report(out, report, command)
-    print(f"report: {md}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

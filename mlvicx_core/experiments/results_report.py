@@ -22,11 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import apply_variant, from_dict
+from ..methods import get_method
+from ..viz.figures import plot_fraction_curves, save
 from .results import ENCODERS
 
 #: (A, B, question) pairs summarised in the closing statement.
 COMPARISONS = [
     ("mlvicx", "vicreg", "multi-level regularisation over VICReg (the paper's claim)"),
+    ("mlvicx", "barlow-twins", "MLVICX over another self-supervised method"),
     ("mlvicx", "random", "MLVICX pretraining over no pretraining"),
     ("vicreg", "random", "VICReg pretraining over no pretraining"),
     ("mlvicx", "mlvicx-no-cb", "context bottlenecks (MLVICX vs MLVICX without them)"),
@@ -55,7 +59,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def mean_auroc(df: pd.DataFrame) -> pd.DataFrame:
+def probe_mean_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the probe's mean AUROC (one per dataset x method x seed x fraction)."""
     m = df[(df.task == "probe") & (df.finding == "mean") & (df.metric == "auroc")]
     return m[np.isfinite(m.value)]
@@ -63,7 +67,7 @@ def mean_auroc(df: pd.DataFrame) -> pd.DataFrame:
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and count over seeds of the mean AUROC per (dataset, fraction, method)."""
-    g = mean_auroc(df).groupby(["dataset", "fraction", "encoder"]).value
+    g = probe_mean_rows(df).groupby(["dataset", "fraction", "encoder"]).value
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
 
 
@@ -142,79 +146,33 @@ def localisation_sentences(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def figure_auroc(df: pd.DataFrame, path: Path, order: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = seed_means(df)
-    datasets = [d for d in order if d in set(s.dataset)] or ["(none)"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
-        for m in _methods(df):
-            r = s[(s.dataset == ds) & (s.encoder == m)].sort_values("fraction")
-            if len(r):
-                ax.errorbar(r.fraction, r["mean"], yerr=np.nan_to_num(r["std"]), marker="o",
-                            capsize=3, label=m)
-        ax.set_xscale("log")
-        fr = sorted(set(s[s.dataset == ds].fraction))
-        ax.set_xticks(fr, [f"{f:g}" for f in fr])
-        ax.minorticks_off()
-        ax.set_xlabel("label fraction")
-        ax.set_ylabel("test mean AUROC (linear probe)")
-        ax.set_title(ds)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def figure_gradcam(out: Path, path: Path, order: list[str]) -> list[str]:
-    """Heatmaps side by side: rows = methods, columns = images (region outlined in white)."""
-    import matplotlib
+    """Heatmaps side by side (:func:`~mlvicx_core.viz.figures.plot_cam_grid`): rows = images
+    (dataset / finding), columns = the image, then one per method; the region outlined in white."""
+    from ..viz.figures import plot_cam_grid, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..evaluation.gradcam import overlay
-
-    cols, methods = [], []
+    images, regions, titles, maps = [], [], [], {}
     for ds in order:
         f = out / f"gradcam_{ds}.npz"
         if not f.is_file():
             continue
         with np.load(f) as z:
-            methods = methods or list(z["methods"])
-            for j in range(len(z["images"])):
-                cols.append((ds, str(z["findings"][j]), z["images"][j], z["regions"][j],
-                             {m: z["maps"][i, j] for i, m in enumerate(z["methods"])}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cols:
+            for i, m in enumerate(z["methods"]):
+                maps.setdefault(str(m), []).extend(z["maps"][i])
+            images.extend(z["images"])
+            regions.extend(z["regions"])
+            titles.extend(f"{ds}\n{finding}" for finding in z["findings"])
+    if not images:
+        import matplotlib.pyplot as plt
+
         fig = plt.figure(figsize=(4, 1))
         fig.text(0.5, 0.5, "no localisation data", ha="center")
-        fig.savefig(path)
-        plt.close(fig)
+        save(fig, path)
         return []
-    fig, axes = plt.subplots(len(methods), len(cols), figsize=(1.7 * len(cols),
-                             1.7 * len(methods) + 0.3), squeeze=False)
-    for j, (ds, finding, img, region, maps) in enumerate(cols):
-        for i, m in enumerate(methods):
-            ax = axes[i][j]
-            ax.imshow(np.clip(overlay(np.clip(img, 0, 1), maps[m]), 0, 1))
-            ax.contour(region.astype(float), levels=[0.5], colors="white", linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"{ds}\n{finding}", fontsize=7)
-            if j == 0:
-                ax.set_ylabel(m, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [f"{ds}/{finding}" for ds, finding, *_ in cols]
+    fig = plot_cam_grid(np.stack(images), {m: np.stack(v) for m, v in maps.items()},
+                        np.stack(regions), row_titles=titles)
+    save(fig, path)
+    return [t.replace("\n", "/") for t in titles]
 
 
 def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
@@ -239,11 +197,12 @@ def learning_curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 def figure_learning_curves(curves: pd.DataFrame, path: Path, order: list[str]) -> bool:
     """Online-probe (ridge) mean AUROC vs step per method (mean and range over seeds), the
-    random-init level (every run's step 0) as a dashed line; one panel per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    random-init level (every run's step 0) as a dashed line; one panel per dataset
+    (:func:`~mlvicx_core.viz.training.plot_learning_curves`)."""
     import matplotlib.pyplot as plt
+
+    from ..viz.figures import save
+    from ..viz.training import plot_learning_curves
 
     sets = [d for d in order if d in set(curves.dataset)]
     if not sets:
@@ -251,20 +210,12 @@ def figure_learning_curves(curves: pd.DataFrame, path: Path, order: list[str]) -
     fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.2), squeeze=False,
                              constrained_layout=True)
     for ax, ds in zip(axes[0], sets):
-        c = curves[curves.dataset == ds]
-        for k, (enc, g) in enumerate(c.groupby("encoder", sort=False)):
-            s = g.groupby("step").linear.agg(["mean", "min", "max"])
-            ax.plot(s.index, s["mean"], color=f"C{k}", marker=".", label=enc)
-            ax.fill_between(s.index, s["min"], s["max"], color=f"C{k}", alpha=0.15)
-        level = c[c.step == 0].linear.mean()
-        ax.axhline(level, color="k", ls="--", lw=1.2, label=f"random init ({level:.3f})")
+        plot_learning_curves(ax, curves[curves.dataset == ds], "encoder", "linear", start="all")
         ax.set(xlabel="pretraining step", ylabel="online probe mean AUROC (held-out val)",
                title=f"{ds}: learning curves (mean, range over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -274,13 +225,18 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
     ev, opt, aug, cfg = c["eval"], c["optim"], c.get("aug", {}), c
     proj = "-".join(map(str, c["model"]["projector"]))
     warm = max(1, round(st["steps"] * opt["warmup_epochs"] / c["train"]["epochs"]))
+    base = from_dict(c)
+    methods = [f"`{e}`: {get_method(apply_variant(base, e).model.method).summary}"
+               for e in st["encoders"] if e != "random"]
     lines = [
         (f"- Encoders: {', '.join(st['encoders'])}; all built from the `{st['preset']}` preset "
-         f"(ResNet-18, {st['image_size']} px views"
-         + (f" of radiographs stored and evaluated at {cfg['data']['load_size']} px"
-            if cfg.get("data", {}).get("load_size") else "")
+         f"(ResNet-18, {st['view_size']} px views"
+         + (f" of radiographs stored and evaluated at {cfg['data']['stored_size']} px"
+            if cfg.get("data", {}).get("stored_size") else "")
          + f", projectors {proj}, {opt['name']}, base lr "
-         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.py`."),
+         f"{opt['base_lr']:g} at batch 256); the variants are `mlvicx_core/variants.yaml`, their "
+         f"methods `mlvicx_core/methods/` (`random`: the trunk at its seeded random init): "
+         + "; ".join(methods) + "."),
         (f"- Views (`aug.*`): crops of {aug.get('crop_scale')} of the area, jitter p "
          f"{aug.get('jitter_p')}, blur p {aug.get('blur_p')}, solarize p {aug.get('solarize_p')}."),
         (f"- Budget per pretraining run (every encoder, dataset and seed): {st['steps']} optimizer "
@@ -329,7 +285,8 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     for name in ("results.csv", "runs.csv"):
         shutil.copyfile(out / name, report / "results" / name)
     order = list(meta["datasets"])
-    figure_auroc(df, report / "figures" / "results_auroc.png", order)
+    save(plot_fraction_curves(probe_mean_rows(df), panel="dataset", over_seeds=True, order=order),
+         report / "figures" / "results_auroc.png")
     shown = figure_gradcam(out, report / "figures" / "results_gradcam.png", order)
     curves = learning_curves(runs)
     curves.to_csv(report / "results" / "learning_curves.csv", index=False)
@@ -340,7 +297,7 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
           ("*Written by the experiment; do not edit by hand.* Regenerate every number, table and "
           f"figure with:\n\n```bash\n{command}\n```\n"),
           "## Setup", _setup(meta, runs), ""]
-    ma = mean_auroc(df)
+    ma = probe_mean_rows(df)
     md += ["## Linear probe: mean test AUROC (mean ± std over seeds)", ""]
     rows = []
     for ds in meta["datasets"]:

@@ -7,7 +7,7 @@ everywhere.
 
 - :func:`pretrain_config`: a notebook's plain parameters (dataset, preset, image size, budget, seed,
   and ``overrides``: a dict of any dotted config keys, e.g. ``{"aug.crop_scale": [0.5, 1.0]}``)
-  plus a variant name from :data:`mlvicx_core.variants.VARIANTS` -> a config;
+  plus a variant name from :data:`mlvicx_core.config.VARIANTS` -> a config;
 - :func:`eval_config` and :func:`eval_splits`: the read-outs' settings and labelled data;
 - :func:`sweep_grid` / :func:`run_sweep` / :func:`collect_results`: execute a notebook with
   papermill once per grid point and gather the ``results.csv`` each execution writes.
@@ -20,11 +20,19 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import LEVELS, Config, EvalConfig, load_config
+from ..config import (
+    LEVELS,
+    VARIANTS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    load_config,
+    package_yaml,
+    variant_overrides,
+)
 from ..data.registry import DATASETS as REGISTRY
-from ..data.registry import build_dataset
+from ..data.registry import dataset_from_config, evaluation_splits, split_sizes
 from ..evaluation.report import read_results
-from ..variants import VARIANTS, variant_overrides
 
 
 def check_dataset(dataset: str, data_root: str | None) -> Path | None:
@@ -50,38 +58,30 @@ def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
                     overrides: dict[str, Any] | None = None) -> Config:
     """The pretraining configuration behind a notebook's parameters.
 
-    ``variant`` names an entry of :data:`~mlvicx_core.variants.VARIANTS`; ``overrides`` is applied
+    ``variant`` names an entry of :data:`~mlvicx_core.config.VARIANTS`; ``overrides`` is applied
     last (any ``section.key``). The run folder is ``<out_dir>/<preset>-<hash>``.
 
-    ``image_size`` is the side the radiographs are stored and evaluated at (``data.load_size``);
-    the views are the preset's ``data.image_size`` (teaching: 32 px crops), at most ``image_size``.
-    The online probe runs every 12 steps on 256 held-out images (both outside the content hash).
+    ``image_size`` is the side the radiographs are stored and evaluated at (``data.stored_size``);
+    the views are the preset's ``data.view_size`` (teaching: 32 px crops), at most ``image_size``.
+    The settings every notebook run shares (the online probe every 12 steps on 256 held-out
+    images, diagnostics, checkpoints: all outside the content hash) are ``mlvicx_core/notebooks.yaml``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {list(VARIANTS)}")
     root = check_dataset(dataset, data_root)
-    view = min(load_config(preset).data.image_size, int(image_size))
-    config = load_config(preset, {
+    view = min(load_config(preset).data.view_size, int(image_size))
+    config = load_config(preset, package_yaml("notebooks.yaml")).set({
         "data.dataset": dataset,
         "data.root": str(root) if root is not None else None,
-        "data.image_size": view,
-        "data.load_size": int(image_size),
+        "data.view_size": view,
+        "data.stored_size": int(image_size),
         "data.length": int(data_length),
         "data.seed": int(seed),
-        "data.num_workers": 0,
         "train.epochs": int(epochs),
         "train.batch_size": int(batch_size),
         "train.seed": int(seed),
         "train.max_steps": max_steps,
         "train.out_dir": str(out_dir),
-        # diagnostics and checkpoints are not part of the content hash: set them for every run
-        # alike so figures have enough points and each run keeps one checkpoint
-        "train.diag_every": 4,
-        "train.eval_every": 12,
-        "train.probe_images": 256,
-        "train.ckpt_every": 10_000,
-        "train.keep_last": 1,
-        "train.tensorboard": False,
     })
     return config.set(variant_overrides(variant)).set(dict(overrides or {}))
 
@@ -92,32 +92,39 @@ def eval_config(**values: Any) -> EvalConfig:
     return load_config("teaching", {f"eval.{k}": v for k, v in values.items()}).eval
 
 
+def eval_data(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
+              seed: int = 0) -> DataConfig:
+    """The ``data.*`` section behind a notebook's data parameters (images stored and read at
+    ``image_size``)."""
+    root = check_dataset(dataset, data_root)
+    return DataConfig(dataset=dataset, root=str(root) if root is not None else None,
+                      view_size=int(image_size), seed=int(seed))
+
+
 def eval_splits(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
                 length: int = 400, seed: int = 0) -> dict[str, Any]:
-    """Labelled ``train`` / ``val`` / ``test`` splits for the read-outs, through the registry.
+    """Labelled ``train`` / ``val`` / ``test`` splits for the read-outs: the registry's
+    :func:`~mlvicx_core.data.registry.evaluation_splits`, in memory.
 
-    ``synthetic``: ``length`` radiographs in the 70/10/20 proportion, from its patient-disjoint
-    splits. Pretraining uses the train split (labels hidden), as the paper pretrains on NIH's
-    train_val list; the probes fit labels of train, pick hyper-parameters on val and score on test,
-    whose patients were never pretrained on. Other datasets: their splits, every image (``length``
-    is ignored).
+    ``synthetic``: ``length`` radiographs shared out by ``data.split_fractions`` (70/10/20), from its
+    patient-disjoint splits. Pretraining uses the train split (labels hidden), as the paper
+    pretrains on NIH's train_val list; the probes fit labels of train, pick hyper-parameters on val
+    and score on test, whose patients were never pretrained on. Other datasets: their splits, every
+    image (``length`` is ignored).
     """
-    root = check_dataset(dataset, data_root)
-    sizes = ((round(0.7 * length), round(0.1 * length), length - round(0.7 * length)
-              - round(0.1 * length)) if dataset == "synthetic" else (None, None, None))
-    return {s: build_dataset(dataset, root=root, split=s, image_size=int(image_size), length=n,
-                             seed=int(seed), in_memory=True)
-            for s, n in zip(("train", "val", "test"), sizes)}
+    data = eval_data(dataset, data_root, image_size, seed)
+    sizes = (split_sizes(int(length), data.split_fractions) if dataset == "synthetic"
+             else (None, None, None))
+    return evaluation_splits(data, sizes, in_memory=True)
 
 
 def held_out(dataset: str = "synthetic", data_root: str | None = None, image_size: int = 64,
              length: int = 400, seed: int = 0):
     """Labelled images of patients never pretrained on, in memory: the test split (``length``
     synthetic radiographs; every test image of another dataset)."""
-    root = check_dataset(dataset, data_root)
-    return build_dataset(dataset, root=root, split="test", image_size=int(image_size),
-                         length=int(length) if dataset == "synthetic" else None, seed=int(seed),
-                         in_memory=True)
+    data = eval_data(dataset, data_root, image_size, seed)
+    return dataset_from_config(data, split="test", in_memory=True,
+                               length=int(length) if dataset == "synthetic" else None)
 
 
 def sweep_grid(lams: Sequence[float] = (), level_sets: Sequence[Sequence[str]] = (),

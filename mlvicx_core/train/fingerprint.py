@@ -6,7 +6,7 @@ which does not cover the code: after a change to the model, the loss or the augm
 configuration would find the old weights. So every checkpoint and ``done.json`` record
 ``kit_version`` and ``code_fingerprint`` (the code that wrote it) and ``code_fingerprints`` (every
 code that took steps of the run, oldest first), and a run is reused only by the same code
-(``mlvicx_core.train.runs.train_or_load``; docs/TRAINING.md, "Checkpoints, resume, train_or_load").
+(``mlvicx_core.train.trainer.train_or_load``; docs/TRAINING.md, "Checkpoints, resume, train_or_load").
 
 :func:`code_fingerprint` is SHA-256 over the source of :data:`RESULT_MODULES` (network, loss, views,
 the step, the loop, the optimisers, DDP, the dataset registry and contract) and of the modules of
@@ -32,7 +32,8 @@ PACKAGE = Path(__file__).resolve().parents[1]  # mlvicx_core/
 #: Modules (relative to ``mlvicx_core``) whose code defines every run's trained weights.
 RESULT_MODULES = ("model", "bottleneck", "multilevel", "loss", "data.augment", "data.base",
                   "data.registry", "data.subset", "data.splits", "train.step", "train.trainer",
-                  "train.optim", "train.distributed")
+                  "train.optim", "train.distributed", "methods.__init__", "methods.base",
+                  "methods.vicreg", "methods.mlvicx", "methods.barlow_twins")
 
 #: The module that reads each registered dataset (its ``mlvicx_core.data`` imports follow).
 DATASET_MODULES = {"synthetic": "data.phantom_dataset", "folder": "data.folder", "nih": "data.nih",

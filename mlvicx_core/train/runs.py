@@ -1,4 +1,4 @@
-"""Run folders: where a run lives, who may write it, when it is finished, and ``train_or_load``.
+"""Run folders: where a run lives, who may write it, when it is finished, and what it left behind.
 
 A run folder is ``<train.out_dir>/<train.run_name>``, by default ``<train.out_dir>/<preset>-<hash>``
 with the first 10 hex digits of :func:`~mlvicx_core.config.config_hash` (``train.max_steps`` is not
@@ -8,8 +8,9 @@ for, ``done.json`` (content hash, steps reached, steps the schedule spans).
 
 One process writes a folder at a time: :class:`RunLock` (an ``flock`` on ``<folder>/.lock``) is held
 by :func:`~mlvicx_core.train.trainer.pretrain` for the whole run. A second ``pretrain`` on the same
-folder stops at once with an error naming the holder; :func:`train_or_load` waits for the holder
-and then loads what it finished (two notebooks asking for the same run train it once).
+folder stops at once with an error naming the holder; :func:`~mlvicx_core.train.trainer.train_or_load`
+waits for the holder and then loads what it finished (two notebooks asking for the same run train it
+once).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import contextlib
 import json
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:  # POSIX; elsewhere one run folder is not protected against a second process
@@ -24,8 +26,24 @@ try:  # POSIX; elsewhere one run folder is not protected against a second proces
 except ImportError:  # pragma: no cover
     fcntl = None
 
+from torch import nn
+
 from ..checkpoints import CheckpointManager, load_model
 from ..config import Config, ConfigError, config_hash
+
+
+@dataclass
+class RunResult:
+    """What a run folder holds for its caller (:func:`~mlvicx_core.train.trainer.pretrain`,
+    :func:`load_run`). ``losses``: total loss of every step run in this call (empty when loaded)."""
+
+    run_dir: Path
+    model: nn.Module
+    step: int
+    checkpoint: Path | None
+    metrics: Path
+    trunk: Path | None
+    losses: list[float] = field(default_factory=list)
 
 
 class RunBusyError(ConfigError):
@@ -145,8 +163,6 @@ def finished_run(config: Config, run_dir: str | Path | None = None,
 
 def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
     """Rebuild the model of a finished run from its newest readable checkpoint (in eval mode)."""
-    from .trainer import RunResult
-
     run_dir = Path(run_dir)
     ckpt, state = CheckpointManager(run_dir / "checkpoints").load_latest()
     if ckpt is None:
@@ -159,52 +175,3 @@ def load_run(run_dir: str | Path, config: Config, device: str = "cpu"):
     trunk = run_dir / "trunk.pt"
     return RunResult(run_dir=run_dir, model=model, step=int(state["step"]), checkpoint=ckpt,
                      metrics=run_dir / "metrics.jsonl", trunk=trunk if trunk.is_file() else None)
-
-
-def fresh_run_dir(folder: str | Path, fingerprint: str) -> Path:
-    """Where :func:`train_or_load` trains a configuration whose folder holds other code's run:
-    ``<folder>-code<first 8 hex digits of this code's fingerprint>``, next to it."""
-    folder = Path(folder)
-    return folder.with_name(f"{folder.name}-code{fingerprint[:8]}")
-
-
-def train_or_load(config: Config, run_dir: str | Path | None = None, **pretrain_kwargs):
-    """The finished run of ``config`` if there is one, otherwise :func:`pretrain` it (resuming
-    from the folder's checkpoints, or continuing a shorter finished run).
-
-    Only a run trained by this very code is reused or resumed (:mod:`.fingerprint`): when the
-    folder holds this configuration trained, finished or not, by other code (another
-    ``code_fingerprint``, or none recorded), the run is trained afresh in :func:`fresh_run_dir`
-    with one line naming both fingerprints; the old folder is left as it is.
-
-    ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``, ``probe``) are only used when training
-    happens. Concurrent callers wait for each other (see the module docstring). Meant for
-    single-process use; under ``torchrun`` call ``pretrain`` on every rank instead.
-    """
-    from .fingerprint import code_fingerprint
-
-    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
-    fingerprint = code_fingerprint(config.data.dataset)
-    try:
-        return _train_or_load(config, folder, fingerprint, pretrain_kwargs)
-    except CodeChangedError as err:
-        fresh = fresh_run_dir(folder, fingerprint)
-        what = (f"reusing this code's run in {fresh}" if finished_run(config, fresh, fingerprint)
-                else f"training afresh in {fresh}")
-        print(f"{folder} holds this configuration trained by other code ({err.described}): "
-              f"{what} (the old run is kept)", flush=True)
-        return _train_or_load(config, fresh, fingerprint, pretrain_kwargs)
-
-
-def _train_or_load(config: Config, folder: Path, fingerprint: str, pretrain_kwargs: dict):
-    from .trainer import pretrain
-
-    found = finished_run(config, folder, fingerprint)
-    if found is not None:
-        return load_run(found, config)
-    with RunLock(folder, wait=True):
-        # Another process (a second notebook, a parallel test) may have finished it meanwhile.
-        found = finished_run(config, folder, fingerprint)
-        if found is not None:
-            return load_run(found, config)
-        return pretrain(config, run_dir=folder, on_code_change="refuse", **pretrain_kwargs)

@@ -2,7 +2,8 @@
 ``benchmarks/step_time.py`` times (the benchmark calls this very function)::
 
     z = model(view_a), z' = model(view_b)    (bf16 autocast: autocast_dtype, train.amp / amp_cpu)
-    terms = mlvicx_loss(z, z', gather=all_gather_with_grad)    (float32; global batch under DDP)
+    terms = method.loss(z, z', loss.*, gather)    (model.method, mlvicx_core.methods; float32;
+                                                   global batch under DDP)
     non-finite term -> NonFiniteLossError naming the step and the term; nothing of this step applied
     backward, optional clipping, non-finite gradient norm -> NonFiniteLossError
     optimizer step, scheduler step
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, LoopConfig, LossConfig
-from ..loss import mlvicx_loss
+from ..config import Config, ConfigError, LoopConfig, LossConfig
+from ..methods import Method, get_method
 from ..model import Embeddings
 from . import distributed
 from .optim import build_optimizer, build_scheduler, peak_lr
@@ -77,7 +78,7 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-class TwoViews(nn.Module):
+class TwoViewForward(nn.Module):
     """``(view_a, view_b) -> (model(view_a), model(view_b))`` as one module, so DDP and
     ``torch.compile`` see one forward per step. Two passes (not one on the concatenated views) keep
     BatchNorm statistics per view, as in VICReg."""
@@ -90,13 +91,17 @@ class TwoViews(nn.Module):
         return self.model(a), self.model(b)
 
 
-def loss_terms(za: Embeddings, zb: Embeddings, loss: LossConfig,
-               gather: Callable | None = None) -> dict[str, torch.Tensor]:
-    """``mlvicx_loss`` with the ``loss.*`` weights (finiteness is checked by the caller)."""
-    return mlvicx_loss(za.global_, zb.global_, za.multi, zb.multi, lam=loss.lam,
-                       sim_coeff=loss.sim_coeff, std_coeff=loss.std_coeff,
-                       cov_coeff=loss.cov_coeff, gamma=loss.gamma, eps=loss.eps,
-                       check_finite=False, gather=gather)
+def loss_terms(za: Embeddings, zb: Embeddings, loss: LossConfig, gather: Callable | None = None,
+               method: Method | str = "mlvicx") -> dict[str, torch.Tensor]:
+    """The terms of ``method`` (a registered name or a :class:`~mlvicx_core.methods.Method`) with
+    the ``loss.*`` weights; every name the method declares, nothing else (finiteness is checked by
+    the caller)."""
+    method = get_method(method) if isinstance(method, str) else method
+    terms = method.loss(za, zb, loss, gather)
+    if set(terms) != set(method.names()):
+        raise ValueError(f"method {method.name!r} returned the terms {list(terms)}; it declares "
+                         f"{method.names()}")
+    return terms
 
 
 @dataclass
@@ -104,11 +109,12 @@ class StepState:
     """Everything one step touches. ``step`` counts completed optimizer steps."""
 
     model: nn.Module  # the plain MLVICX (what is checkpointed)
-    net: nn.Module  # TwoViews(model), possibly DDP-wrapped and/or compiled
+    net: nn.Module  # TwoViewForward(model), possibly DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss: LossConfig
     device: torch.device
+    method: Method  # model.method: its loss, heads and term names
     amp_dtype: torch.dtype | None = None  # autocast dtype of the forward (None: full precision)
     memory_format: torch.memory_format = torch.contiguous_format
     grad_clip: float | None = None
@@ -139,6 +145,10 @@ def build_step(config: Config, model: nn.Module, device: torch.device, steps_per
     """The optimizer, schedule and (DDP / compiled) two-view module for ``model`` (already on
     ``device``) under ``config``; the schedule spans ``train.epochs * steps_per_epoch`` steps."""
     cfg, oc = config.train, config.optim
+    method = get_method(config.model.method)
+    mismatch = method.head_mismatch(config.model.multilevel)
+    if mismatch:
+        raise ConfigError(mismatch)
     env = env or distributed.detect()
     optimizer = build_optimizer(model, oc.name, peak_lr(oc.base_lr, cfg.batch_size),
                                 oc.weight_decay, oc.momentum, oc.trust_coefficient, oc.betas)
@@ -146,13 +156,14 @@ def build_step(config: Config, model: nn.Module, device: torch.device, steps_per
     scheduler = build_scheduler(optimizer, round(oc.warmup_epochs * steps_per_epoch), total,
                                 oc.final_lr_ratio)
     choices = device_choices(cfg, device)
-    net: nn.Module = TwoViews(model)
+    net: nn.Module = TwoViewForward(model)
     if env.is_distributed:
         net = distributed.wrap_ddp(net, device, choices.sync_batchnorm)
     if cfg.compile:
         net = torch.compile(net)
     return StepState(model=model, net=net, optimizer=optimizer, scheduler=scheduler,
-                     loss=config.loss, device=device, amp_dtype=choices.amp_dtype,
+                     loss=config.loss, device=device, method=method,
+                     amp_dtype=choices.amp_dtype,
                      memory_format=choices.memory_format, grad_clip=oc.grad_clip,
                      gather=distributed.gather_with_grad if env.is_distributed else None)
 
@@ -168,7 +179,7 @@ def train_step(state: StepState, view_a: torch.Tensor, view_b: torch.Tensor) -> 
     view_b = view_b.contiguous(memory_format=state.memory_format)
     with autocast_for(state.device, state.amp_dtype):
         za, zb = state.net(view_a, view_b)
-    terms = loss_terms(za, zb, state.loss, state.gather)
+    terms = loss_terms(za, zb, state.loss, state.gather, state.method)
     names = list(terms)
     values = distributed.all_reduce_mean(torch.stack([terms[k].detach() for k in names]))
     host = values.tolist()  # one sync per step; also keeps all ranks in lockstep on NaN

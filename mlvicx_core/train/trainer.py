@@ -18,6 +18,8 @@ for SIGINT). A second signal acts as it would without the kit (a second Ctrl-C s
 checkpoints already written stay intact). The previous handlers are restored when ``pretrain``
 returns. Under ``torchrun`` the ranks agree after every step (one all-reduce of the signal) so that
 all of them stop after the same step, and rank 0 writes the checkpoint.
+:func:`train_or_load` returns the finished run of a configuration trained by this code, or
+pretrains it.
 
 Exact resume: the checkpoint holds model, optimizer, scheduler, every RNG, the augmentation generator
 and the step; the sampler's permutation depends only on (seed, epoch) and restarts part-way, so on CPU
@@ -45,28 +47,17 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import CheckpointManager, export_trunk, load_weights
 from ..config import NON_RESULT_KEYS, Config, ConfigError, config_hash, diff_keys, from_dict
 from ..devices import select_device
+from ..methods import embedding
 from ..model import MLVICX
 from . import distributed
 from .diagnostics import embedding_diagnostics
-from .metrics import MetricsWriter
+from .metrics_log import MetricsWriter
 from .online_probe import OnlineProbe
 from .fingerprint import provenance
-from .runs import CodeChangedError, RunLock, requested_steps, run_dir_for
+from .runs import (CodeChangedError, RunLock, RunResult, finished_run, load_run, requested_steps,
+                   run_dir_for)
 from .step import (NonFiniteLossError, StepResult, StepState, build_step, check_parameters,
                    device_choices, train_step)
-
-
-@dataclass
-class RunResult:
-    """What :func:`pretrain` leaves behind. ``losses``: total loss of every step run in this call."""
-
-    run_dir: Path
-    model: nn.Module
-    step: int
-    checkpoint: Path | None
-    metrics: Path
-    trunk: Path | None
-    losses: list[float] = field(default_factory=list)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -198,10 +189,10 @@ class Run:
 
 
 def default_augment(config: Config):
-    """The batch two-view augmenter ``aug.*`` describes, views of ``data.image_size``."""
+    """The batch two-view augmenter ``aug.*`` describes, views of ``data.view_size``."""
     from ..data.augment import BatchTwoViews
 
-    return BatchTwoViews.from_config(config.aug, config.data.image_size)
+    return BatchTwoViews(config.aug, config.data.view_size)
 
 
 def setup(config: Config, *, dataset: Dataset | None = None, augment: Callable | None = None,
@@ -380,10 +371,9 @@ def record(run: Run, result: StepResult) -> dict[str, Any]:
         rec.update(lr=result.lr, grad_norm=result.grad_norm,
                    images_per_s=cfg.batch_size / max(now - run.tick, 1e-9))
     if run.env.is_main and (step % cfg.diag_every == 0 or step == 1):
-        for branch, z in (("global", result.za.global_), ("multi", result.za.multi)):
-            if z is not None:
-                for k, v in embedding_diagnostics(z).items():
-                    rec[f"diag/{branch}/{k}"] = v
+        for head in run.state.method.heads:
+            for k, v in embedding_diagnostics(embedding(result.za, head)).items():
+                rec[f"diag/{head}/{k}"] = v
     if run.probe is not None and (step % cfg.eval_every == 0 or step == run.stop_at):
         rec.update(probe_record(run))
     if len(rec) > 2 and run.writer is not None:
@@ -468,9 +458,8 @@ def _pretrain(config: Config, stops: StopSignals, on_code_change: str, **kwargs)
             (run.run_dir / "config.yaml").write_text(config.to_yaml())
         run.writer = MetricsWriter(run.run_dir, tensorboard=config.train.tensorboard,
                                    enabled=run.env.is_main, resume_step=run.step)
-        variant = config.model.variant
         bar = tqdm(total=run.stop_at, initial=run.step, unit="step", dynamic_ncols=True,
-                   mininterval=1.0, desc=f"pretrain {variant} ({config.preset})",
+                   mininterval=1.0, desc=f"pretrain {config.model.method} ({config.preset})",
                    disable=not (run.env.is_main and config.train.progress))
         try:
             if run.probe is not None and run.step == 0:  # the random-init level
@@ -499,6 +488,53 @@ def _pretrain(config: Config, stops: StopSignals, on_code_change: str, **kwargs)
             run.writer.close()
 
 
+def fresh_run_dir(folder: str | Path, fingerprint: str) -> Path:
+    """Where :func:`train_or_load` trains a configuration whose folder holds other code's run:
+    ``<folder>-code<first 8 hex digits of this code's fingerprint>``, next to it."""
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}-code{fingerprint[:8]}")
+
+
+def train_or_load(config: Config, run_dir: str | Path | None = None, **pretrain_kwargs):
+    """The finished run of ``config`` if there is one, otherwise :func:`pretrain` it (resuming
+    from the folder's checkpoints, or continuing a shorter finished run).
+
+    Only a run trained by this very code is reused or resumed (:mod:`.fingerprint`): when the
+    folder holds this configuration trained, finished or not, by other code (another
+    ``code_fingerprint``, or none recorded), the run is trained afresh in :func:`fresh_run_dir`
+    with one line naming both fingerprints; the old folder is left as it is.
+
+    ``pretrain_kwargs`` (``dataset``, ``augment``, ``model``, ``probe``) are only used when training
+    happens. Concurrent callers wait for each other (see the module docstring). Meant for
+    single-process use; under ``torchrun`` call ``pretrain`` on every rank instead.
+    """
+    from .fingerprint import code_fingerprint
+
+    folder = Path(run_dir) if run_dir is not None else run_dir_for(config)
+    fingerprint = code_fingerprint(config.data.dataset)
+    try:
+        return _train_or_load(config, folder, fingerprint, pretrain_kwargs)
+    except CodeChangedError as err:
+        fresh = fresh_run_dir(folder, fingerprint)
+        what = (f"reusing this code's run in {fresh}" if finished_run(config, fresh, fingerprint)
+                else f"training afresh in {fresh}")
+        print(f"{folder} holds this configuration trained by other code ({err.described}): "
+              f"{what} (the old run is kept)", flush=True)
+        return _train_or_load(config, fresh, fingerprint, pretrain_kwargs)
+
+
+def _train_or_load(config: Config, folder: Path, fingerprint: str, pretrain_kwargs: dict):
+    found = finished_run(config, folder, fingerprint)
+    if found is not None:
+        return load_run(found, config)
+    with RunLock(folder, wait=True):
+        # Another process (a second notebook, a parallel test) may have finished it meanwhile.
+        found = finished_run(config, folder, fingerprint)
+        if found is not None:
+            return load_run(found, config)
+        return pretrain(config, run_dir=folder, on_code_change="refuse", **pretrain_kwargs)
+
+
 class _no_lock:
     def __enter__(self):
         return self
@@ -508,6 +544,6 @@ class _no_lock:
 
 
 __all__ = ["NonFiniteLossError", "Run", "RunResult", "StopSignals", "TrainingInterrupted",
-           "batches", "default_augment", "finish", "pretrain", "probe_record", "record", "resume",
-           "rng_state", "run_dir_for",
-           "save_checkpoint", "seed_everything", "set_rng_state", "setup"]
+           "batches", "default_augment", "finish", "fresh_run_dir", "pretrain", "probe_record",
+           "record", "resume", "rng_state", "run_dir_for", "save_checkpoint", "seed_everything",
+           "set_rng_state", "setup", "train_or_load"]

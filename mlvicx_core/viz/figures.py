@@ -1,10 +1,14 @@
-"""Figures that compare encoders side by side (the notebooks, ``mlvicx evaluate``; matplotlib only).
+"""Figures that compare encoders side by side (the notebooks, ``mlvicx evaluate``, the results
+report; matplotlib only). One picture, one function: each caller draws with the same one.
 
 Every function draws one figure and returns it (the notebook shows it; ``fig.savefig`` keeps it):
 
-- :func:`plot_umap_grid`: UMAP panels (rows: encoders, columns: embedding kinds), one colouring.
-- :func:`plot_fraction_curves`: AUROC vs label fraction with bootstrap CIs, per task and encoder.
-- :func:`plot_cam_grid`: Grad-CAM overlays, rows images, columns taps, true lesion outlined.
+- :func:`plot_umap_grid`: UMAP panels (rows: encoders, columns: embedding kinds), one colouring
+  (a single panel is the evaluation's UMAP picture).
+- :func:`plot_fraction_curves`: AUROC vs label fraction per encoder, one panel per task or
+  dataset, with bootstrap CIs (one run) or the spread over seeds.
+- :func:`plot_cam_grid`: Grad-CAM overlays (:func:`overlay`), rows images, columns taps, findings
+  or methods, true lesion outlined.
 - :func:`plot_pointing`: pointing-game hit rate per tap and encoder against the chance level.
 - :func:`plot_sweep`: one bar (with CI) per sweep point.
 """
@@ -15,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation.umap_view import category_labels
-
 #: smallest font on a figure meant for a projector (panel titles, tick labels, legends)
 FONT = 11
-#: the colour map of every Grad-CAM overlay (:func:`~mlvicx_core.evaluation.gradcam.overlay`)
+#: the colour map of every Grad-CAM overlay (:func:`overlay`)
 CAM_CMAP = "jet"
 
 
@@ -27,6 +29,47 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (folders made), close it, return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
+def category_labels(values) -> pd.Series:
+    """Legend labels of a colouring: a 0/1 finding reads ``absent`` / ``present``, anything else
+    (sex, view position) its own value as text; unknown (NaN) stays NaN."""
+    values = pd.Series(np.asarray(values)).reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(values) and set(values.dropna().unique()) <= {0, 1}:
+        return values.map({0: "absent", 1: "present"})
+    return values.map(lambda v: v if pd.isna(v) else str(v))
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
+            cmap: str = CAM_CMAP) -> np.ndarray:
+    """RGB (H, W, 3) float in [0, 1]: the grey image as shown (0 black, 1 white) under the heatmap.
+
+    ``image`` is (H, W) or (1, H, W) in [0, 1] (the kit's intensity contract; anything outside is an
+    error rather than silently rescaled); ``cam`` is (H, W) in [0, 1].
+    """
+    import matplotlib
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    cam = np.asarray(cam, dtype=np.float32)
+    if img.ndim != 2 or cam.shape != img.shape:
+        raise ValueError(f"image {img.shape} and cam {cam.shape}: expected one shape (H, W)")
+    if img.min() < 0 or img.max() > 1:
+        raise ValueError(f"image values in [{img.min():.3g}, {img.max():.3g}]: expected [0, 1]")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha}: expected a value in [0, 1]")
+    heat = matplotlib.colormaps[cmap](np.clip(cam, 0, 1))[..., :3]
+    return (1 - alpha) * np.repeat(img[..., None], 3, axis=2) + alpha * heat
 
 
 def cam_colourbar(fig, axes, label: str = "Grad-CAM") -> None:
@@ -83,48 +126,67 @@ def plot_umap_grid(panels: dict[tuple[str, str], np.ndarray | None], values: pd.
     return fig
 
 
-def plot_fraction_curves(results_csv: str | Path, finding: str = "mean"):
-    """AUROC (``finding``, default the mean over findings) vs label fraction, 95 % bootstrap CI."""
+def plot_fraction_curves(results: str | Path | pd.DataFrame, finding: str = "mean",
+                         panel: str = "task", over_seeds: bool = False, order=None):
+    """AUROC (``finding``, default the mean over findings) vs label fraction: one panel per value
+    of ``panel`` (``"task"`` or ``"dataset"``, in ``order`` when given), one line per encoder.
+
+    ``results``: a results CSV or its rows (``mlvicx_core.evaluation.report.ROW_COLUMNS``). Bars:
+    each row's 95 % bootstrap CI, or with ``over_seeds`` the mean and the standard deviation over
+    the seeds of each (panel, encoder, fraction).
+    """
     plt = _plt()
-    df = pd.read_csv(results_csv)
-    df = df[(df["finding"] == finding) & (df["metric"] == "auroc")].copy()
-    tasks = list(dict.fromkeys(df["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False,
+    df = results if isinstance(results, pd.DataFrame) else pd.read_csv(results)
+    df = df[(df["finding"] == finding) & (df["metric"] == "auroc") & np.isfinite(df["value"])]
+    if over_seeds:
+        g = df.groupby([panel, "encoder", "fraction"], sort=False)["value"]
+        df = pd.DataFrame({"value": g.mean(), "sd": g.std(ddof=1).fillna(0.0)}).reset_index()
+        df["ci_low"], df["ci_high"] = df["value"] - df["sd"], df["value"] + df["sd"]
+    names = [p for p in (order or dict.fromkeys(df[panel])) if p in set(df[panel])] or ["(none)"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False,
                              sharey=True, constrained_layout=True)
-    for ax, task in zip(axes[0], tasks):
-        d = df[df["task"] == task]
+    for ax, name in zip(axes[0], names):
+        d = df[df[panel] == name]
         for k, (enc, e) in enumerate(d.groupby("encoder", sort=False)):
             e = e.sort_values("fraction")
-            x = e["fraction"].to_numpy() * (1 + 0.04 * (k - 1))  # small offset: CIs stay readable
+            x = e["fraction"].to_numpy() * (1 + 0.04 * (k - 1))  # small offset: bars stay readable
             ax.errorbar(x, e["value"], yerr=[e["value"] - e["ci_low"], e["ci_high"] - e["value"]],
                         marker="o", capsize=3, label=enc)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
         ax.set_xscale("log")
+        fractions = sorted(set(d["fraction"]))
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.minorticks_off()
         ax.set_xlabel("label fraction (of training patients)", fontsize=FONT)
-        ax.set_title(task, fontsize=FONT + 1)
+        ax.set_title(name, fontsize=FONT + 1)
         ax.tick_params(labelsize=FONT - 1)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=FONT - 1)
     # a fixed top at 1 and a bottom at or below chance: the scale does not magnify small gaps
     low = float(np.nanmin(df["ci_low"])) if len(df) else 0.5
     axes[0, 0].set_ylim(min(0.45, low - 0.02), 1.0)
-    axes[0, 0].set_ylabel(f"AUROC ({finding})", fontsize=FONT)
+    spread = "mean ± std over seeds" if over_seeds else "95 % bootstrap CI"
+    axes[0, 0].set_ylabel(f"test AUROC ({finding}; {spread})", fontsize=FONT)
     return fig
 
 
 def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.ndarray | None,
-                  title: str = ""):
-    """Rows: images (N, H, W); columns: the image, then one Grad-CAM overlay per tap.
+                  title: str = "", row_titles: list[str] | None = None):
+    """Rows: images (N, H, W); columns: the image, then one Grad-CAM overlay per entry of ``cams``
+    (taps, findings or methods), each map's peak marked with a cross.
 
-    ``cams[tap]`` is (N, H, W) in [0, 1]; ``regions`` (N, H, W) bool outlines the true lesion.
+    ``cams[name]`` is (N, H, W) in [0, 1]; ``regions`` (N, H, W) bool outlines the true lesion;
+    ``row_titles`` label the rows.
     """
-    from ..evaluation.gradcam import overlay
-
     plt = _plt()
     taps = list(cams)
+    images = np.clip(np.asarray(images, dtype=np.float32), 0, 1)
     n = len(images)
     fig, axes = plt.subplots(n, len(taps) + 1, figsize=(2.3 * (len(taps) + 1) + 0.8, 2.3 * n + 0.6),
                              squeeze=False, constrained_layout=True)
     for i in range(n):
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=FONT - 1)
         panels = [("image", images[i])] + [(t, overlay(images[i], cams[t][i])) for t in taps]
         for j, (name, pic) in enumerate(panels):
             ax = axes[i, j]
@@ -138,7 +200,7 @@ def plot_cam_grid(images: np.ndarray, cams: dict[str, np.ndarray], regions: np.n
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(name, fontsize=FONT + 1)
+                ax.set_title(str(name), fontsize=FONT + 1)
     cam_colourbar(fig, axes)
     fig.suptitle(title, fontsize=FONT + 2)
     return fig

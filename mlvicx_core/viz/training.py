@@ -4,22 +4,42 @@
 - :func:`show_views`: source images and the two augmented views the loss compares.
 - :func:`plot_loss_terms`: each loss term over training, weighted as it enters the loss.
 - :func:`plot_collapse`: collapse diagnostics of several runs on shared axes.
+- :func:`plot_learning_curves`, :func:`plot_online_probe`: the online probe over steps (runs and
+  seeds, or one run's read-outs).
+- :func:`plot_probe_comparison`: the held-out probe of encoders side by side (the demo).
+- :func:`plot_collapse_demo`: the collapse toy's curves.
 
-``plot_training``:
+The run's method (``model.method`` in its ``config.yaml``; ``mlvicx_core.methods``) says which heads
+and terms there are, so every method gets its own panels.
 
-Layout (2 x 4): total loss per branch; invariance; variance; covariance (log scale); per-dimension std
-(min and mean); effective rank and mean |off-diagonal correlation|; the online probe's held-out mean
-AUROC (linear and kNN read-outs, with the random-init level of step 0 as a dashed line; empty when
-``train.eval_every`` was 0); the learning rate. Global branch solid, multi-level branch dashed. Uses
-the Agg backend, so it works without a display.
+``plot_training``: the total loss per head; one panel per term of the method (covariance-like terms
+on a symmetric log scale); per-dimension std (min and mean); effective rank and mean |off-diagonal
+correlation|; the online probe's held-out mean AUROC (linear and kNN read-outs, with the random-init
+level of step 0 as a dashed line; empty when ``train.eval_every`` was 0); the learning rate. Global
+head solid, multi-level head dashed. Uses the Agg backend, so it works without a display.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from ..train.metrics import read_metrics
+from ..methods import Method, get_method
+from ..train.metrics_log import read_metrics
+
+STYLE = {"global": "-", "multi": "--"}
+
+
+def run_method(run_dir: str | Path) -> Method:
+    """The method a run folder trained: ``model.method`` of its ``config.yaml``."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected a run folder written by mlvicx "
+                                "pretrain (its config.yaml names the method)")
+    return get_method((yaml.safe_load(path.read_text()).get("model") or {}).get("method", "mlvicx"))
 
 
 def plot_training(run_dir_or_metrics: str | Path, out: str | Path | None = None,
@@ -35,47 +55,49 @@ def plot_training(run_dir_or_metrics: str | Path, out: str | Path | None = None,
     src = Path(run_dir_or_metrics)
     run_dir = src if src.is_dir() else src.parent
     df = read_metrics(src)
+    method = run_method(run_dir)
     out = Path(out) if out is not None else run_dir / "training.png"
-    branches = [b for b in ("global", "multi") if f"{b}/loss" in df]
-    style = {"global": "-", "multi": "--"}
+    heads = [h for h in method.heads if f"{h}/loss" in df]
 
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7), constrained_layout=True)
-    panels = [("loss", "weighted loss"), ("invariance", "invariance s"),
-              ("variance", "variance v (hinge)"), ("covariance", "covariance c")]
-    for ax, (term, title) in zip(axes.flat[:4], panels):
-        for b in branches:
-            d = df[["step", f"{b}/{term}"]].dropna()
-            ax.plot(d["step"], d[f"{b}/{term}"], style[b], label=b)
+    n_panels = 1 + len(method.terms) + 4
+    cols = math.ceil(n_panels / 2)
+    fig, axes = plt.subplots(2, cols, figsize=(4.3 * cols, 7), constrained_layout=True)
+    for ax, term in zip(axes.flat, ("loss", *method.terms)):
+        for h in heads:
+            d = df[["step", f"{h}/{term}"]].dropna()
+            ax.plot(d["step"], d[f"{h}/{term}"], STYLE[h], label=h)
         if term == "loss" and "loss" in df:
             d = df[["step", "loss"]].dropna()
             ax.plot(d["step"], d["loss"], color="k", lw=1, label="total")
-        if term == "covariance":
+        if "covariance" in term or "off_diagonal" in term:
             ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set_title(title)
+        ax.set_title("weighted loss" if term == "loss" else f"{term} (unweighted)")
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
-
-    ax_std, ax_rank = axes.flat[4], axes.flat[5]
-    plot_online_probe(df, axes.flat[6], held_out)
-    ax_lr = axes.flat[7]
+    rest = list(axes.flat[1 + len(method.terms):])
+    for ax in rest[4:]:
+        ax.set_axis_off()
+    ax_std, ax_rank = rest[0], rest[1]
+    plot_online_probe(df, rest[2], held_out)
+    ax_lr = rest[3]
     if "lr" in df:
         d = df[["step", "lr"]].dropna()
         ax_lr.plot(d["step"], d["lr"], "k")
     ax_lr.set_title("learning rate")
     ax_lr.set_xlabel("step")
     ax_corr = ax_rank.twinx()
-    for b in branches:
+    for b in heads:
         key = f"diag/{b}/std_min"
         if key not in df:
             continue
         d = df[["step", key, f"diag/{b}/std_mean", f"diag/{b}/eff_rank",
                 f"diag/{b}/corr_offdiag"]].dropna()
-        ax_std.plot(d["step"], d[key], style[b], marker=".", label=f"{b} min")
-        ax_std.plot(d["step"], d[f"diag/{b}/std_mean"], style[b], marker=".", alpha=0.5,
+        ax_std.plot(d["step"], d[key], STYLE[b], marker=".", label=f"{b} min")
+        ax_std.plot(d["step"], d[f"diag/{b}/std_mean"], STYLE[b], marker=".", alpha=0.5,
                     label=f"{b} mean")
-        ax_rank.plot(d["step"], d[f"diag/{b}/eff_rank"], style[b], marker=".", color="C0",
+        ax_rank.plot(d["step"], d[f"diag/{b}/eff_rank"], STYLE[b], marker=".", color="C0",
                      label=f"{b} eff. rank")
-        ax_corr.plot(d["step"], d[f"diag/{b}/corr_offdiag"], style[b], marker=".", color="C3",
+        ax_corr.plot(d["step"], d[f"diag/{b}/corr_offdiag"], STYLE[b], marker=".", color="C3",
                      label=f"{b} |corr|")
     ax_std.axhline(1.0, color="grey", lw=0.8)
     ax_std.set_title("per-dimension std (target >= 1)")
@@ -117,50 +139,67 @@ def show_views(images, view_a, view_b, n: int = 6):
 
 
 
-def plot_loss_terms(run_dir: str | Path, weights: dict[str, float], lam: float | None = None):
-    """Each VICReg term of each branch over training, multiplied by its weight (its share of the loss).
+def plot_loss_terms(run_dir: str | Path, weights: dict[str, float] | None = None,
+                    lam: float | None = None):
+    """Each term of each head over training, multiplied by the weight it enters the loss with (its
+    share of the loss), then the total.
 
-    ``weights``: ``{"invariance": 25, "variance": 25, "covariance": 1}``; ``lam`` scales the
-    multi-level branch (``None``: no such branch).
+    The weights are the method's (``Method.weights`` of the run's ``loss.*``); ``weights``
+    (``{"invariance": 25, ...}``, one per term) and ``lam`` (the multi-level head's factor)
+    replace them where given.
     """
+    import yaml
+
+    from ..config import LossConfig
+
     plt = _plt()
     df = read_metrics(run_dir)
-    branches = [b for b in ("global", "multi") if f"{b}/loss" in df]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
-    for ax, term in zip(axes, ("invariance", "variance", "covariance")):
-        for b in branches:
-            scale = weights[term] * (lam if b == "multi" and lam is not None else 1.0)
-            d = df[["step", f"{b}/{term}"]].dropna()
-            ax.plot(d["step"], scale * d[f"{b}/{term}"], "-" if b == "global" else "--",
-                    label=f"{b} x {scale:g}")
+    method = run_method(run_dir)
+    saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()).get("loss") or {}
+    factor = method.weights(LossConfig(**saved))
+    heads = [h for h in method.heads if f"{h}/loss" in df]
+    fig, axes = plt.subplots(1, len(method.terms) + 1, figsize=(3.8 * (len(method.terms) + 1), 3.4),
+                             constrained_layout=True)
+    for ax, term in zip(axes, method.terms):
+        for h in heads:
+            scale = factor[f"{h}/{term}"]
+            if weights is not None:
+                scale = weights[term] * (lam if h == "multi" and lam is not None else 1.0)
+            d = df[["step", f"{h}/{term}"]].dropna()
+            ax.plot(d["step"], scale * d[f"{h}/{term}"], STYLE[h], label=f"{h} x {scale:g}")
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     d = df[["step", "loss"]].dropna()
-    axes[3].plot(d["step"], d["loss"], "k")
-    axes[3].set_title("total loss")
-    axes[3].set_xlabel("step")
+    axes[-1].plot(d["step"], d["loss"], "k")
+    axes[-1].set_title("total loss")
+    axes[-1].set_xlabel("step")
     return fig
 
 
 
 def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
-    """Diagnostics of several runs (``{label: run_dir}``): invariance, std min/mean, rank, |corr|."""
+    """Diagnostics of several runs (``{label: run_dir}``): the first term of each run's method
+    (VICReg's invariance), std min/mean, rank, |corr|."""
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    firsts = []
     for k, (label, run_dir) in enumerate(runs.items()):
         df = read_metrics(run_dir)
         colour = f"C{k}"
-        d = df[["step", f"{branch}/invariance"]].dropna()
-        axes[0].plot(d["step"], d[f"{branch}/invariance"], color=colour, label=label)
+        first = run_method(run_dir).terms[0]
+        firsts.append(first)
+        d = df[["step", f"{branch}/{first}"]].dropna()
+        axes[0].plot(d["step"], d[f"{branch}/{first}"], color=colour, label=label)
         keys = [f"diag/{branch}/{m}" for m in ("std_min", "std_mean", "eff_rank", "corr_offdiag")]
         d = df[["step", *keys]].dropna()
         axes[1].plot(d["step"], d[keys[0]], "--", marker=".", color=colour, label=f"{label} min")
         axes[1].plot(d["step"], d[keys[1]], "-", marker=".", color=colour, label=f"{label} mean")
         axes[2].plot(d["step"], d[keys[2]], marker=".", color=colour, label=label)
         axes[3].plot(d["step"], d[keys[3]], marker=".", color=colour, label=label)
-    titles = ["invariance s (mean squared distance of the views)", "per-dimension std",
-              "effective rank", "mean |off-diagonal correlation|"]
+    first = ("invariance s (mean squared distance of the views)"
+             if set(firsts) == {"invariance"} else " / ".join(dict.fromkeys(firsts)))
+    titles = [first, "per-dimension std", "effective rank", "mean |off-diagonal correlation|"]
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
@@ -170,46 +209,70 @@ def plot_collapse(runs: dict[str, str | Path], branch: str = "global"):
     return fig
 
 
+def plot_learning_curves(ax, curves, line: str, value: str, styles: dict | None = None,
+                         labels=None, start: str = "each") -> None:
+    """Online-probe read-outs over pretraining steps on ``ax``, one line per value of ``line``.
+
+    ``curves``: rows of (``line``, ``step``, ``value``); several rows per step (seeds) draw their
+    mean with the range shaded, or, where the rows carry ``low`` and ``high`` (a bootstrap
+    interval), that band. The random-init level (step 0) is a dashed line: one per line in its
+    colour (``start="each"``), or one black line at the mean of all (``"all"``). ``styles`` and
+    ``labels`` (a function of the line's name) set each line's style and legend text.
+    """
+    styles = styles or {}
+    for k, (name, g) in enumerate(curves.groupby(line, sort=False)):
+        s = g.groupby("step")[value].agg(["mean", "min", "max"])
+        colour = f"C{k}"
+        ax.plot(s.index, s["mean"], styles.get(name, "-"), marker=".", color=colour,
+                label=labels(name) if labels else str(name))
+        if {"low", "high"} <= set(g.columns) and g[["low", "high"]].notna().all().all():
+            band = g.groupby("step")[["low", "high"]].mean()
+            ax.fill_between(band.index, band["low"], band["high"], color=colour, alpha=0.15,
+                            lw=0, label=f"{name}: 95 % interval")
+        elif (s["min"] < s["max"]).any():
+            ax.fill_between(s.index, s["min"], s["max"], color=colour, alpha=0.15)
+        if start == "each" and 0 in s.index:
+            ax.axhline(float(s.loc[0, "mean"]), color=colour, ls="--", lw=0.9,
+                       label=f"{name}: random init (step 0)")
+    if start == "all":
+        level = curves[curves["step"] == 0][value].mean()
+        ax.axhline(level, color="k", ls="--", lw=1.2, label=f"random init ({level:.3f})")
+
+
 def plot_online_probe(df, ax, held_out: dict | None = None) -> None:
-    """The online probe's mean AUROC over steps on ``ax``: linear (solid) and kNN (dotted) with
-    their 95 % bootstrap bands over the score images (``mean_lo``/``mean_hi``, where recorded),
-    the step-0 value (random init) as a dashed line of the same colour. ``held_out``:
-    ``{encoder: (value, ci_low, ci_high)}`` of the held-out linear probe, drawn as points with
-    their intervals just right of the last step (the final answer beside the running estimate)."""
-    any_line = False
-    last = 0
-    for k, (readout, style) in enumerate((("linear", "-"), ("knn", ":"))):
+    """The online probe's mean AUROC of one run (its metrics) over steps on ``ax``
+    (:func:`plot_learning_curves`): linear (solid) and kNN (dotted) with their 95 % bootstrap
+    bands over the score images (``mean_lo``/``mean_hi``, where recorded), the step-0 value
+    (random init) as a dashed line of the same colour. ``held_out``: ``{encoder: (value, ci_low,
+    ci_high)}`` of the held-out linear probe, drawn as points with their intervals just right of
+    the last step (the final answer beside the running estimate)."""
+    import pandas as pd
+
+    parts, last = [], 0
+    for readout in ("linear", "knn"):
         key = f"probe/{readout}/mean"
-        if key not in df:
-            continue
-        d = df.dropna(subset=[key])
+        d = df.dropna(subset=[key]) if key in df else []
         if not len(d):
             continue
-        colour = f"C{k}"
-        ax.plot(d["step"], d[key], style, marker=".", color=colour, label=f"{readout} read-out")
         lo, hi = f"probe/{readout}/mean_lo", f"probe/{readout}/mean_hi"
-        if lo in d and hi in d and d[[lo, hi]].notna().all().all():
-            ax.fill_between(d["step"], d[lo], d[hi], color=colour, alpha=0.15, lw=0,
-                            label=f"{readout}: 95 % interval")
-        start = d[d["step"] == 0]
-        if len(start):
-            ax.axhline(float(start[key].iloc[0]), color=colour, ls="--", lw=0.9,
-                       label=f"{readout}: random init (step 0)")
+        parts.append(pd.DataFrame({"readout": readout, "step": d["step"], "value": d[key],
+                                   "low": d.get(lo, np.nan), "high": d.get(hi, np.nan)}))
         last = max(last, int(d["step"].max()))
-        any_line = True
+    if parts:
+        plot_learning_curves(ax, pd.concat(parts), "readout", "value",
+                             styles={"linear": "-", "knn": ":"}, labels=lambda r: f"{r} read-out")
     if held_out:
         x0 = last * 1.04 + 1
         for j, (name, (v, lo, hi)) in enumerate(held_out.items()):
             ax.errorbar([x0 + j * max(last, 1) * 0.03], [v], yerr=[[v - lo], [hi - v]],
                         fmt="s" if "random" in name else "D", color="k" if "random" in name
                         else "C3", capsize=3, label=f"held-out probe, {name}")
-        any_line = True
-    if not any_line:
+    if not parts and not held_out:
         ax.text(0.5, 0.5, "online probe off\n(train.eval_every=0)", ha="center", va="center",
                 transform=ax.transAxes)
     ax.set_title("online probe: held-out mean AUROC")
     ax.set_xlabel("step")
-    if any_line:
+    if parts or held_out:
         ax.legend(fontsize=7)
 
 
@@ -247,3 +310,23 @@ def plot_probe_comparison(results, out: str | Path, title: str = "held-out linea
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_collapse_demo(frame):
+    """The collapse toy (``mlvicx_core.experiments.collapse_toy.collapse_demo``): invariance,
+    per-dimension std and effective rank over steps, one line per ``std_coeff``."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2), constrained_layout=True)
+    for k, (std_coeff, d) in enumerate(frame.groupby("std_coeff", sort=False)):
+        label = f"std_coeff={std_coeff:g}" + (" (no variance term)" if std_coeff == 0 else "")
+        axes[0].plot(d["step"], d["invariance"], color=f"C{k}", label=label)
+        axes[1].plot(d["step"], d["std_mean"], color=f"C{k}", label=f"{label}: mean")
+        axes[1].plot(d["step"], d["std_min"], "--", color=f"C{k}", label=f"{label}: min")
+        axes[2].plot(d["step"], d["eff_rank"], color=f"C{k}", label=label)
+    for ax, title in zip(axes, ["invariance s", "per-dimension std", "effective rank"]):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    return fig

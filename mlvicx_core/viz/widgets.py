@@ -36,8 +36,7 @@ def browser_figure(i: int, images: np.ndarray, view_a: np.ndarray, view_b: np.nd
     """
     import matplotlib.pyplot as plt
 
-    from ..evaluation.gradcam import overlay
-    from .figures import FONT, cam_colourbar
+    from .figures import FONT, cam_colourbar, overlay
 
     if not 0 <= i < len(images):
         raise IndexError(f"image {i}: expected 0 <= i < {len(images)}")
@@ -100,7 +99,7 @@ def image_browser(images: np.ndarray, view_a: np.ndarray, view_b: np.ndarray,
 def umap_selector(panels: dict[tuple[str, str], np.ndarray | None], table: pd.DataFrame,
                   colour_by: str | None = None):
     """A dropdown over ``table``'s columns (findings, metadata) re-colouring the whole UMAP grid
-    (:func:`~mlvicx_core.comparison_figures.plot_umap_grid`)."""
+    (:func:`~.figures.plot_umap_grid`)."""
     import matplotlib.pyplot as plt
 
     from .figures import plot_umap_grid

@@ -1,9 +1,10 @@
 """Training records: one JSON object per line (``metrics.jsonl``) and, optionally, TensorBoard.
 
-Every record has ``step`` (optimizer steps completed) and ``epoch``. Step records add ``loss``, every
-loss term per branch (``global/invariance`` ... ``multi/covariance``, as returned by
-``mlvicx_core.loss.mlvicx_loss``), ``lr``, ``grad_norm`` and ``images_per_s``; diagnostic records add
-``diag/<branch>/<name>`` (``mlvicx_core.train.diagnostics``). JSON lines rather than CSV because
+Every record has ``step`` (optimizer steps completed) and ``epoch``. Step records add every name
+the method's loss returns (``loss``, ``<head>/loss``, ``<head>/<term>``, e.g. ``global/invariance``
+... ``multi/covariance`` for MLVICX: ``mlvicx_core.methods``), ``lr``, ``grad_norm`` and
+``images_per_s``; diagnostic records add ``diag/<head>/<name>`` for every head the method trains
+(``mlvicx_core.train.diagnostics``). JSON lines rather than CSV because
 diagnostic columns appear only every k steps. :func:`read_metrics` returns a pandas DataFrame.
 """
 from __future__ import annotations
