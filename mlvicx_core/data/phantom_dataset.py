@@ -114,6 +114,14 @@ class SyntheticCXR(CXRDataset):
                                                          self.images_per_patient) for i in g])
         return self._metadata
 
+    @metadata.setter
+    def metadata(self, table) -> None:
+        """A table of one's own (one row per image) replaces the phantom's factors."""
+        if table is not None and len(table) != self.length:
+            raise ValueError(f"metadata has {len(table)} rows; expected one per image "
+                             f"({self.length})")
+        self._metadata = table
+
     def global_index(self, index) -> np.ndarray:
         """Image number(s) in the unsplit stream ``seed`` behind dataset index(es) ``index``."""
         i = np.asarray(index, dtype=np.int64)
