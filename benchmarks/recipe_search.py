@@ -311,6 +311,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=9.0, help="CPU-minutes of training per point")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the budget (stage budget)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="math threads per point (default: cores / workers)")
     ap.add_argument("--save-models", default=None, help="folder for every final network")
     ap.add_argument("--report", action="store_true", help="only rewrite the table and figure")
     args = ap.parse_args()
@@ -328,7 +330,7 @@ def main() -> int:
     jobs = [(stage, name, seed, budget) for name in (args.points or GRID) for seed in args.seeds
             if (stage, name, seed) not in done]
     print(f"{len(jobs)} runs ({len(done)} already in {CSV.name})", flush=True)
-    threads = max(1, (os.cpu_count() or 2) // args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.workers)
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {pool.submit(run_point, *job, threads, args.save_models): job for job in jobs}
         from concurrent.futures import as_completed
