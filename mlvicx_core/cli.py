@@ -83,7 +83,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 # -- demo ----------------------------------------------------------------------------------------
 def add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
+    p.add_argument("--out", default="runs",
+                   help="folder of the run folders (default: runs); the run is "
+                        "<out>/teaching-<hash>, the one notebooks 01-04 use at their defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a teaching-preset key, e.g. --set train.max_steps=50")
 
@@ -94,8 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config import load_config
     from .experiments.demo import report_text, run_demo
 
-    config = load_config("teaching", [f"train.out_dir={args.out}", "train.run_name=teaching",
-                                      *args.overrides])
+    config = load_config("teaching", [f"train.out_dir={args.out}", *args.overrides])
     report = run_demo(config, log=lambda text: print(text, flush=True))
     print(report_text(report))
     return 0

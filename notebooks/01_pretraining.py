@@ -18,36 +18,35 @@
 # *multi-level* branch that applies the same three terms to features fused from all five depths of
 # the ResNet (METHOD.md).
 #
-# **Budget.** At the default parameters this notebook pretrains the `teaching` network (ResNet-18
-# with 1024-d heads, trained on 32 px views of 64 px radiographs) on 384 synthetic radiographs for 4
-# epochs of 12 steps, twice (the healthy run and the collapse run), one to two minutes each on one
-# CPU thread. That is enough to *see* every mechanism (terms moving, the online probe, collapse when
-# the variance term is switched off) but not to learn features that beat random init: `make demo`
-# (192 steps of batch 64, about 5 minutes) and docs/RESULTS.md measure that. Re-run at scale with
-# papermill (`-p epochs 16`, or `-p preset paper -p epochs 300 -p dataset nih -p data_root ...`).
-#
-# Runs are cached by their configuration (`train_or_load`): notebooks 02-05 reuse the run trained
-# here, and re-running a cell costs nothing.
+# **Budget.** At the default parameters this notebook trains (or reuses) the **teaching run**: the
+# `teaching` preset exactly, the run `make demo` trains (ResNet-18 at half width with 1024-d heads,
+# 32 px views of 64 px radiographs, 1,392 steps of batch 64 on 1,024 synthetic radiographs, about
+# 8 minutes on one CPU thread). Whichever of the demo and notebooks 01-04 runs first trains it in
+# `runs/teaching-<hash>/`; the others reuse it (`train_or_load`: runs are found by their
+# configuration and the code that trained them). The collapse run below is a second, short run
+# (`collapse_steps`). Re-run at scale with papermill (`-p preset paper -p dataset nih -p data_root
+# ...`), or shorter for a quick look (`-p epochs 8`: 128 steps, which do not beat random init).
 
 # %% tags=["parameters"]
 dataset = "synthetic"          # "synthetic" (no files needed) or "nih" (a folder of NIH PNGs)
 data_root = None               # for the "nih" dataset: the folder holding the PNGs
 preset = "teaching"            # "teaching" (CPU minutes) or "paper" (the paper's recipe)
 image_size = 64                # radiograph side in pixels (teaching views: 32 px crops of it; the paper: 224)
-data_length = 384              # synthetic radiographs in the pretraining set
-epochs = 4                     # 4 x 12 steps of batch 32 (the demo: 192 of batch 64)
-batch_size = 32
-max_steps = None               # stop each pretraining after this many steps (None: all epochs)
+data_length = None             # pretraining radiographs (None: the preset's, 1,024)
+epochs = None                  # None: the preset's (teaching: 87 epochs of 16 steps)
+batch_size = None              # None: the preset's (64)
+max_steps = None               # stop the pretraining after this many steps (None: all epochs)
+collapse_steps = 174           # steps of the run without the variance term (section 4)
 seed = 0
 overrides = {}                 # any config key, e.g. {"loss.lam": 0.5, "aug.crop_scale": [0.5, 1.0]}
-out_dir = "../runs/notebooks"  # run folders (git-ignored)
+out_dir = "../runs"            # run folders (git-ignored), shared with make demo
 
 # %%
 import torch
 from IPython.display import display
 
 from mlvicx_core.data.registry import dataset_from_config
-from mlvicx_core.experiments import diagnostics_table, pretrain_config
+from mlvicx_core.experiments import diagnostics_table, held_out, pretrain_config
 from mlvicx_core.experiments.collapse_toy import collapse_demo
 from mlvicx_core.model import MLVICX
 from mlvicx_core.train import train_or_load
@@ -62,9 +61,9 @@ common = {"dataset": dataset, "data_root": data_root, "preset": preset, "image_s
           "data_length": data_length, "epochs": epochs, "batch_size": batch_size, "seed": seed,
           "max_steps": max_steps, "out_dir": out_dir}
 config = pretrain_config("mlvicx", overrides=overrides, **common)
-# the collapse run: no variance term, and a projector ending in a plain Linear layer (section 4)
-config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0,
-                                                       "model.projector_last_bn": False}, **common)
+# the collapse run: the same recipe without the variance term, for its first collapse_steps steps
+config_collapse = pretrain_config("mlvicx", overrides={**overrides, "loss.std_coeff": 0.0},
+                                  **{**common, "max_steps": collapse_steps})
 print(f"{config.train.epochs} epochs x {config.data.length // config.train.batch_size} steps "
       f"of batch {config.train.batch_size} at {config.data.view_size} px")
 
@@ -88,7 +87,7 @@ fig = show_views(images, view_a, view_b)
 # %% [markdown]
 # ## 2. The model
 #
-# One ResNet-18 trunk with five *taps* (`stem`, `layer1` ... `layer4`). With MLVICX each tap passes
+# One ResNet-18 trunk (here at half width, `model.width=32`: 32-64-128-256 channels) with five *taps* (`stem`, `layer1` ... `layer4`). With MLVICX each tap passes
 # through a **context bottleneck** (a channel + spatial attention gate). Two heads read the trunk:
 #
 # * the **global** projector: the pooled `layer4` features through an MLP (this is VICReg);
@@ -137,34 +136,55 @@ print("run folder:", run.run_dir.name, "| steps:", run.step)
 
 # %% [markdown]
 # Each term, multiplied by its weight (so the curves show its share of the total loss). Global
-# branch solid, multi-level dashed. In a healthy run the variance hinge drops quickly (the
-# dimensions spread out), the invariance term first *rises* (spread-out embeddings are further
-# apart) and then is traded off against the others, and the covariance term shrinks as dimensions
-# decorrelate. With two dozen steps expect the first part of that story only.
+# branch solid, multi-level dashed. What to look for: the invariance term (2.0 would be views as
+# unrelated as two different images) falls as the views are matched; the variance hinge stays
+# small (it only acts where a dimension's spread drops below 1); the covariance term is traded off
+# against both. The numbers under the figure are read from this run's metrics.
 
 # %%
 weights = {"invariance": config.loss.sim_coeff, "variance": config.loss.std_coeff,
            "covariance": config.loss.cov_coeff}
 fig = plot_loss_terms(run.run_dir, weights, lam=config.loss.lam)
 
+# %% tags=["nbval-check-output"]
+from mlvicx_core.train.metrics_log import read_metrics
+
+metrics = read_metrics(run.run_dir)
+for term, w in weights.items():
+    d = metrics[["step", f"global/{term}"]].dropna()
+    print(f"global {term:10s} x {w:g}: step {int(d['step'].iloc[0]):4d} "
+          f"{w * d[f'global/{term}'].iloc[0]:7.3f}  ->  step {int(d['step'].iloc[-1]):4d} "
+          f"{w * d[f'global/{term}'].iloc[-1]:7.3f}")
+
 # %% [markdown]
-# **Is it learning anything a label can read?** The loss cannot say. The online probe can: every 12
-# steps the frozen trunk embeds 256 held-out radiographs (patients never pretrained on) and two
-# closed-form read-outs (ridge regression and a 20-nearest-neighbour vote, fitted on half the
-# patients, scored on the other half) give a mean AUROC over the findings. Step 0 is the same network
-# at random init: the dashed line. A randomly initialised ResNet is a strong baseline on these
-# images; at this budget expect the read-out to dip below it first (the network is reorganising its
-# features around the views), and to need a longer run to climb back above it (the demo runs 192
-# steps of batch 64 and draws the same panel).
+# **Is it learning anything a label can read?** The loss cannot say. The online probe can: every
+# `train.eval_every` steps (174 here) the frozen trunk embeds 1,600 radiographs of the training
+# split, whose labels the pretraining never saw, fits two read-outs on them (ridge regression per
+# finding, its strength chosen by exact leave-one-out AUROC, and a 20-nearest-neighbour vote) and
+# scores 1,024 radiographs of the validation patients: mean AUROC over the findings with a 95 %
+# bootstrap band. Step 0 is the same network at random init: the dashed line. A randomly
+# initialised ResNet is a strong baseline on these images, so the question is whether the curve
+# ends above that line by more than its band. The check against the held-out probe is
+# `make demo`'s output and notebook 03.
 
 # %%
 import matplotlib.pyplot as plt
 
-from mlvicx_core.train.metrics_log import read_metrics
 from mlvicx_core.viz.training import plot_online_probe
 
 fig, ax = plt.subplots(figsize=(6.5, 3.6), constrained_layout=True)
-plot_online_probe(read_metrics(run.run_dir), ax)
+plot_online_probe(metrics, ax)
+
+# %% tags=["nbval-check-output"]
+for readout in ("linear", "knn"):
+    d = metrics.dropna(subset=[f"probe/{readout}/mean"])
+    first, last = d.iloc[0], d.iloc[-1]
+    verdict = ("above random init beyond its band" if last[f"probe/{readout}/mean_lo"] >
+               first[f"probe/{readout}/mean"] else "not clearly above random init")
+    print(f"online probe, {readout:6s}: random init (step 0) {first[f'probe/{readout}/mean']:.3f}; "
+          f"step {int(last['step'])} {last[f'probe/{readout}/mean']:.3f} "
+          f"[{last[f'probe/{readout}/mean_lo']:.3f}, {last[f'probe/{readout}/mean_hi']:.3f}]: "
+          f"{verdict}")
 
 # %% [markdown]
 # ## 4. Collapse, and how to see it
@@ -181,13 +201,13 @@ plot_online_probe(read_metrics(run.run_dir), ax)
 # (`loss.std_coeff=0`). Nothing now forbids the trivial solution, and the invariance term, the only
 # one with a big weight, pulls everything together.
 #
-# One switch more is needed to *see* it with the real model, and it is a lesson in itself. The
-# kit's projectors (like the authors' code) end in BatchNorm: every output dimension is re-scaled to
-# a batch standard deviation of about 1 at every step, so the embedding *cannot* shrink, the variance
-# hinge $\max(0, 1 - \mathrm{std})$ never switches on, and a run without it is step for step the same
-# as the healthy one (try it: `overrides={"loss.std_coeff": 0.0}` alone). Official VICReg's projector
-# ends in a plain Linear layer; `model.projector_last_bn=False` builds that, and then the scale is
-# free to collapse.
+# Why this works with the teaching network, and would not with the authors' projector: the
+# teaching projectors end in a plain Linear layer, as official VICReg's do. The paper's preset ends
+# them in BatchNorm (`model.projector_last_bn`, as the authors' code): every output dimension is
+# then re-scaled to a batch standard deviation of about 1 at every step, the embedding *cannot*
+# shrink, the variance hinge never switches on, and a run without it is step for step the same as
+# the healthy one. (The recipe search found the Linear end better for learning too:
+# benchmarks/results/recipe_search.md.)
 
 # %%
 run_collapse = train_or_load(config_collapse)
@@ -195,24 +215,36 @@ fig = plot_collapse({"healthy (std_coeff=25)": run.run_dir,
                      "no variance term, Linear end (std_coeff=0)": run_collapse.run_dir})
 
 # %% [markdown]
-# The same diagnostics on held-out synthetic images (not a training batch), after training. The
+# The same diagnostics on 64 held-out synthetic images (test patients, not a training batch), after
+# training. The
 # network is in eval mode here (BatchNorm uses its running statistics instead of the batch's), so
 # the absolute scale differs from the training-time curves: compare the rows with each other.
 
 # %%
-held_out = torch.stack([pretrain_images[len(pretrain_images) - 1 - i]["image"] for i in range(64)])
+test_images = held_out(dataset, data_root, image_size, 64 * 5, seed)  # its test split: 64 images
+test_batch = torch.stack([test_images[i]["image"] for i in range(64)])
 display(diagnostics_table({"healthy": run.model, "no variance term": run_collapse.model},
-                          held_out).round(4))
+                          test_batch).round(4))
 
 # %% [markdown]
-# **Reading it.** Without the variance term the run collapses within a few dozen steps: the
-# invariance term falls to about 0 (every pair of views maps to the same point, which looks like
-# success), `std_min` falls by two orders of magnitude towards 0 and the effective rank to a handful
-# of directions out of 1024, while the healthy run keeps a standard deviation of about 1 and an
-# invariance near 2 (its views are not yet matched: at this budget it has learned to spread and
-# decorrelate, not to be invariant). The covariance term does not prevent the collapse: a shrinking
-# embedding also has a shrinking covariance. The held-out table says the same with the network in
-# eval mode.
+# **Reading it**, from the two runs' metrics (the first `collapse_steps` steps of each):
+
+# %% tags=["nbval-check-output"]
+for label, r in {"healthy": run, "no variance term": run_collapse}.items():
+    d = read_metrics(r.run_dir)
+    d = d[d["step"] <= collapse_steps]
+    inv = d["global/invariance"].dropna()
+    std = d["diag/global/std_min"].dropna()
+    rank = d["diag/global/eff_rank"].dropna()
+    print(f"{label:17s} invariance {inv.iloc[0]:.3f} -> {inv.iloc[-1]:.3f}; std_min "
+          f"{std.iloc[0]:.4f} -> {std.iloc[-1]:.4f}; effective rank {rank.iloc[0]:.1f} -> "
+          f"{rank.iloc[-1]:.1f} (step {int(d['step'].max())})")
+
+# %% [markdown]
+# A collapsing run shows the invariance term falling towards 0 (every pair of views maps to the
+# same point, which looks like success) while `std_min` and the effective rank fall with it; the
+# healthy run keeps its spread. The covariance term does not prevent collapse: a shrinking
+# embedding also has a shrinking covariance.
 
 # %% [markdown]
 # ### Collapse in miniature
@@ -231,12 +263,10 @@ display(toy.groupby("std_coeff", sort=False).tail(1)[
     ["std_coeff", "step", "invariance", "variance", "std_min", "std_mean"]].round(6))
 
 # %% [markdown]
-# **What this budget can and cannot show.** Four dozen steps demonstrate the mechanics (the terms,
-# the diagnostics, collapse). They do not produce features better than random init: the online
-# probe panel of the training figure of `make demo` shows the read-out against the random-init level
-# over 192 steps, and docs/RESULTS.md compares the methods at that budget over three seeds.
-# Notebooks 02-05 make their comparisons at this notebook's budget, with confidence intervals, and
-# say when the differences are within noise. For real numbers, re-run at scale:
+# **What this notebook does and does not show.** The terms, the diagnostics, collapse and the online
+# probe of the teaching run. Whether the trunk beats random init on labels is answered on held-out
+# patients with confidence intervals by `make demo` (the paired difference) and notebook 03
+# (random init, VICReg and MLVICX at several label fractions). For real numbers, re-run at scale:
 #
 # ```
 # papermill notebooks/01_pretraining.ipynb runs/01_paper.ipynb \

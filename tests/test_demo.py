@@ -40,7 +40,9 @@ def run_demo(out):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return out / "teaching", run_demo(out), out
+    text = run_demo(out)
+    (run,) = sorted(out.glob("teaching-*"))  # <out>/<preset>-<hash>, the notebooks' folder too
+    return run, text, out
 
 
 def printed(text):

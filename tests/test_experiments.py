@@ -96,7 +96,7 @@ def test_sweep_grid_one_factor_at_a_time():
     for name, point in grid.items():
         changed = len(point["overrides"]) + (point["encoders"] != ["mlvicx"])
         assert changed == (0 if name == "mlvicx" else 1), name
-    assert grid["mlvicx lam=2"]["overrides"] == {"loss.lam": 2.0}
+    assert grid["mlvicx lam=2"]["overrides"] == {**off, "loss.lam": 2.0}
     assert grid["vicreg"]["encoders"] == ["vicreg"]
     with pytest.raises(ValueError, match="level set"):
         sweep_grid(level_sets=[["layer9"]])
@@ -132,40 +132,30 @@ def test_collect_results_and_fraction_table(tmp_path):
         collect_results({})
 
 
-def _toy_notebook(path: Path) -> Path:
-    """A notebook that writes results.csv with value = 0.5 + x / 10 into results_dir."""
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("x = 0\nresults_dir = None")
-    params.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(
-        "import pandas as pd, pathlib\n"
-        "pd.DataFrame([dict(encoder='toy', task='probe', fraction=1.0, finding='mean', "
-        "metric='auroc', value=0.5 + x / 10, ci_low=0.4, ci_high=0.9, n=10)])"
-        ".to_csv(pathlib.Path(results_dir) / 'results.csv', index=False)")
-    nb.cells = [params, body]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
-@pytest.mark.kernel
-def test_run_sweep_executes_reuses_and_redoes(tmp_path):
-    nb = _toy_notebook(tmp_path / "toy.ipynb")
-    grid = {"one": {"x": 1}, "two two": {"x": 2}}
-    csvs = run_sweep(nb, grid, tmp_path / "sweep", progress=False)
-    assert set(csvs) == {"one", "two two"} and csvs["two two"].parent.name == "two_two"
+def test_run_sweep_trains_reads_out_reuses_and_redoes(tmp_path):
+    """Each point pretrains its own run (2 steps of 16 images) and is read out in this process;
+    the same parameters reuse the results, changed ones compute them again."""
+    common = {"data_length": 32, "epochs": 1, "batch_size": 16, "out_dir": str(tmp_path / "runs"),
+              "eval_length": 60, "fractions": [1.0], "n_boot": 20}
+    off = {"train.eval_every": 0}  # no online probe: not what this test is about
+    grid = {"mlvicx": {"encoders": ["mlvicx"], "overrides": off},
+            "lam two": {"encoders": ["mlvicx"], "overrides": {**off, "loss.lam": 2.0}}}
+    csvs = run_sweep(grid, tmp_path / "sweep", common, progress=False)
+    assert set(csvs) == {"mlvicx", "lam two"} and csvs["lam two"].parent.name == "lam_two"
     table = collect_results(csvs)
-    assert list(table["value"]) == pytest.approx([0.6, 0.7])
-    assert json.loads((tmp_path / "sweep" / "one" / "params.json").read_text())["x"] == 1
-    assert (tmp_path / "sweep" / "one" / "run.ipynb").is_file()
-    stamp = csvs["one"].stat().st_mtime_ns
-    run_sweep(nb, {"one": {"x": 1}}, tmp_path / "sweep", progress=False)  # same parameters: reused
-    assert csvs["one"].stat().st_mtime_ns == stamp
-    csvs = run_sweep(nb, {"one": {"x": 4}}, tmp_path / "sweep", progress=False)  # changed: again
-    assert collect_results(csvs)["value"].item() == pytest.approx(0.9)
-    with pytest.raises(FileNotFoundError, match="missing.ipynb"):
-        run_sweep(tmp_path / "missing.ipynb", grid, tmp_path / "sweep")
+    assert set(table["task"]) == {"probe", "knn"} and table["value"].between(0, 1).all()
+    runs = sorted((tmp_path / "runs").glob("teaching-*/done.json"))
+    assert len(runs) == 2  # one run per point: loss.lam is part of the content hash
+    assert json.loads((tmp_path / "sweep" / "lam_two" / "params.json").read_text())[
+        "overrides"] == {**off, "loss.lam": 2.0}
+    stamp = csvs["mlvicx"].stat().st_mtime_ns
+    run_sweep({"mlvicx": grid["mlvicx"]}, tmp_path / "sweep", common, progress=False)
+    assert csvs["mlvicx"].stat().st_mtime_ns == stamp  # same parameters: reused
+    run_sweep({"mlvicx": grid["mlvicx"]}, tmp_path / "sweep", {**common, "n_boot": 30},
+              progress=False)
+    assert csvs["mlvicx"].stat().st_mtime_ns != stamp  # changed: computed again
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['probe_notebook'\]"):
+        run_sweep(grid, tmp_path / "sweep", {"probe_notebook": "03.ipynb"})
 
 
 class _Fixed(torch.nn.Module):

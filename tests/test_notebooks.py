@@ -188,8 +188,7 @@ def test_04_gradcam_small(shared):
 
 def test_05_sweep_small(shared):
     execute("05_experiments", shared, out_dir=str(shared), lams=[0.5], level_sets=[],
-            bottleneck_off=False, fractions=[1.0], n_boot=50,
-            probe_notebook=str(source("03_linear_probe", shared / "sources")), **SMALL)
+            bottleneck_off=False, fractions=[1.0], n_boot=50, **SMALL)
     sweep = shared / "sweep"
     points = sorted(p.name for p in sweep.iterdir() if (p / "results.csv").is_file())
     assert points == ["mlvicx", "mlvicx_lam_0.5", "vicreg"]
@@ -205,8 +204,7 @@ def test_05_sweep_small(shared):
     # a second execution reuses every point: no results file is rewritten
     stamps = {p: (sweep / p / "results.csv").stat().st_mtime_ns for p in points}
     execute("05_experiments", shared, out_dir=str(shared), lams=[0.5], level_sets=[],
-            bottleneck_off=False, fractions=[1.0], n_boot=50,
-            probe_notebook=str(source("03_linear_probe", shared / "sources")), **SMALL)
+            bottleneck_off=False, fractions=[1.0], n_boot=50, **SMALL)
     assert stamps == {p: (sweep / p / "results.csv").stat().st_mtime_ns for p in points}
 
 

@@ -7,8 +7,8 @@ Encoders (all at the preset's size, by default ``teaching``)::
 
 Budget: every pretraining run takes exactly ``train.max_steps`` optimizer steps of
 ``train.batch_size`` two-view images, the same for every encoder, dataset and seed, with a cosine
-schedule spanning exactly those steps (the preset's warmup share: one epoch of the teaching
-preset's twelve, 16 of 192 steps). The pretraining set is the first
+schedule spanning exactly those steps (the preset's warmup share: 4.375 of the teaching preset's
+87 epochs, 70 of 1,392 steps). The pretraining set is the first
 ``n = spe * batch`` images of the train split, ``spe = ceil(steps / epochs)``,
 ``epochs = ceil(steps * batch / N)`` (:func:`schedule`). Runs go through the engine
 (``train_or_load``): a run folder ``<out>/runs/<dataset>/<encoder>/seed<k>`` with the same
@@ -140,7 +140,7 @@ class ExperimentDataset:
         c = self.config
         steps, batch = c.train.max_steps, c.train.batch_size
         sch = schedule(steps, batch, len(self.splits["train"]))
-        # the preset's warmup share of its schedule (teaching: 1 epoch of 12), over these steps
+        # the preset's warmup share of its schedule (teaching: 4.375 epochs of 87), over these steps
         warm = max(1, round(steps * c.optim.warmup_epochs / c.train.epochs))
         cfg = c.set({**VARIANTS[encoder], "data.length": sch["images"], "train.seed": seed,
                      "train.epochs": sch["epochs"], "optim.warmup_epochs":

@@ -52,33 +52,37 @@ def check_dataset(dataset: str, data_root: str | None) -> Path | None:
 
 def pretrain_config(variant: str = "mlvicx", *, dataset: str = "synthetic",
                     data_root: str | None = None, preset: str = "teaching",
-                    image_size: int = 64, data_length: int = 384, epochs: int = 2,
-                    batch_size: int = 32, seed: int = 0, max_steps: int | None = None,
-                    out_dir: str = "../runs/notebooks",
+                    image_size: int = 64, data_length: int | None = None,
+                    epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
+                    max_steps: int | None = None, out_dir: str = "../runs",
                     overrides: dict[str, Any] | None = None) -> Config:
     """The pretraining configuration behind a notebook's parameters.
 
     ``variant`` names an entry of :data:`~mlvicx_core.config.VARIANTS`; ``overrides`` is applied
     last (any ``section.key``). The run folder is ``<out_dir>/<preset>-<hash>``.
 
+    ``data_length``, ``epochs`` and ``batch_size`` left at None are the preset's: at the defaults
+    this is the teaching recipe exactly, the run ``mlvicx demo`` trains (same content hash, so with
+    ``out_dir`` = the demo's ``runs/`` folder every notebook and the demo share one run).
     ``image_size`` is the side the radiographs are stored and evaluated at (``data.stored_size``);
     the views are the preset's ``data.view_size`` (teaching: 32 px crops), at most ``image_size``.
-    The settings every notebook run shares (the online probe every 12 steps on 256 held-out
-    images, diagnostics, checkpoints: all outside the content hash) are ``mlvicx_core/notebooks.yaml``.
+    The settings every notebook run shares (diagnostics, checkpoints: outside the content hash) are
+    ``mlvicx_core/notebooks.yaml``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: expected one of {list(VARIANTS)}")
     root = check_dataset(dataset, data_root)
-    view = min(load_config(preset).data.view_size, int(image_size))
-    config = load_config(preset, package_yaml("notebooks.yaml")).set({
+    base = load_config(preset, package_yaml("notebooks.yaml"))
+    view = min(base.data.view_size, int(image_size))
+    config = base.set({
         "data.dataset": dataset,
         "data.root": str(root) if root is not None else None,
         "data.view_size": view,
         "data.stored_size": int(image_size),
-        "data.length": int(data_length),
+        "data.length": int(data_length) if data_length is not None else base.data.length,
         "data.seed": int(seed),
-        "train.epochs": int(epochs),
-        "train.batch_size": int(batch_size),
+        "train.epochs": int(epochs) if epochs is not None else base.train.epochs,
+        "train.batch_size": int(batch_size) if batch_size is not None else base.train.batch_size,
         "train.seed": int(seed),
         "train.max_steps": max_steps,
         "train.out_dir": str(out_dir),
@@ -131,8 +135,8 @@ def sweep_grid(lams: Sequence[float] = (), level_sets: Sequence[Sequence[str]] =
                bottleneck_off: bool = True, vicreg: bool = True) -> dict[str, dict[str, Any]]:
     """Named one-factor-at-a-time grid points around the default MLVICX (lambda 1, all taps, gates).
 
-    Each point is a dict of parameters for the probe notebook: ``encoders`` (a list holding one
-    variant name) and ``overrides`` (dotted config keys).
+    Each point is a dict: ``encoders`` (a list holding one variant name) and ``overrides`` (dotted
+    config keys), as :func:`run_sweep` reads it.
     """
     grid = {"mlvicx": {"encoders": ["mlvicx"], "overrides": {}}}
     if vicreg:
@@ -156,44 +160,62 @@ def point_folder(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def run_sweep(notebook: str | Path, grid: dict[str, dict[str, Any]], out_dir: str | Path,
-              common: dict[str, Any] | None = None, kernel_name: str = "python3",
-              progress: bool = True) -> dict[str, Path]:
-    """Execute ``notebook`` with papermill once per grid point; returns ``{point: results.csv}``.
+#: The keys of ``common`` that :func:`run_sweep` passes to :func:`pretrain_config`.
+PRETRAIN_KEYS = ("dataset", "data_root", "preset", "image_size", "data_length", "epochs",
+                 "batch_size", "seed", "max_steps", "out_dir")
 
-    Each execution gets ``common`` plus the point's parameters plus ``results_dir`` (where the
-    notebook must write ``results.csv``); the executed copy is saved next to it as ``run.ipynb``.
-    A point is not executed again when its folder holds ``results.csv`` from the same parameters
-    (``params.json``); with other parameters it is executed again. ``progress``: a bar over the
-    points, named after the point that runs. Kernels run over IPC
-    (:func:`~mlvicx_core.experiments.notebook_run.execute_notebook`).
+
+def run_sweep(grid: dict[str, dict[str, Any]], out_dir: str | Path,
+              common: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Path]:
+    """Pretrain (or reuse) and read out every grid point in this process; returns
+    ``{point: results.csv}``.
+
+    ``common``: the notebook's parameters, :data:`PRETRAIN_KEYS` for :func:`pretrain_config` (its
+    ``out_dir`` holds the runs, shared with the other notebooks) and ``eval_length``,
+    ``fractions``, ``n_boot`` for the read-outs (linear probe and kNN on the same
+    :func:`eval_splits` for every point). A point's ``results.csv`` and ``params.json`` go to
+    ``<out_dir>/<point_folder(point)>``; a point whose folder holds results of the same parameters
+    is not computed again, one with other parameters is. ``progress``: a bar over the points.
     """
     import json
 
     from tqdm.auto import tqdm
 
-    from .notebook_run import execute_notebook
+    from ..evaluation import evaluate
+    from ..train import train_or_load
 
-    notebook = Path(notebook).resolve()
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} not found")
+    common = dict(common or {})
+    pre = {k: common[k] for k in PRETRAIN_KEYS if k in common}
+    unknown = set(common) - set(PRETRAIN_KEYS) - {"eval_length", "fractions", "n_boot"}
+    if unknown:
+        raise ValueError(f"common: unknown parameter(s) {sorted(unknown)}; expected some of "
+                         f"{[*PRETRAIN_KEYS, 'eval_length', 'fractions', 'n_boot']}")
+    seed = int(pre.get("seed", 0))
+    settings = eval_config(fractions=list(common.get("fractions", [1.0])), tasks=["probe", "knn"],
+                           n_boot=int(common.get("n_boot", 200)), seed=seed)
+    splits = None
     out = Path(out_dir)
     done: dict[str, Path] = {}
     bar = tqdm(total=len(grid), desc=f"sweep ({len(grid)} points)", unit="point",
                disable=not progress)
     for name, point in grid.items():
         bar.set_description(f"sweep point {name}")
+        (variant,) = point["encoders"]
         folder = (out / point_folder(name)).resolve()
         csv, stamp = folder / "results.csv", folder / "params.json"
-        params = {**(common or {}), **point, "results_dir": str(folder)}
-        same = stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(params))
+        params = json.loads(json.dumps({**common, **point}))
+        same = stamp.is_file() and json.loads(stamp.read_text()) == params
         if not (csv.is_file() and same):
             folder.mkdir(parents=True, exist_ok=True)
             csv.unlink(missing_ok=True)
-            execute_notebook(notebook, folder / "run.ipynb", params, cwd=notebook.parent,
-                             kernel_name=kernel_name)
-            if not csv.is_file():
-                raise RuntimeError(f"{notebook.name} ran for point {name!r} but wrote no {csv}")
+            config = pretrain_config(variant, overrides=point.get("overrides"), **pre)
+            model = train_or_load(config).model
+            if splits is None:
+                splits = eval_splits(pre.get("dataset", "synthetic"), pre.get("data_root"),
+                                     pre.get("image_size", 64),
+                                     int(common.get("eval_length", 400)), seed)
+            evaluate({variant: model}, splits, settings, dataset=pre.get("dataset", "synthetic"),
+                     out_dir=folder)
             stamp.write_text(json.dumps(params, indent=1))
         done[name] = csv
         bar.update(1)
