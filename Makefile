@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: env test browser demo bench notebooks html clean-env install-jemalloc
+.PHONY: env test test-fast browser demo bench notebooks html clean-env install-jemalloc
 
 # jemalloc (Debian's libjemalloc2) under the long CPU jobs (demo, bench, notebooks), where it is
 # installed: with freed pages kept instead of returned to the kernel, the large tensors a step
@@ -38,6 +38,11 @@ test: env browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m kernel --durations=12; b=$$?; \
 	echo "make test: tests without kernels exited $$a, kernel tests exited $$b"; \
 	test $$a -eq 0 && test $$b -eq 0
+
+# Between commits: every test that starts no kernel, no subprocess run of the CLI and is not marked
+# slow, on two workers (within 5 minutes on a 2-core machine; CONTRIBUTING.md). CI runs `make test`.
+test-fast: env
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not kernel and not subprocess and not slow"
 
 # Debian's Chromium, its driver and MathJax 2 for the browser test (tests/test_browser.py), where
 # missing: installed with apt-get when this runs as root; otherwise those tests skip and say why.

@@ -21,11 +21,12 @@
 # **Budget.** At the default parameters this notebook trains (or reuses) the **teaching run**: the
 # `teaching` preset exactly, the run `make demo` trains (ResNet-18 at half width with 1024-d heads,
 # 32 px views of 64 px radiographs, 1,392 steps of batch 64 on 1,024 synthetic radiographs, about
-# 8 minutes on one CPU thread). Whichever of the demo and notebooks 01-04 runs first trains it in
-# `runs/teaching-<hash>/`; the others reuse it (`train_or_load`: runs are found by their
-# configuration and the code that trained them). The collapse run below is a second, short run
-# (`collapse_steps`). Re-run at scale with papermill (`-p preset paper -p dataset nih -p data_root
-# ...`), or shorter for a quick look (`-p epochs 8`: 128 steps, which do not beat random init).
+# 8 CPU-minutes: 5-6 minutes on the two threads the preset sets). Whichever of the demo and
+# notebooks 01-04 runs first trains it in `runs/teaching-<hash>/`; the others reuse it
+# (`train_or_load`: runs are found by their configuration and the code that trained them). The
+# collapse run below is a second, short run (`collapse_steps`). Re-run at scale with papermill
+# (`-p preset paper -p dataset nih -p data_root ...`), or shorter for a quick look (`-p epochs 8`:
+# 128 steps, which do not beat random init).
 
 # %% tags=["parameters"]
 dataset = "synthetic"          # "synthetic" (no files needed) or "nih" (a folder of NIH PNGs)

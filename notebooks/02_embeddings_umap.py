@@ -25,7 +25,7 @@
 #
 # **Budget.** The encoders are the teaching run (MLVICX, shared with `make demo` and notebook 01
 # through `train_or_load`) and VICReg at the same recipe (trained here once if no notebook did,
-# about 4 minutes on one thread). UMAP always draws *some* clusters, so judge a colouring only
+# about 3 minutes on two threads). UMAP always draws *some* clusters, so judge a colouring only
 # against what the same plot shows for the other encoder and kind, and do not read meaning into
 # the cluster shapes themselves.
 

@@ -27,7 +27,7 @@
 #
 # **Budget.** A sweep multiplies the pretraining cost by its number of points, so its default is
 # short: every point gets `epochs` = 4 epochs of the teaching recipe (64 steps of batch 64, about
-# half a minute each on one CPU thread), a twentieth of the teaching run. At that budget the
+# half a minute each on two threads), a twentieth of the teaching run. At that budget the
 # points differ by less than their intervals: the defaults show the *machinery*. To measure the
 # ablation, run it at the teaching budget (`-p epochs 87`, ~8 CPU-minutes per point) and several
 # seeds, or on a GPU with the paper preset.

@@ -31,6 +31,9 @@ import pytest
 import torch
 from PIL import Image
 
+# the real CLI in subprocesses: make test runs these, make test-fast leaves them out
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 TINY = ["data.view_size=32", "data.stored_size=null", "train.eval_every=0",
@@ -57,6 +60,7 @@ import errno
 import io
 import os
 import time
+
 
 _spec = os.environ.get("MLVICX_FAULT")
 if _spec:

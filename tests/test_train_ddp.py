@@ -27,6 +27,9 @@ from mlvicx_core.train import distributed
 from mlvicx_core.config import apply_overrides, load_config
 from mlvicx_core.train.step import TwoViewForward, loss_terms
 
+# torchrun in subprocesses: make test runs these, make test-fast leaves them out
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH, WORLD = 12, 2
 

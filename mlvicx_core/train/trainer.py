@@ -423,9 +423,13 @@ def pretrain(config: Config, *, dataset: Dataset | None = None, augment: Callabl
     """
     if on_code_change not in ("warn", "refuse"):
         raise ValueError(f"on_code_change={on_code_change!r}: expected 'warn' or 'refuse'")
-    with StopSignals() as stops:
-        return _pretrain(config, stops, on_code_change, dataset=dataset, augment=augment,
-                         model=model, run_dir=run_dir, probe=probe)
+    threads = torch.get_num_threads()  # train.threads acts for this call only
+    try:
+        with StopSignals() as stops:
+            return _pretrain(config, stops, on_code_change, dataset=dataset, augment=augment,
+                             model=model, run_dir=run_dir, probe=probe)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _stop_requested(run: Run, stops: StopSignals) -> int:
