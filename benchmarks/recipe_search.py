@@ -234,7 +234,11 @@ def report() -> None:
              "width 64, random init (the absolute reference). CPU-min: process CPU time of the "
              "pretraining at one math thread (online probe included). Invariance: the global "
              "invariance term first and last (2.0 = uncorrelated views). Online: the online "
-             "probe's linear read-out at step 0 and at the end.", "",
+             "probe's linear read-out at step 0 and at the end. The screen ran before the online "
+             "probe's fix (it then fitted a ridge of fixed strength on 256 validation images): "
+             "its online column is that old read-out, which disagrees with the held-out probe; "
+             "the seeds and budget stages ran with the fixed probe (1,600 training-split images, "
+             "strength by leave-one-out AUROC, 1,024 validation images scored).", "",
              "| stage | point | read-out | seeds | steps | CPU-min | random w64 | random | "
              "pretrained | gain | invariance | online 0 -> end |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
