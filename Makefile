@@ -42,7 +42,7 @@ test: env browser
 # Between commits: every test that starts no kernel, no subprocess run of the CLI and is not marked
 # slow, on two workers (within 5 minutes on a 2-core machine; CONTRIBUTING.md). CI runs `make test`.
 test-fast: env
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not kernel and not subprocess and not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -n 2 --dist loadfile -m "not kernel and not subprocess and not slow"
 
 # Debian's Chromium, its driver and MathJax 2 for the browser test (tests/test_browser.py), where
 # missing: installed with apt-get when this runs as root; otherwise those tests skip and say why.
