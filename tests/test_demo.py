@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import torch
 import train_helpers  # noqa: F401  (one math thread per test worker)
+from sklearn.metrics import roc_auc_score
 
 from mlvicx_core.cli import main
+from mlvicx_core.evaluation import metrics
 
 TEST_IMAGES = 48
 SETS = ["data.length=32", "train.batch_size=8", "train.max_steps=2", "train.tensorboard=false",
@@ -38,11 +40,51 @@ def run_demo(out):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def paired():
+    """The inputs (labels, pretrained scores, random-init scores, keywords) of every paired
+    difference the demo computes, in the order of its read-outs (filled by ``demo``)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, paired):
     out = tmp_path_factory.mktemp("demo")
-    text = run_demo(out)
+    real = metrics.paired_auroc_difference
+
+    def spy(labels, a, b, **kwargs):  # records what the demo passes, returns what the kit returns
+        paired.append((np.array(labels), np.array(a), np.array(b), kwargs))
+        return real(labels, a, b, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metrics, "paired_auroc_difference", spy)
+        text = run_demo(out)
     (run,) = sorted(out.glob("teaching-*"))  # <out>/<preset>-<hash>, the notebooks' folder too
     return run, text, out
+
+
+def sk_auroc(y, s):
+    """sklearn's AUROC of one finding over its known labels; NaN with a single class."""
+    known = ~np.isnan(y)
+    y, s = y[known], s[known]
+    return roc_auc_score(y, s) if len(np.unique(y)) == 2 else np.nan
+
+
+def paired_difference_by_hand(labels, a, b, n_boot, seed):
+    """The paired percentile bootstrap written plainly with sklearn: the point is the mean over the
+    findings with both classes of AUROC(a) - AUROC(b); each of ``n_boot`` resamples draws the same
+    N image indices for both encoders (``default_rng(seed).integers(0, N, N)``, the kit's
+    stream) and averages the differences of those findings that are defined in it; the interval
+    is the 2.5 and 97.5 % quantiles of those means."""
+    defined = [j for j in range(labels.shape[1]) if not np.isnan(sk_auroc(labels[:, j], a[:, j]))]
+
+    def mean_diff(rows):
+        d = [sk_auroc(labels[rows, j], a[rows, j]) - sk_auroc(labels[rows, j], b[rows, j])
+             for j in defined]
+        return np.nanmean(d) if not np.isnan(d).all() else np.nan
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    boot = [mean_diff(rng.integers(0, n, size=n)) for _ in range(n_boot)]
+    lo, hi = np.quantile([m for m in boot if not np.isnan(m)], [0.025, 0.975])
+    return mean_diff(np.arange(n)), lo, hi
 
 
 def printed(text):
@@ -76,11 +118,15 @@ def test_demo_writes_its_files(demo):
         assert (run.parent / p).exists(), p
 
 
-def test_printed_numbers_equal_the_results_file(demo):
+def test_printed_numbers_equal_the_results_file(demo, paired):
+    """The printed difference and its interval against :func:`paired_difference_by_hand` on the
+    test scores the demo compared, which are those of the rows (their mean AUROCs, recomputed
+    with sklearn, are the rows' values)."""
     run, text, _ = demo
     df = heldout(run)
     mean = df[(df["finding"] == "mean") & (df["metric"] == "auroc")]
-    for label, (task, features) in READOUTS.items():
+    assert len(paired) == len(READOUTS)
+    for (label, (task, features)), (labels, a, b, kwargs) in zip(READOUTS.items(), paired):
         rows = mean[(mean["task"] == task) & mean["note"].str.startswith(features + ";")]
         by_enc = rows.set_index("encoder")
         rnd, pre, diff = printed(text)[label]
@@ -89,10 +135,18 @@ def test_printed_numbers_equal_the_results_file(demo):
                                                                         "ci_high"))
             assert got == want, (label, enc)
             assert (by_enc.loc[enc, "n"] == TEST_IMAGES)
-        # the point difference is the difference of the two means (same findings, same images)
+        assert labels.shape == a.shape == b.shape == (TEST_IMAGES, 5)
+        for enc, scores in (("pretrained", a), ("random init", b)):
+            sk = np.nanmean([sk_auroc(labels[:, j], scores[:, j]) for j in range(5)])
+            assert by_enc.loc[enc, "value"] == pytest.approx(sk, abs=1e-12), (label, enc)
+        # the point difference is the difference of the two means (same findings, same images),
+        # printed to 3 decimals
         assert diff[0] == pytest.approx(by_enc.loc["pretrained", "value"]
-                                        - by_enc.loc["random init", "value"], abs=1.5e-3)
+                                        - by_enc.loc["random init", "value"], abs=5e-4 + 1e-9)
         assert diff[1] <= diff[0] <= diff[2]
+        assert kwargs == {"n_boot": 50, "seed": 0}
+        ref = paired_difference_by_hand(labels, a, b, **kwargs)
+        assert diff == pytest.approx(ref, abs=5e-4 + 1e-9), label
     assert (f"{TEST_IMAGES} test radiographs of patients never pretrained on, mean AUROC over 5 "
             "findings") in text
     # width 16: the absolute reference line names ResNet-18 at width 64

@@ -4,6 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from eval_fakes import BlobCXR, tiny_model
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -66,17 +67,56 @@ def test_similarity_target_lands_on_the_evidence_for_the_reference_direction():
         assert pointing_hit(cam, region) == expect
 
 
+def grad_cam_by_hand(net, images, layer, score):
+    """Grad-CAM written out with autograd, in float64: the layer's output A (a forward hook) and
+    d score / dA; weights = spatial mean of the gradient; ReLU(sum_k w_k A_k), min-max scaled per
+    image (x - min) / (1e-7 + max), upsampled bilinearly (half-pixel centres) to the image size,
+    then ReLU and min-max again (pytorch-grad-cam scales each layer's map before resizing and the
+    mean over layers after)."""
+    net.eval()
+    seen = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        out = net(images.detach().clone().requires_grad_(True))
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score(out).sum(), seen[0])
+    act, grad = seen[0].detach().double(), grad.double()
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1))
+
+    def minmax(m):
+        m = m - m.amin(dim=(1, 2), keepdim=True)
+        return m / (1e-7 + m.amax(dim=(1, 2), keepdim=True))
+    cam = F.interpolate(minmax(cam)[:, None], size=tuple(images.shape[-2:]), mode="bilinear",
+                        align_corners=False)[:, 0]
+    return minmax(torch.relu(cam)).numpy()
+
+
 @pytest.mark.parametrize("tap", ["stem", "layer1", "layer2", "layer3", "layer4"])
 def test_every_tap_for_heads_and_for_the_ssl_encoder(tap):
+    """Values against :func:`grad_cam_by_hand`: finding 1's logit of the classifier, and the cosine
+    similarity of the projector output to a random direction (a reference equal to an image's own
+    embedding has a vanishing gradient there, its map is round-off: shapes only)."""
     model = tiny_model()
     images = torch.rand(2, 1, 64, 64)
     clf = Classifier(Trunk(model), 2)
     maps = finding_cams(clf, images, 1, tap)
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    np.testing.assert_allclose(
+        maps, grad_cam_by_hand(clf, images, clf.trunk.gates[tap], lambda logits: logits[:, 1]),
+        atol=1e-5)
     with torch.no_grad():
         ref = model(images[:1]).global_[0]
     sim = similarity_cams(model, images, ref, tap)
     assert sim.shape == (2, 64, 64) and np.isfinite(sim).all()
+    direction = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    sim = similarity_cams(model, images, direction, tap)
+
+    def cosine(out):
+        z = out.global_
+        return (z @ direction) / (z.norm(dim=1) * direction.norm())
+    np.testing.assert_allclose(sim, grad_cam_by_hand(model, images, model.gates[tap], cosine),
+                               atol=1e-5)
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
     assert sum(len(m._forward_hooks) for m in clf.modules()) == 0
 
@@ -112,6 +152,13 @@ def test_overlay_respects_the_intensity_contract():
 
 
 def test_localisation_eval_with_masks_and_boxes():
+    """Scores recomputed plainly from the kit's maps of the positives (3 of the 12 blobs, all
+    within max_images=4), picked here from the labels and the disc centres: pointing = share of a
+    map's maximal pixels within ``tolerance`` of the region (brute-force distances), energy =
+    sum(map * region) / sum(map); chance = the region's share of the image, hand-derived: a disc of
+    radius 4 (49 lattice points within 4 of its centre, wholly inside the image) and its 9 x 9
+    bounding box, in 32 x 32. With tolerance 9 one plateau is half inside: pointing is neither 0
+    nor 1."""
     ds = BlobCXR(n=12, image_size=32)
     clf = Classifier(Trunk(tiny_model()), 2)
     res = localisation_eval(clf, ds, 0, tap="layer2", max_images=4)
@@ -123,6 +170,31 @@ def test_localisation_eval_with_masks_and_boxes():
                               max_images=4)
     assert boxes["n"] == res["n"]
     assert boxes["chance_energy"] > res["chance_energy"]  # a box contains its disc
+    near = localisation_eval(clf, ds, 0, tap="layer2", max_images=4, tolerance=9.0)
+
+    picked = np.flatnonzero(ds.labels[:, 0] == 1)[:4]
+    assert len(picked) == res["n"] == 3
+    maps = finding_cams(clf, torch.stack([ds[int(i)]["image"] for i in picked]), 0, "layer2")
+    assert all(m.max() > m.min() for m in maps)  # no constant map: every one is scored
+    yy, xx = np.mgrid[:32, :32]
+    for got, box, tolerance in ((res, False, 0.0), (boxes, True, 0.0), (near, False, 9.0)):
+        hits, energy, reach = [], [], []
+        for m, i in zip(maps, picked):
+            cy, cx = ds.centres[i]
+            region = ((abs(yy - cy) <= 4) & (abs(xx - cx) <= 4) if box
+                      else (yy - cy) ** 2 + (xx - cx) ** 2 <= 16)
+            assert region.sum() == (81 if box else 49)
+            ry, rx = np.nonzero(region)
+            dist = np.sqrt((yy[..., None] - ry) ** 2 + (xx[..., None] - rx) ** 2).min(axis=-1)
+            hits.append((dist <= tolerance)[m == m.max()].mean())
+            reach.append((dist <= tolerance).mean())
+            energy.append(m[region].sum() / m.sum())
+        assert got["n"] == got["n_energy"] == len(picked) and got["n_constant"] == 0
+        assert got["pointing_game"] == pytest.approx(np.mean(hits), abs=1e-12)
+        assert got["energy_inside"] == pytest.approx(np.mean(energy), rel=1e-6)
+        assert got["chance_pointing"] == pytest.approx(np.mean(reach), abs=1e-12)
+        assert got["chance_energy"] == pytest.approx((81 if box else 49) / 1024, abs=1e-12)
+    assert 0 < near["pointing_game"] < 1 and near["chance_pointing"] > res["chance_pointing"]
 
 
 def test_localisation_eval_counts_constant_maps_apart_and_keeps_chance_on_the_scored_images(
