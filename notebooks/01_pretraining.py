@@ -137,10 +137,12 @@ print("run folder:", run.run_dir.name, "| steps:", run.step)
 
 # %% [markdown]
 # Each term, multiplied by its weight (so the curves show its share of the total loss). Global
-# branch solid, multi-level dashed. What to look for: the invariance term (2.0 would be views as
-# unrelated as two different images) falls as the views are matched; the variance hinge stays
-# small (it only acts where a dimension's spread drops below 1); the covariance term is traded off
-# against both. The numbers under the figure are read from this run's metrics.
+# branch solid, multi-level dashed. What to look for: the invariance term falls as the two views
+# are matched. The variance hinge is the largest weighted term in this recipe: the projectors end
+# in a plain Linear layer, whose outputs have a spread well below 1, and the hinge keeps pushing
+# every dimension's spread up (section 4 shows what happens without it). The covariance term grows
+# with the spread and is traded off against both. The numbers under the figure are read from this
+# run's metrics.
 
 # %%
 weights = {"invariance": config.loss.sim_coeff, "variance": config.loss.std_coeff,
