@@ -2,7 +2,6 @@
 strength against plain refits written here, its records against a recomputation, the probe inside a
 pretraining run (metrics.jsonl and the training figure), and its agreement with the held-out probe
 on trunks of different quality."""
-import dataclasses
 import json
 
 import numpy as np
