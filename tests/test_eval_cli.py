@@ -301,8 +301,8 @@ def test_evaluate_reads_an_exported_trunk_like_its_checkpoint(tmp_path, monkeypa
     save_model(model, tmp_path / "m.pt")
     export_trunk(model, tmp_path / "trunk.pt")
     argv = ["--checkpoint", f"m={tmp_path / 'm.pt'}", "--checkpoint", f"t={tmp_path / 'trunk.pt'}",
-            "--dataset", "eval_fakes:make_blobs", "--set", "data.length=40",
-            "--set", "eval.split_sizes=null", "--tasks", "probe"]
+            "--set", "data.dataset=eval_fakes:make_blobs", "--set", "data.length=40",
+            "--set", "eval.split_sizes=null", "--set", "eval.tasks=[probe]"]
     assert _evaluate(tmp_path, *argv) == 0, capsys.readouterr().err
     frame = pd.read_csv(tmp_path / "eval" / "results.csv")
     m, t = (frame[frame.encoder == e].drop(columns="encoder").reset_index(drop=True)

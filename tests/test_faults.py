@@ -40,7 +40,9 @@ TINY = ["data.view_size=32", "data.stored_size=null", "train.eval_every=0",
         "model.projector=[32,32]", "model.ml_projector=[32,32]",
         "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
         "train.batch_size=8", "train.tensorboard=false", "train.ckpt_every=1",
-        "train.keep_last=3"]
+        "train.keep_last=3", "train.threads=0",
+        # the network these faults were calibrated on: width 64, projectors ending in BatchNorm
+        "model.width=64", "model.projector_last_bn=true"]
 
 SITECUSTOMIZE = '''
 """Fault injection for tests/test_faults.py, imported by the interpreter at start-up.

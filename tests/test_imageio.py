@@ -193,10 +193,11 @@ def test_file_datasets_take_bit_depth(tmp_path):
     from mlvicx_core.data.dicom import write_dicom
     from mlvicx_core.data.folder import ImageFolderDataset
 
-    vals = np.array([[0, 1023], [4095, 2048]], dtype=np.uint16)
+    # 8 x 8: the smallest radiograph the readers accept (issue 19)
+    vals = np.tile(np.array([[0, 1023], [4095, 2048]], dtype=np.uint16), (4, 4))
     Image.fromarray(vals).save(tmp_path / "a.png")
-    Image.fromarray(np.full((2, 2), 51, np.uint8)).save(tmp_path / "b.png")  # 8-bit: unaffected
-    write_dicom(tmp_path / "c.dcm", np.full((2, 2), 1000, np.uint16), bits_stored=10)
+    Image.fromarray(np.full((8, 8), 51, np.uint8)).save(tmp_path / "b.png")  # 8-bit: unaffected
+    write_dicom(tmp_path / "c.dcm", np.full((8, 8), 1000, np.uint16), bits_stored=10)
     ds = ImageFolderDataset(tmp_path, image_size=None, bit_depth=12)
     assert ds.bit_depth == 12
     np.testing.assert_allclose(ds[0]["image"][0].numpy(), vals / 4095.0, atol=1e-7)

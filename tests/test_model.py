@@ -48,11 +48,12 @@ def test_output_shapes_per_preset(preset):
         assert emb.multi.shape == (2, cfg.ml_projector[-1])
     else:
         assert emb.multi is None and model.fusion is None
-    expected = {"stem": (64, s // 2), "layer1": (64, s // 4), "layer2": (128, s // 8),
-                "layer3": (256, s // 16), "layer4": (512, s // 32)}
+    w = cfg.width  # ResNet-18's channels are w, w, 2w, 4w, 8w (64 at the paper's width)
+    expected = {"stem": (w, s // 2), "layer1": (w, s // 4), "layer2": (2 * w, s // 8),
+                "layer3": (4 * w, s // 16), "layer4": (8 * w, s // 32)}
     for level, (c, side) in expected.items():
         assert taps[level].shape == (2, c, side, side), level
-    assert model.encode(x).shape == (2, 512)
+    assert model.encode(x).shape == (2, 8 * w)
 
 
 def literal_fusion(maps, convs, fusion_size, pool_size):
@@ -161,7 +162,7 @@ def test_grey_input_equals_repeated_rgb():
 
 
 def test_levels_option_selects_taps():
-    cfg = get_preset("teaching", levels=("layer3", "layer4"), context_bottleneck=False)
+    cfg = get_preset("teaching", levels=("layer3", "layer4"), context_bottleneck=False, width=64)
     model = MLVICX(cfg)
     assert [c.in_channels for c in model.fusion.lateral] == [256, 512]
     assert all(isinstance(g, torch.nn.Identity) for g in model.gates.values())
@@ -171,7 +172,7 @@ def test_levels_option_selects_taps():
 @pytest.mark.parametrize("backbone,channels", [("resnet34", [64, 64, 128, 256, 512]),
                                                ("resnet50", [64, 256, 512, 1024, 2048])])
 def test_other_resnets_adapt_the_taps(backbone, channels):
-    cfg = get_preset("teaching", backbone=backbone, projector=(32,), ml_projector=(32,))
+    cfg = get_preset("teaching", backbone=backbone, projector=(32,), ml_projector=(32,), width=64)
     model = MLVICX(cfg)
     assert [c.in_channels for c in model.fusion.lateral] == channels
     assert model.projector[0].in_features == channels[-1]
@@ -180,7 +181,7 @@ def test_other_resnets_adapt_the_taps(backbone, channels):
 
 
 def test_trunk_exports_as_plain_torchvision_resnet():
-    model = MLVICX("teaching")
+    model = MLVICX(get_preset("teaching", width=64))  # the teaching preset is at width 32
     resnet = torchvision.models.resnet18()
     missing, unexpected = resnet.load_state_dict(model.trunk_state_dict(), strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
@@ -197,7 +198,7 @@ def test_imagenet_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match=r"ImageNet weights for resnet18.*pretrained=None"):
-        MLVICX(get_preset("teaching", pretrained="imagenet"))
+        MLVICX(get_preset("teaching", pretrained="imagenet", width=64))
 
 
 def test_bad_options_are_named():
@@ -220,4 +221,5 @@ def test_projector_can_end_in_a_plain_linear_layer():
                                                                       torch.nn.Linear)
     kinds = [type(x).__name__ for x in m.projector]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
-    assert type(MLVICX("teaching").projector[-1]).__name__ == "BatchNorm1d"
+    assert type(MLVICX("paper").projector[-1]).__name__ == "BatchNorm1d"  # the authors' code
+    assert get_preset("teaching").projector_last_bn is False  # the teaching recipe's choice

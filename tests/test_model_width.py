@@ -50,7 +50,7 @@ def test_width_64_imagenet_stem_is_torchvision_resnet18():
         torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
     # and the default model config builds exactly this trunk
     assert get_preset("paper").width == 64 and get_preset("paper").stem == "imagenet"
-    assert type(MLVICX(get_preset("teaching")).backbone) is torchvision.models.ResNet
+    assert type(MLVICX(get_preset("teaching", width=64)).backbone) is torchvision.models.ResNet
 
 
 @pytest.mark.parametrize("width, stem", [(32, "imagenet"), (48, "imagenet"), (16, "imagenet"),

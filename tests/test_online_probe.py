@@ -375,7 +375,7 @@ def test_online_probe_agrees_with_the_held_out_probe_on_trunks_of_different_qual
     from mlvicx_core.data.registry import evaluation_splits
     from mlvicx_core.evaluation.pipeline import evaluate, mean_auroc
 
-    cfg = load_config("teaching", ["model.width=16"])
+    cfg = load_config("teaching", ["model.width=16", "model.projector_last_bn=true"])
     splits = evaluation_splits(cfg.data, cfg.eval.split_sizes, in_memory=True)
     train = splits["train"]
     x = torch.stack([train[i]["image"] for i in range(len(train))])

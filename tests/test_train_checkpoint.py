@@ -194,7 +194,7 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
 
 
 def test_exported_trunk_loads_in_torchvision_resnet18(tmp_path):
-    model = MLVICX(TINY_MODEL)
+    model = MLVICX(TINY_MODEL.replace(width=64))  # torchvision's ResNet-18 is width 64
     path = export_trunk(model, tmp_path / "trunk.pt")
     sd = torch.load(path, weights_only=True)
     net = torchvision.models.resnet18()

@@ -305,8 +305,9 @@ def test_augmentation_keys_reach_the_augmenter(tmp_path):
 
 
 def test_export_trunk_command(tmp_path, capsys):
-    res = pretrain(tiny_config(tmp_path, **{"train.max_steps": 1}), dataset=TinyCXR(32),
-                   augment=simple_augment, run_dir=tmp_path / "r")
+    # width 64: torchvision's ResNet-18 (the teaching preset is at width 32)
+    res = pretrain(tiny_config(tmp_path, **{"train.max_steps": 1, "model.width": 64}),
+                   dataset=TinyCXR(32), augment=simple_augment, run_dir=tmp_path / "r")
     out = tmp_path / "trunk.pt"
     assert main(["export-trunk", str(res.checkpoint), str(out)]) == 0
     sd = torch.load(out, weights_only=True)

@@ -13,8 +13,10 @@ from mlvicx_core.data.base import CXRDataset
 # oversubscription that made these tests ~5x slower on a loaded machine.
 torch.set_num_threads(1)
 
+# the teaching network (width 32) with tiny heads; the projectors end in BatchNorm as the paper's
+# (the teaching recipe's Linear end is tested where it matters: tests/test_model.py)
 TINY_MODEL = get_preset("teaching", projector=(32, 32), ml_projector=(32, 32),
-                        fusion_size=8, fusion_channels=16, pool_size=2)
+                        fusion_size=8, fusion_channels=16, pool_size=2, projector_last_bn=True)
 
 
 class TinyCXR(CXRDataset):
@@ -53,6 +55,7 @@ def tiny_config(tmp_path, **overrides) -> Config:
         "data.view_size": 32, "data.stored_size": None,
         # the preset's online probe and read-out are the teaching recipe's; these tests set them
         "train.eval_every": 0, "eval.features": "trunk",
+        "train.threads": 0,  # the suite's one thread per worker, not the preset's two
     }
     base.update(overrides)
     cfg = load_config("teaching")
