@@ -41,8 +41,9 @@ TINY = ["data.view_size=32", "data.stored_size=null", "train.eval_every=0",
         "model.fusion_size=8", "model.fusion_channels=16", "model.pool_size=2",
         "train.batch_size=8", "train.tensorboard=false", "train.ckpt_every=1",
         "train.keep_last=3", "train.threads=0",
-        # the network these faults were calibrated on: width 64, projectors ending in BatchNorm
-        "model.width=64", "model.projector_last_bn=true"]
+        # the run these faults were calibrated on: width 64, projectors ending in BatchNorm, a
+        # one-epoch warmup (SGD at lr 1e38 must overflow at step 1)
+        "model.width=64", "model.projector_last_bn=true", "optim.warmup_epochs=1"]
 
 SITECUSTOMIZE = '''
 """Fault injection for tests/test_faults.py, imported by the interpreter at start-up.
