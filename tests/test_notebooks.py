@@ -149,9 +149,14 @@ def test_03_probe_small(shared):
     execute("03_linear_probe", shared, out_dir=str(shared), results_dir=str(results),
             fractions=[0.5, 1.0], n_boot=50, **SMALL)
     df = check_results(results / "results.csv", {"random", "vicreg", "mlvicx"}, {0.5, 1.0})
-    # the test split holds 20 % of eval_length (120) images: n is constant
-    n = df[df["metric"] == "auroc"]["n"].unique()
-    assert list(n) == [round(SMALL["eval_length"] * 0.2)]
+    # the test split holds 20 % of eval_length (120) images: n is constant for the findings
+    findings = df[(df["metric"] == "auroc") & df["task"].isin(["probe", "knn"])]
+    assert list(findings["n"].unique()) == [round(SMALL["eval_length"] * 0.2)]
+    # the factor read-out: every encoder, the phantom's factors (n: images where one is defined)
+    factors = df[df["task"] == "factors"]
+    assert set(factors["encoder"]) == {"random", "vicreg", "mlvicx"}
+    assert {"shift_x", "rotation", "dose"} <= set(factors["finding"])
+    assert (factors["n"] <= round(SMALL["eval_length"] * 0.2)).all()
 
 
 def test_03_same_numbers_in_a_fresh_folder_and_another_thread_setting(shared, tmp_path):
@@ -227,8 +232,8 @@ def test_03_probe_on_nih(tmp_path):
     df = check_results(results / "results.csv", {"random", "mlvicx"}, {1.0})
     from mlvicx_core.data.nih import NIH_FINDINGS
 
-    findings = set(df[df["metric"] == "auroc"]["finding"]) - {"mean"}
-    assert findings == set(NIH_FINDINGS)
+    auroc = df[(df["metric"] == "auroc") & df["task"].isin(["probe", "knn"])]
+    assert set(auroc["finding"]) - {"mean"} == set(NIH_FINDINGS)
     # the pretraining run read the NIH folder, 3 steps
     (run,) = [d for d in tmp_path.glob("teaching-*") if (d / "done.json").is_file()]
     cfg = run_folders(tmp_path)[run.name]
