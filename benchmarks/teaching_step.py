@@ -46,7 +46,8 @@ from mlvicx_core.train.step import build_step, train_step  # noqa: E402
 
 RESULTS = HERE / "results" / "teaching_step.json"
 BEFORE = ["model.width=64", "model.projector=[1024,1024,1024]",
-          "model.ml_projector=[1024,1024,1024]", "data.in_memory=false"]
+          "model.ml_projector=[1024,1024,1024]", "data.in_memory=false",
+          "model.projector_last_bn=true"]
 # name -> (overrides on the teaching preset, fused AdamW)
 VARIANTS = {
     "before": (BEFORE, False),
