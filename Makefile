@@ -59,7 +59,7 @@ browser:
 
 # The main job: a short MLVICX pretraining (teaching preset) on the embedded synthetic data.
 demo: env
-	OMP_WAIT_POLICY=PASSIVE $(WITH_JEMALLOC) $(PY) -m mlvicx_core.cli demo
+	$(WITH_JEMALLOC) $(PY) -m mlvicx_core.cli demo
 
 bench: env
 	$(WITH_JEMALLOC) $(PY) benchmarks/step_time.py
