@@ -209,7 +209,6 @@ def add_results(p: argparse.ArgumentParser) -> None:
 
 def cmd_results(args: argparse.Namespace) -> int:
     """The results experiment (``mlvicx_core.experiments.results``), then its report."""
-    import os
     import shlex
     import tempfile
     from pathlib import Path
@@ -226,9 +225,6 @@ def cmd_results(args: argparse.Namespace) -> int:
         bad = [x for x in given or () if x not in known]
         if bad:
             raise ConfigError(f"{flag} {' '.join(bad)}: expected some of {' '.join(known)}")
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        print("note: set OMP_WAIT_POLICY=PASSIVE before starting Python on a shared CPU "
-              "(spinning OpenMP threads can make each step several times slower)")
     if args.smoke and "--preset" not in argv:
         args.preset = "results-smoke"
     config = _load(args)
@@ -243,7 +239,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                        encoders=tuple(args.encoders or ENCODERS), scale=args.scale,
                        log=lambda m: print(m, flush=True))
     shown = [a for a in argv if a != "--report-only"]  # the command that recomputes everything
-    md = write_report(out, report, "OMP_WAIT_POLICY=PASSIVE mlvicx results " + shlex.join(shown))
+    md = write_report(out, report, "mlvicx results " + shlex.join(shown))
     print(f"report: {md}")
     return 0
 

@@ -211,10 +211,31 @@ def _save_figure_data(data: ExperimentDataset, maps: dict, out: Path) -> None:
              methods=np.array(list(maps)), maps=np.stack([maps[m] for m in maps]))
 
 
+def save_test_scores(ev, path: Path) -> None:
+    """Every AUROC task's test labels and scores of one encoder (``<task>@<fraction>`` ->
+    ``labels`` / ``scores``), so the report can compare encoders *paired* on the same images
+    (:func:`~mlvicx_core.evaluation.metrics.paired_auroc_difference`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for (task, fraction), (labels, scores) in ev.test_scores.items():
+        arrays[f"{task}@{fraction:g}/labels"] = np.asarray(labels)
+        arrays[f"{task}@{fraction:g}/scores"] = np.asarray(scores)
+    np.savez(path, **arrays)
+
+
+def load_test_scores(path: Path) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """What :func:`save_test_scores` wrote: ``(task, fraction) -> (labels, scores)``."""
+    with np.load(path) as z:
+        keys = sorted({k.rsplit("/", 1)[0] for k in z.files})
+        return {(k.split("@")[0], float(k.split("@")[1])): (z[f"{k}/labels"], z[f"{k}/scores"])
+                for k in keys}
+
+
 def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
                    datasets=DEFAULT_DATASETS, encoders=ENCODERS, scale: float = 1.0,
                    log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Run everything; writes ``results.csv``, ``runs.csv``, ``settings.json``, ``gradcam_*.npz``.
+    """Run everything; writes ``results.csv``, ``runs.csv``, ``settings.json``, ``gradcam_*.npz``
+    and ``scores/<dataset>-<encoder>-seed<k>.npz`` (test scores, for paired differences).
 
     ``scale`` multiplies the steps and the evaluation split sizes (``eval.split_sizes``, when set,
     are every dataset's sizes, unscaled: the smoke test's tiny splits)."""
@@ -245,6 +266,7 @@ def run_experiment(config: Config, out: str | Path, *, seeds=(0, 1, 2),
                 ecfg = data.config.eval.replace(seed=seed, cache_dir=str(out / "features"))
 
                 def keep_maps(ev, encoder=encoder, seed=seed, data=data):
+                    save_test_scores(ev, out / "scores" / f"{data.name}-{encoder}-seed{seed}.npz")
                     if seed == min(seeds) and cases and ev.full_probe is not None:
                         clf = ev.classifier()
                         maps[encoder] = np.stack([finding_cams(
