@@ -19,7 +19,7 @@ import pytest
 from mlvicx_core.cli import main
 from mlvicx_core.config import load_config
 from mlvicx_core.experiments.results import ENCODERS, schedule
-from mlvicx_core.experiments.results_report import compare, fmt
+from mlvicx_core.experiments.results_report import compare, fmt, gain_verdict, seed_interval
 
 METHODS = ENCODERS
 
@@ -124,6 +124,52 @@ def test_per_seed_ci_table_equals_the_csv(smoke):
             r = df[(df.dataset == ds) & (df.fraction == fr) & (df.seed == seed) &
                    (df.encoder == m) & (df.finding == "mean") & (df.task == "probe")].iloc[0]
             assert cell == f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+
+
+def test_paired_gains_equal_the_csv_and_a_plain_recomputation(smoke):
+    """Each paired gain's point estimate is the encoder's mean test AUROC minus random init's of
+    the same seed in results.csv, and recomputes from the saved test scores with sklearn."""
+    from sklearn.metrics import roc_auc_score
+
+    df, out = smoke["csv"], smoke["out"]
+    gains = pd.read_csv(smoke["report"] / "results" / "paired_gains.csv")
+    mean = df[(df.task == "probe") & (df.finding == "mean") & (df.metric == "auroc")]
+    pretrained = [m for m in METHODS if m != "random"]
+    assert set(gains.encoder) == set(pretrained)
+    for r in gains.itertuples():
+        pick = mean[(mean.dataset == r.dataset) & (mean.fraction == r.fraction) &
+                    (mean.seed == r.seed)]
+        expected = (pick[pick.encoder == r.encoder].value.iloc[0]
+                    - pick[pick.encoder == "random"].value.iloc[0])
+        assert r.diff == pytest.approx(expected, abs=1e-12), r
+        assert r.ci_low <= r.ci_high
+    r = gains.iloc[-1]  # one row by hand from the raw scores
+    key = f"probe@{r.fraction:g}"
+    with np.load(out / "scores" / f"{r.dataset}-{r.encoder}-seed{r.seed}.npz") as z, \
+            np.load(out / "scores" / f"{r.dataset}-random-seed{r.seed}.npz") as zr:
+        y, a, b = z[f"{key}/labels"], z[f"{key}/scores"], zr[f"{key}/scores"]
+    diffs = [roc_auc_score(y[:, j], a[:, j]) - roc_auc_score(y[:, j], b[:, j])
+             for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    assert r["diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
+    table = table_with(smoke["md"], ["dataset", "label fraction", "encoder"])
+    assert len(table) - 1 == len(gains)
+    for row in table[1:]:
+        g = gains[(gains.dataset == row[0]) & (gains.fraction == float(row[1])) &
+                  (gains.encoder == row[2])]
+        assert row[3] == f"{g['diff'].iloc[0]:+.3f} [{g.ci_low.iloc[0]:+.3f}, {g.ci_high.iloc[0]:+.3f}]"
+        assert row[-1] == "one seed: no seed interval"  # the smoke run has one seed
+
+
+def test_seed_interval_by_hand():
+    # diffs 0.01, 0.03, 0.05: mean 0.03, sd 0.02, t(0.975, 2) = 4.302653 -> half width 0.049683
+    m, lo, hi = seed_interval([0.01, 0.03, 0.05])
+    assert (m, lo, hi) == pytest.approx((0.03, -0.019683, 0.079683), abs=1e-6)
+    assert gain_verdict(lo, hi) == "within seed noise"
+    # 0.05, 0.06, 0.07: sd 0.01, half width 0.024841 -> [0.035159, 0.084841], above zero
+    m, lo, hi = seed_interval([0.05, 0.06, 0.07])
+    assert lo == pytest.approx(0.035159, abs=1e-6) and gain_verdict(lo, hi).startswith("above")
+    assert gain_verdict(*seed_interval([-0.07, -0.06, -0.05])[1:]).startswith("below")
+    assert np.isnan(seed_interval([0.02])[1])
 
 
 def test_closing_statement_equals_the_csv(smoke):

@@ -4,7 +4,9 @@ Inputs (in the experiment's ``out`` folder, see :mod:`.results`): ``results.csv`
 dataset x method x seed x task x fraction x finding x metric), ``runs.csv`` (one row per pretraining
 run: steps, images, wall time, final loss), ``settings.json`` and ``gradcam_<dataset>.npz``.
 Outputs (in ``report``): ``RESULTS.md``, ``figures/results_auroc.png``,
-``figures/results_gradcam.png`` and copies of the two CSVs under ``results/``.
+``figures/results_gradcam.png`` and copies of the two CSVs under ``results/``, with
+``results/learning_curves.csv`` and ``results/paired_gains.csv`` (each pretrained encoder minus
+random init of the same seed, paired on the test images, from ``scores/*.npz``).
 
 Every number of the document is computed here from ``results.csv``: cells are ``mean ± std`` over
 seeds (sample std, ``ddof=1``; a single seed shows the mean alone) with three decimals, so a test can
@@ -118,6 +120,83 @@ def low_fraction_sentence(df: pd.DataFrame) -> str | None:
     return (f"**Low label fractions** (the paper: gains most visible there): mean MLVICX - VICReg "
             f"difference {lo:+.3f} over the {len(low)} cells below fraction 1.0 vs {hi:+.3f} over "
             f"the {len(full)} cells at 1.0, i.e. {verdict} at low fractions.")
+
+
+def paired_gains(out: Path, df: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    """Each pretrained encoder minus random init *of the same seed*, paired on the same test
+    images (:func:`~mlvicx_core.evaluation.metrics.paired_auroc_difference`, ``n_boot``
+    resamples, bootstrap seed = the seed), per (dataset, linear-probe label fraction, encoder,
+    seed), from ``scores/<dataset>-<encoder>-seed<k>.npz``. Empty when no scores were saved."""
+    from ..evaluation.metrics import paired_auroc_difference
+    from .results import load_test_scores
+
+    rows = []
+    for (ds, seed), _ in probe_mean_rows(df).groupby(["dataset", "seed"], sort=False):
+        ref_path = out / "scores" / f"{ds}-random-seed{int(seed)}.npz"
+        if not ref_path.is_file():
+            continue
+        ref = load_test_scores(ref_path)
+        for enc in _methods(df):
+            path = out / "scores" / f"{ds}-{enc}-seed{int(seed)}.npz"
+            if enc == "random" or not path.is_file():
+                continue
+            for (task, fraction), (labels, scores) in load_test_scores(path).items():
+                if task != "probe" or (task, fraction) not in ref:
+                    continue
+                ref_labels, ref_scores = ref[(task, fraction)]
+                if not np.array_equal(labels, ref_labels):
+                    raise ValueError(f"{path} and {ref_path}: the {task} test labels at fraction "
+                                     f"{fraction:g} differ, expected the same test images")
+                d, lo, hi = paired_auroc_difference(labels, scores, ref_scores, n_boot=n_boot,
+                                                    seed=int(seed))
+                rows.append({"dataset": ds, "fraction": fraction, "encoder": enc,
+                             "seed": int(seed), "diff": d, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["dataset", "fraction", "encoder", "seed", "diff",
+                                       "ci_low", "ci_high"])
+
+
+def seed_interval(diffs) -> tuple[float, float, float]:
+    """Mean of per-seed differences and its 95 % t-interval over seeds (``t(0.975, n-1)``
+    times the standard error); the interval is NaN with fewer than two seeds."""
+    from scipy.stats import t
+
+    v = np.asarray(diffs, dtype=float)
+    m = float(v.mean())
+    if v.size < 2:
+        return m, float("nan"), float("nan")
+    half = float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half
+
+
+def gain_verdict(lo: float, hi: float) -> str:
+    """Where the t-interval over seeds lies relative to zero."""
+    if not np.isfinite(lo):
+        return "one seed: no seed interval"
+    return ("above random init beyond seed noise" if lo > 0 else
+            "below random init beyond seed noise" if hi < 0 else "within seed noise")
+
+
+def gains_section(gains: pd.DataFrame, seeds: list[int]) -> list[str]:
+    """The report's paired-gain table: per-seed paired differences with their bootstrap CIs, the
+    mean over seeds with its t-interval, and the verdict."""
+    rows = []
+    for (ds, fr, enc), g in gains.groupby(["dataset", "fraction", "encoder"], sort=False):
+        per = {int(r.seed): f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+               for r in g.itertuples()}
+        m, lo, hi = seed_interval(g["diff"])
+        rows.append([ds, f"{fr:g}", enc] + [per.get(s, "–") for s in seeds]
+                    + [f"{m:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "–",
+                       gain_verdict(lo, hi)])
+    return [
+        "## Gain over random init, paired on the same test images", "",
+        ("Each pretrained encoder minus the random-init trunk of the same seed (same network, "
+         "same label subset, same probe), both scored on the same test images: the difference of "
+         "the mean test AUROC with its paired 95 % bootstrap CI (`paired_auroc_difference`, the "
+         "same test images resampled for both), per seed; then the mean over seeds with its 95 % "
+         "t-interval (seed noise: pretraining seed, random-init seed and label subset all "
+         "change). Data: `results/paired_gains.csv`."), "",
+        _table(["dataset", "label fraction", "encoder"] + [f"seed {s}" for s in seeds]
+               + ["mean", "95 % t-interval over seeds", "verdict"], rows), ""]
 
 
 def gradcam_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -267,7 +346,7 @@ def _setup(meta: dict, runs: pd.DataFrame) -> str:
     t = runs[runs.steps > 0].groupby("encoder").wall_s.agg(["mean", "min", "max"])
     trows = [[m, f"{r['mean']:.0f}", f"{r['min']:.0f}-{r['max']:.0f}"] for m, r in t.iterrows()]
     lines.append("\nWall time per pretraining run (s; CPU, threads "
-                 f"{meta['threads']}, shared machine):\n\n" + _table(["encoder", "mean", "range"],
+                 f"{meta['threads']}):\n\n" + _table(["encoder", "mean", "range"],
                                                                        trows))
     lines.append(f"\nSum of the pretraining wall times: {runs.wall_s.sum() / 60:.1f} min over "
                  f"{int((runs.steps > 0).sum())} runs. Wall time of the invocation that wrote these "
@@ -307,6 +386,10 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
     md += [_table(["dataset", "label fraction"] + methods, rows), "",
            "![AUROC vs label fraction](figures/results_auroc.png)", "",
            "Error bars: ± std over seeds.", ""]
+    gains = paired_gains(out, df, int(meta["settings"]["config"]["eval"]["n_boot"]))
+    if len(gains):
+        gains.to_csv(report / "results" / "paired_gains.csv", index=False)
+        md += gains_section(gains, list(meta["settings"]["seeds"]))
     if has_curves:
         last = curves[curves.step == curves.groupby(["dataset", "encoder", "seed"]).step
                       .transform("max")]
@@ -314,10 +397,12 @@ def write_report(out: str | Path, report: str | Path, command: str) -> Path:
         rows = [[ds, enc, f"{start[ds]:.3f}", fmt(g.linear), str(int(g.step.max()))]
                 for (ds, enc), g in last.groupby(["dataset", "encoder"], sort=False)]
         md += ["## Learning curves: the online probe during pretraining", "",
-               ("Every `train.eval_every` steps the frozen trunk embeds the val split and a "
-                "closed-form ridge read-out (fit on half its patients, scored on the other half) "
-                "gives a mean AUROC (`mlvicx_core.train.online_probe`); step 0 is each run's "
-                "random init. Shaded: range over seeds. Data: `results/learning_curves.csv`."), "",
+               ("Every `train.eval_every` steps (and before the first) the frozen trunk embeds "
+                "`train.probe_images` radiographs of the train split and the val split; a ridge "
+                "read-out fitted on the former, its strength chosen per finding by exact "
+                "leave-one-out AUROC, gives the mean val AUROC (`mlvicx_core.train.online_probe`; "
+                "the test split is never read). Step 0 is each run's random init. Shaded: range "
+                "over seeds. Data: `results/learning_curves.csv`."), "",
                "![Online probe vs step](figures/results_learning.png)", "",
                _table(["dataset", "method", "random init (step 0)", "last (mean ± std)", "step"],
                       rows), ""]
