@@ -110,3 +110,30 @@ def pointing_by_tap(classifiers: dict[str, Classifier], dataset, indices: np.nda
     bar.set_description("pointing game")
     bar.close()
     return pd.DataFrame(rows)
+
+
+def pointing_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`pointing_by_tap`'s rows as one row per finding: the hit rate of every encoder at
+    every tap (columns ``(encoder, tap)``, encoders and taps in the order they were scored, i.e.
+    network order stem ... layer4), then ``("chance", "")``, the hit rate of an uninformative map
+    on the same images (mean over the encoder x tap rows: the images are the same), and
+    ``("n", "")``, the most images scored for the finding."""
+    encoders = list(dict.fromkeys(scores["encoder"]))
+    taps = list(dict.fromkeys(scores["tap"]))
+    wide = scores.set_index(["finding", "encoder", "tap"])["pointing_game"].unstack(
+        ["encoder", "tap"])
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([encoders, taps]))
+    per_finding = scores.groupby("finding", sort=False)
+    wide[("chance", "")] = per_finding["chance_pointing"].mean()
+    wide[("n", "")] = per_finding["n"].max()
+    return wide.loc[list(dict.fromkeys(scores["finding"]))]
+
+
+def constant_map_notes(scores: pd.DataFrame) -> list[str]:
+    """One line per (encoder, finding, tap) whose Grad-CAM maps were constant on some images:
+    such a map has no maximum to point with, so the image is left out of the hit rate, and a
+    row with none left is NaN (:mod:`~.localisation`)."""
+    return [f"{r.encoder} {r.finding} {r.tap}: {r.n_constant} of {r.n_constant + r.n} maps "
+            "constant (no maximum to point with: left out"
+            + ("; none left, hence NaN)" if r.n == 0 else ")")
+            for r in scores[scores["n_constant"] > 0].itertuples()]

@@ -124,35 +124,24 @@ def low_fraction_sentence(df: pd.DataFrame) -> str | None:
 
 def paired_gains(out: Path, df: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     """Each pretrained encoder minus random init *of the same seed*, paired on the same test
-    images (:func:`~mlvicx_core.evaluation.metrics.paired_auroc_difference`, ``n_boot``
-    resamples, bootstrap seed = the seed), per (dataset, linear-probe label fraction, encoder,
-    seed), from ``scores/<dataset>-<encoder>-seed<k>.npz``. Empty when no scores were saved."""
-    from ..evaluation.metrics import paired_auroc_difference
+    images (:func:`~mlvicx_core.evaluation.paired.paired_table`, ``n_boot`` resamples, bootstrap
+    seed = the seed), per (dataset, linear-probe label fraction, encoder, seed), from
+    ``scores/<dataset>-<encoder>-seed<k>.npz``. Empty when no scores were saved."""
+    from ..evaluation.paired import paired_table
     from .results import load_test_scores
 
-    rows = []
+    parts = []
     for (ds, seed), _ in probe_mean_rows(df).groupby(["dataset", "seed"], sort=False):
-        ref_path = out / "scores" / f"{ds}-random-seed{int(seed)}.npz"
-        if not ref_path.is_file():
+        files = {enc: out / "scores" / f"{ds}-{enc}-seed{int(seed)}.npz" for enc in _methods(df)}
+        scores = {enc: load_test_scores(f) for enc, f in files.items() if f.is_file()}
+        if "random" not in scores or len(scores) < 2:
             continue
-        ref = load_test_scores(ref_path)
-        for enc in _methods(df):
-            path = out / "scores" / f"{ds}-{enc}-seed{int(seed)}.npz"
-            if enc == "random" or not path.is_file():
-                continue
-            for (task, fraction), (labels, scores) in load_test_scores(path).items():
-                if task != "probe" or (task, fraction) not in ref:
-                    continue
-                ref_labels, ref_scores = ref[(task, fraction)]
-                if not np.array_equal(labels, ref_labels):
-                    raise ValueError(f"{path} and {ref_path}: the {task} test labels at fraction "
-                                     f"{fraction:g} differ, expected the same test images")
-                d, lo, hi = paired_auroc_difference(labels, scores, ref_scores, n_boot=n_boot,
-                                                    seed=int(seed))
-                rows.append({"dataset": ds, "fraction": fraction, "encoder": enc,
-                             "seed": int(seed), "diff": d, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["dataset", "fraction", "encoder", "seed", "diff",
-                                       "ci_low", "ci_high"])
+        t = paired_table(scores, "random", tasks=("probe",), n_boot=n_boot, seed=int(seed))
+        parts.append(t.assign(dataset=ds, seed=int(seed)))
+    columns = ["dataset", "fraction", "encoder", "seed", "diff", "ci_low", "ci_high"]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
 
 
 def seed_interval(diffs) -> tuple[float, float, float]:
