@@ -157,19 +157,26 @@ def test_paired_gains_equal_the_csv_and_a_plain_recomputation(smoke):
         g = gains[(gains.dataset == row[0]) & (gains.fraction == float(row[1])) &
                   (gains.encoder == row[2])]
         assert row[3] == f"{g['diff'].iloc[0]:+.3f} [{g.ci_low.iloc[0]:+.3f}, {g.ci_high.iloc[0]:+.3f}]"
+        assert row[-3] == reference_cell(g["diff"].to_numpy())
         assert row[-1] == "one seed: no seed interval"  # the smoke run has one seed
 
 
-def test_seed_interval_by_hand():
-    # diffs 0.01, 0.03, 0.05: mean 0.03, sd 0.02, t(0.975, 2) = 4.302653 -> half width 0.049683
+def test_seed_interval_and_verdict_by_hand():
+    # diffs 0.01, 0.03, 0.05: mean 0.03, sd 0.02, t(0.975, 2) = 4.302653 -> half width 0.049683;
+    # 2 SE = 2 * 0.02 / sqrt(3) = 0.023094 < 0.03: above by 2 SE, not by the t-interval
     m, lo, hi = seed_interval([0.01, 0.03, 0.05])
     assert (m, lo, hi) == pytest.approx((0.03, -0.019683, 0.079683), abs=1e-6)
-    assert gain_verdict(lo, hi) == "within seed noise"
+    assert gain_verdict([0.01, 0.03, 0.05]) == "above by 2 SE; t-interval includes 0"
     # 0.05, 0.06, 0.07: sd 0.01, half width 0.024841 -> [0.035159, 0.084841], above zero
     m, lo, hi = seed_interval([0.05, 0.06, 0.07])
-    assert lo == pytest.approx(0.035159, abs=1e-6) and gain_verdict(lo, hi).startswith("above")
-    assert gain_verdict(*seed_interval([-0.07, -0.06, -0.05])[1:]).startswith("below")
+    assert lo == pytest.approx(0.035159, abs=1e-6)
+    assert gain_verdict([0.05, 0.06, 0.07]) == "above random init (t-interval above 0)"
+    assert gain_verdict([-0.07, -0.06, -0.05]) == "below random init (t-interval below 0)"
+    assert gain_verdict([-0.05, -0.03, -0.01]) == "below by 2 SE; t-interval includes 0"
+    # -0.01, 0.01, 0.03: mean 0.01 < 2 SE = 0.023094: noise by both rules
+    assert gain_verdict([-0.01, 0.01, 0.03]) == "within seed noise"
     assert np.isnan(seed_interval([0.02])[1])
+    assert gain_verdict([0.02]) == "one seed: no seed interval"
 
 
 def test_closing_statement_equals_the_csv(smoke):
